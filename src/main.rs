@@ -1,1 +1,52 @@
-fn main() {}
+//! ferry: durable, resumable, roll-back-able playbooks for a HAPI FHIR deployment.
+//! `main` builds a single-threaded runtime (children's parent-death signal is tied to the
+//! thread that forks them; see infra/process.rs), runs the command and maps errors to the
+//! documented exit codes.
+
+mod app;
+mod cli;
+mod engine;
+mod error;
+mod infra;
+mod plan;
+mod playbook;
+mod report;
+mod steps;
+mod target;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(error::code::FAILED);
+        }
+    };
+    let code = match rt.block_on(app::main(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            let msg = report::redact::redact(&e.to_string()).into_owned();
+            eprint!(
+                "{}",
+                if msg.starts_with("error") {
+                    msg
+                } else {
+                    format!("error: {msg}\n")
+                }
+            );
+            if let Some(h) = e.hint() {
+                eprintln!("  hint: {h}");
+            }
+            e.exit_code()
+        }
+    };
+    // Leave without waiting for background tasks (signal listener, idle connections).
+    drop(rt);
+    std::process::exit(code);
+}

@@ -1,0 +1,116 @@
+//! Command-line surface (clap derive only). Meaning is given to these flags in `app.rs`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Durable, resumable playbooks for a HAPI FHIR deployment"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Where runs, journals and locks live.
+    #[arg(long, global = true, env = "FERRY_STATE_DIR", default_value = ".ferry")]
+    pub state_dir: PathBuf,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+    /// Also write a JUnit XML report (one testcase per step and per check).
+    #[arg(long, global = true)]
+    pub junit: Option<PathBuf>,
+    #[arg(long, global = true, value_enum, default_value_t = Color::Auto)]
+    pub color: Color,
+    /// Only errors and the summary.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Show every line a step prints.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Args)]
+pub struct PlaybookArgs {
+    /// The playbook file (TOML).
+    pub playbook: PathBuf,
+    /// The target (inventory) file.
+    #[arg(long, short)]
+    pub target: Option<PathBuf>,
+    /// Set a playbook variable (repeatable).
+    #[arg(long = "var", value_name = "K=V")]
+    pub vars: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse and resolve a playbook and validate every step; no I/O against the target.
+    Validate(PlaybookArgs),
+    /// Show what would run, in order, with how each step would be undone.
+    Plan(PlaybookArgs),
+    /// Run a playbook.
+    Run {
+        #[command(flatten)]
+        pb: PlaybookArgs,
+        /// Run every read-only check for real and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Approve every approval step (not enough on a production target).
+        #[arg(long, short)]
+        yes: bool,
+        /// Approve one approval step by id (repeatable).
+        #[arg(long = "approve", value_name = "STEP_ID")]
+        approve: Vec<String>,
+    },
+    /// Continue an interrupted or stopped run (the newest unfinished one by default).
+    Resume {
+        run_id: Option<String>,
+        /// Resume even though the playbook changed since the run started.
+        #[arg(long)]
+        accept_changes: bool,
+        #[arg(long, short)]
+        yes: bool,
+        #[arg(long = "approve", value_name = "STEP_ID")]
+        approve: Vec<String>,
+    },
+    /// Undo a finished, failed or interrupted run, newest step first.
+    Rollback {
+        run_id: String,
+        #[arg(long)]
+        accept_changes: bool,
+    },
+    /// Runs and their steps, newest first.
+    Status { run_id: Option<String> },
+    /// Clear a lock whose owner is dead (refuses a live owner).
+    Unlock {
+        /// Also clear a lock recorded by another host.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}

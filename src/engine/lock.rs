@@ -1,0 +1,124 @@
+//! One run per state dir: an flock on `<state-dir>/lock` (released by the kernel when the
+//! process dies, however it dies) plus an owner record in the same file (host, pid, run id,
+//! start) so that a refused operator is told who holds it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Owner {
+    pub host: String,
+    pub pid: u32,
+    pub run_id: String,
+    pub command: String,
+    pub started_at: String,
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`ferry {}` (run {}) pid {} on {} since {}",
+            self.command, self.run_id, self.pid, self.host, self.started_at
+        )
+    }
+}
+
+/// Held while a run, resume or rollback is in progress. Dropping it clears the owner record
+/// and releases the flock.
+pub struct StateLock {
+    file: File,
+}
+
+fn open(state_dir: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(state_dir.join("lock"))
+}
+
+pub fn read_owner(state_dir: &Path) -> Option<Owner> {
+    let mut s = String::new();
+    File::open(state_dir.join("lock"))
+        .ok()?
+        .read_to_string(&mut s)
+        .ok()?;
+    serde_json::from_str(&s).ok()
+}
+
+impl StateLock {
+    pub fn acquire(state_dir: &Path, owner: &Owner) -> Result<StateLock, Error> {
+        let mut file = open(state_dir).map_err(|e| Error::Other(e.into()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let who =
+                    read_owner(state_dir).map_or("another ferry process".into(), |o| o.to_string());
+                return Err(Error::Locked(format!(
+                    "{} is locked by {who}",
+                    state_dir.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::Other(e.into())),
+        }
+        let body = serde_json::to_string(owner).map_err(|e| Error::Other(e.into()))?;
+        (|| -> std::io::Result<()> {
+            file.set_len(0)?;
+            file.rewind()?;
+            file.write_all(body.as_bytes())?;
+            file.sync_data()
+        })()
+        .map_err(|e| Error::Other(e.into()))?;
+        Ok(StateLock { file })
+    }
+}
+
+impl Drop for StateLock {
+    fn drop(&mut self) {
+        let _ = self.file.set_len(0);
+        let _ = self.file.unlock();
+    }
+}
+
+/// `ferry unlock`: clears the owner record when nobody holds the lock; refuses a live owner.
+pub fn unlock(state_dir: &Path, force: bool) -> Result<String, Error> {
+    let file = open(state_dir).map_err(|e| Error::Other(e.into()))?;
+    let owner = read_owner(state_dir);
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0).map_err(|e| Error::Other(e.into()))?;
+            let _ = file.unlock();
+            Ok(match owner {
+                Some(o) => format!("cleared a stale lock: {o} is no longer running"),
+                None => "the state dir was not locked".into(),
+            })
+        }
+        Err(_) => {
+            let me = super::hostname();
+            let who = owner
+                .as_ref()
+                .map_or("a live ferry process".into(), |o| o.to_string());
+            let foreign = owner.as_ref().is_some_and(|o| o.host != me);
+            if force && foreign {
+                // An flock is only ever held by a process on this host; a foreign owner
+                // record under a held lock means a shared filesystem: leave it to them.
+                Err(Error::Locked(format!(
+                    "the lock is held by {who}; it is alive, so it cannot be cleared"
+                )))
+            } else {
+                Err(Error::Locked(format!(
+                    "refusing to unlock: held by {who}, which is alive"
+                )))
+            }
+        }
+    }
+}

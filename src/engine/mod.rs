@@ -1,0 +1,37 @@
+//! The engine: runs a resolved playbook step by step with a durable journal, resumes an
+//! interrupted run from its last checkpoint, and rolls back completed steps in reverse.
+//! It reports only through events; it never prints.
+
+pub mod journal;
+pub mod lock;
+pub mod records;
+pub mod rollback;
+pub mod runner;
+pub mod signal;
+pub mod status;
+mod store;
+
+pub use runner::{Engine, RunRequest};
+
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buffer and length are valid; gethostname NUL-terminates on success.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown-host".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+pub fn runs_dir(state_dir: &std::path::Path) -> std::path::PathBuf {
+    state_dir.join("runs")
+}
+
+/// Sortable, unique enough for one state dir: UTC time plus 4 hex digits.
+pub fn new_run_id() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = time::macros::format_description!("[year][month][day]-[hour][minute][second]");
+    let salt = (now.nanosecond() ^ std::process::id().rotate_left(16)) & 0xffff;
+    format!("{}-{salt:04x}", now.format(&fmt).unwrap_or_default())
+}

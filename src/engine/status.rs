@@ -1,0 +1,120 @@
+//! `ferry status`: every run in the state dir, newest first, folded from its journal, with
+//! the exact command that continues a failed, stopped or interrupted run.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::journal;
+use super::lock::read_owner;
+use super::records::{Outcome, Phase, RunState, StepState};
+
+#[derive(Debug, Serialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub playbook: String,
+    pub playbook_path: String,
+    pub target: Option<String>,
+    pub started_at: String,
+    /// running | interrupted | stopped | rolling_back | done | rolled_back | rollback_incomplete
+    pub state: String,
+    pub current_step: Option<String>,
+    pub last_error: Option<String>,
+    pub next: Option<String>,
+    pub steps: Vec<StepSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StepSummary {
+    pub id: String,
+    pub state: StepState,
+    pub error: Option<String>,
+}
+
+pub fn load(state_dir: &Path, run_id: &str) -> anyhow::Result<RunState> {
+    let p = super::runs_dir(state_dir)
+        .join(run_id)
+        .join("journal.jsonl");
+    if !p.exists() {
+        anyhow::bail!("no run `{run_id}` in {}", state_dir.display());
+    }
+    let recs = journal::read(&p)?;
+    RunState::fold(&recs).ok_or_else(|| anyhow::anyhow!("{} has no run record", p.display()))
+}
+
+/// Run ids, newest first (ids sort by their start time).
+pub fn run_ids(state_dir: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(super::runs_dir(state_dir))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("journal.jsonl").exists())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    ids.sort();
+    ids.reverse();
+    ids
+}
+
+pub fn summarize(state_dir: &Path, st: &RunState) -> RunSummary {
+    let id = &st.meta.run_id;
+    let live = read_owner(state_dir)
+        .is_some_and(|o| &o.run_id == id && pid_alive(o.pid) && o.host == super::hostname());
+    let state = match st.phase {
+        Phase::Finished(Outcome::Done) => "done",
+        Phase::Finished(Outcome::RolledBack) => "rolled_back",
+        Phase::Finished(Outcome::RollbackIncomplete) => "rollback_incomplete",
+        _ if live => "running",
+        Phase::RollingBack => "rolling_back",
+        Phase::Forward if st.is_stopped() => "stopped",
+        Phase::Forward => "interrupted",
+    };
+    let next = match state {
+        "interrupted" | "rolling_back" => Some(format!("ferry resume {id}")),
+        "stopped" => Some(format!("ferry resume {id}   # or: ferry rollback {id}")),
+        "rollback_incomplete" => Some(format!(
+            "ferry rollback {id}   # after fixing the step that failed to undo"
+        )),
+        "done" => Some(format!("ferry rollback {id}   # to undo it")),
+        _ => None,
+    };
+    RunSummary {
+        run_id: id.clone(),
+        playbook: st.meta.playbook_name.clone(),
+        playbook_path: st.meta.playbook.display().to_string(),
+        target: st.meta.target.as_ref().map(|t| t.display().to_string()),
+        started_at: st.meta.started_at.clone(),
+        state: state.into(),
+        current_step: if st.is_finished() {
+            None
+        } else {
+            st.current_step().map(|s| s.id.clone())
+        },
+        last_error: st.last_error.clone(),
+        next,
+        steps: st
+            .steps
+            .iter()
+            .map(|s| StepSummary {
+                id: s.id.clone(),
+                state: s.state,
+                error: s.error.clone(),
+            })
+            .collect(),
+    }
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks for existence and permission.
+    unsafe {
+        libc::kill(pid as i32, 0) == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+}
+
+/// The newest run that is not finished (what `ferry resume` picks with no id).
+pub fn newest_unfinished(state_dir: &Path) -> Option<String> {
+    run_ids(state_dir)
+        .into_iter()
+        .find(|id| load(state_dir, id).is_ok_and(|s| !s.is_finished()))
+}

@@ -1,0 +1,6 @@
+//! Thin, typed wrappers over the outside world. No policy: callers decide what a result means.
+
+pub mod dotenv;
+pub mod http;
+pub mod postgres;
+pub mod process;

@@ -1,0 +1,212 @@
+//! Child processes that cannot outlive ferry unnoticed.
+//!
+//! Each child runs `sh -c` in its own process group (so a timeout or a stop kills the whole
+//! group, and a terminal's Ctrl-C reaches ferry alone) with a parent-death signal (so a
+//! `kill -9` of ferry takes the shell with it). Grandchildren that escape the death signal
+//! are found on resume through the journaled `(pid, start time)` and killed by group.
+//!
+//! The death signal fires when the *thread* that forked exits; ferry's runtime is
+//! single-threaded and spawns from the main thread, which lives as long as the process.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::report::Stream;
+
+pub struct Shell<'a> {
+    pub command: &'a str,
+    pub cwd: &'a Path,
+    pub env: Vec<(String, String)>,
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    /// The last lines of stderr (or stdout when stderr was silent), for error messages.
+    pub tail: Vec<String>,
+}
+
+impl Outcome {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+    pub fn describe(&self) -> String {
+        let how = match (self.code, self.signal) {
+            (Some(c), _) => format!("exit code {c}"),
+            (None, Some(s)) => format!("killed by signal {s}"),
+            _ => "unknown status".into(),
+        };
+        match self.tail.last() {
+            Some(l) => format!("{how}: {l}"),
+            None => how,
+        }
+    }
+}
+
+/// Kills the whole group if the future running the child is dropped or times out.
+struct GroupGuard(Option<i32>);
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            // SAFETY: plain syscall; a negative pid addresses the process group.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Runs the command; `on_line` sees every output line; `on_spawn(pid, start_ticks)` is
+/// called once the child exists (the journal records it).
+pub async fn run(
+    sh: &Shell<'_>,
+    on_line: &mut dyn FnMut(Stream, String),
+    on_spawn: &mut dyn FnMut(u32, u64),
+) -> anyhow::Result<Outcome> {
+    let parent = std::process::id() as i32;
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(sh.command)
+        .current_dir(sh.cwd)
+        .envs(sh.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                libc::_exit(137);
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start /bin/sh -c {:?}", sh.command))?;
+    let pid = child
+        .id()
+        .ok_or_else(|| anyhow!("child exited before it could be tracked"))?;
+    let mut guard = GroupGuard(Some(pid as i32));
+    on_spawn(pid, start_ticks(pid).unwrap_or(0));
+
+    let mut out = BufReader::new(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?).lines();
+    let mut err = BufReader::new(child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?).lines();
+    let mut tail_err: Vec<String> = vec![];
+    let mut tail_out: Vec<String> = vec![];
+    let (mut out_open, mut err_open) = (true, true);
+    let deadline = sh.timeout.map(|t| tokio::time::Instant::now() + t);
+    let sleep_until = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(sleep_until);
+    let mut status = None;
+    // Read both pipes until the child exits; then drain briefly, because a background
+    // grandchild may hold the pipes open forever.
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let drain = async {
+            match drain_deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            line = out.next_line(), if out_open => match line? {
+                Some(l) => { push_tail(&mut tail_out, &l); on_line(Stream::Stdout, l) }
+                None => out_open = false,
+            },
+            line = err.next_line(), if err_open => match line? {
+                Some(l) => { push_tail(&mut tail_err, &l); on_line(Stream::Stderr, l) }
+                None => err_open = false,
+            },
+            st = child.wait(), if status.is_none() => {
+                status = Some(st?);
+                drain_deadline = Some(tokio::time::Instant::now() + Duration::from_millis(300));
+            }
+            _ = &mut sleep_until, if status.is_none() => {
+                // Dropping the guard kills the group; the child is then reaped by tokio.
+                drop(guard);
+                let _ = child.wait().await;
+                return Err(anyhow!(
+                    "timed out after {}: killed process group {pid}",
+                    crate::playbook::model::fmt_duration(sh.timeout.unwrap_or_default())
+                ));
+            }
+            _ = drain => break,
+        }
+        if status.is_some() && !out_open && !err_open {
+            break;
+        }
+    }
+    guard.0 = None;
+    let st = status.ok_or_else(|| anyhow!("child status lost"))?;
+    let tail = if tail_err.is_empty() {
+        tail_out
+    } else {
+        tail_err
+    };
+    Ok(Outcome {
+        code: st.code(),
+        signal: st.signal(),
+        tail,
+    })
+}
+
+fn push_tail(tail: &mut Vec<String>, line: &str) {
+    if tail.len() == 5 {
+        tail.remove(0);
+    }
+    tail.push(line.to_owned());
+}
+
+/// Field 22 of /proc/PID/stat: the start time in clock ticks since boot. Together with the
+/// pid it names one process for good (pids are reused, start times with them are not).
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+fn pgrp_of(pid: u32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(2)?.parse().ok()
+}
+
+/// Kills what is left of a child group started by an earlier, killed ferry. Returns the
+/// pids it killed. A group whose leader pid now belongs to a different process (other start
+/// time) is not ours and is left alone; Linux does not reuse a pid while a group of that id
+/// still has members, so members without a live leader are ours.
+pub fn kill_leftover_group(pgid: u32, leader_ticks: u64) -> Vec<u32> {
+    if let Some(t) = start_ticks(pgid)
+        && leader_ticks != 0
+        && t != leader_ticks
+    {
+        return vec![];
+    }
+    let members: Vec<u32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| pgrp_of(*p) == Some(pgid as i32))
+        .collect();
+    if !members.is_empty() {
+        // SAFETY: signals our own leftover process group.
+        unsafe { libc::kill(-(pgid as i32), libc::SIGKILL) };
+    }
+    members
+}

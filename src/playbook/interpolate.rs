@@ -1,0 +1,123 @@
+//! `{{ name }}` interpolation. Names are playbook variables, `target.<path>` (a scalar in the
+//! target file), `run.id`. Unknown names are errors located at the `{{` that uses them.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use super::diagnostic::{Diagnostic, did_you_mean};
+
+pub struct Scope<'a> {
+    pub vars: &'a BTreeMap<String, String>,
+    /// None while validating without a target: `target.*` names are then accepted unchecked.
+    pub target: Option<&'a toml::Value>,
+    /// None while validating or planning: `run.id` renders as `<run-id>`.
+    pub run_id: Option<&'a str>,
+}
+
+/// One `{{ … }}` occurrence: the byte range in the string and the trimmed name.
+pub fn placeholders(s: &str) -> Vec<(Range<usize>, String)> {
+    let mut out = vec![];
+    let mut from = 0;
+    while let Some(open) = s[from..].find("{{").map(|i| i + from) {
+        let Some(close) = s[open + 2..].find("}}").map(|i| i + open + 2) else {
+            break;
+        };
+        out.push((open..close + 2, s[open + 2..close].trim().to_owned()));
+        from = close + 2;
+    }
+    out
+}
+
+impl Scope<'_> {
+    pub fn lookup(&self, name: &str) -> Result<String, (String, Option<String>)> {
+        if let Some(v) = self.vars.get(name) {
+            return Ok(v.clone());
+        }
+        if name == "run.id" {
+            return Ok(self.run_id.unwrap_or("<run-id>").to_owned());
+        }
+        if let Some(path) = name.strip_prefix("target.") {
+            let Some(t) = self.target else {
+                return Ok(format!("<{name}>"));
+            };
+            let mut cur = t;
+            for part in path.split('.') {
+                match cur.get(part) {
+                    Some(v) => cur = v,
+                    None => {
+                        let keys = cur
+                            .as_table()
+                            .map(|t| t.keys().cloned().collect::<Vec<_>>());
+                        let help =
+                            keys.and_then(|k| did_you_mean(part, k.iter().map(String::as_str)));
+                        return Err((format!("the target has no `{path}`"), help));
+                    }
+                }
+            }
+            return match cur {
+                toml::Value::String(s) => Ok(s.clone()),
+                toml::Value::Table(_) | toml::Value::Array(_) => Err((
+                    format!("`{name}` is a table or array, not a single value"),
+                    None,
+                )),
+                other => Ok(other.to_string()),
+            };
+        }
+        let mut candidates: Vec<&str> = self.vars.keys().map(String::as_str).collect();
+        candidates.push("run.id");
+        let help = did_you_mean(name, candidates);
+        Err((format!("unknown variable `{name}`"), help))
+    }
+
+    /// Expands every placeholder; `locate` maps a range inside `s` to a span in the file.
+    pub fn expand(
+        &self,
+        s: &str,
+        locate: &dyn Fn(Range<usize>) -> Range<usize>,
+        errors: &mut Vec<Diagnostic>,
+    ) -> String {
+        let mut out = String::with_capacity(s.len());
+        let mut last = 0;
+        for (range, name) in placeholders(s) {
+            out.push_str(&s[last..range.start]);
+            match self.lookup(&name) {
+                Ok(v) => out.push_str(&v),
+                Err((msg, help)) => {
+                    errors.push(Diagnostic::new(msg, locate(range.clone())).help(help))
+                }
+            }
+            last = range.end;
+        }
+        out.push_str(&s[last..]);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_vars_target_and_run_id() {
+        let vars = BTreeMap::from([("greeting".to_owned(), "hello".to_owned())]);
+        let target: toml::Value = toml::from_str("[files]\nroot = \"/opt/x\"\n").unwrap();
+        let scope = Scope {
+            vars: &vars,
+            target: Some(&target),
+            run_id: Some("r1"),
+        };
+        let mut errs = vec![];
+        let out = scope.expand(
+            "{{greeting}} {{ target.files.root }} {{ run.id }}",
+            &|r| r,
+            &mut errs,
+        );
+        assert_eq!(out, "hello /opt/x r1");
+        assert!(errs.is_empty());
+        scope.expand("{{ greting }} {{ target.files.rot }}", &|r| r, &mut errs);
+        assert_eq!(errs.len(), 2);
+        assert_eq!(errs[0].help.as_deref(), Some("did you mean `greeting`?"));
+        assert_eq!(errs[0].span, 0..13);
+        assert_eq!(errs[1].help.as_deref(), Some("did you mean `root`?"));
+    }
+}

@@ -1,0 +1,311 @@
+//! The target (inventory) file: where Docker, the registry, PostgreSQL, the FHIR endpoint and
+//! the deployment's files are. It never holds a secret, only the names of environment
+//! variables (`*_env`) or files (`*_file`) that do; values are read at use and registered
+//! with the redactor. Relative paths are relative to the target file's directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::Error;
+use crate::playbook::diagnostic::{Diagnostic, did_you_mean, render_all};
+use crate::playbook::parse::{Node, Val, parse};
+use crate::report::redact;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub name: String,
+    #[serde(default)]
+    pub production: bool,
+    pub docker: Option<Docker>,
+    pub registry: Option<Registry>,
+    pub fhir: Option<Fhir>,
+    #[serde(default)]
+    pub postgres: BTreeMap<String, Postgres>,
+    pub pgbouncer: Option<PgBouncer>,
+    pub files: Option<Files>,
+    /// Per-target thresholds for monitoring checks, by check name.
+    #[serde(default)]
+    pub checks: BTreeMap<String, toml::Table>,
+    #[serde(skip)]
+    pub path: PathBuf,
+    #[serde(skip, default = "empty_table")]
+    pub raw: toml::Value,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Docker {
+    pub host: Option<String>,
+    pub compose_project: Option<String>,
+    pub service: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    pub url: String,
+    pub username_env: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fhir {
+    pub base_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Postgres {
+    pub url: String,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgBouncer {
+    pub admin_url: String,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Files {
+    pub root: PathBuf,
+    #[serde(default = "default_env_file")]
+    pub env_file: PathBuf,
+}
+
+fn empty_table() -> toml::Value {
+    toml::Value::Table(Default::default())
+}
+
+fn default_env_file() -> PathBuf {
+    ".env".into()
+}
+
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "production",
+    "docker",
+    "registry",
+    "fhir",
+    "postgres",
+    "pgbouncer",
+    "files",
+    "checks",
+];
+/// Keys that would hold a secret in plain text; the file must name an env var or file instead.
+const SECRET_KEYS: &[&str] = &["password", "secret", "token", "api_key", "passwd"];
+
+impl Target {
+    pub fn load(path: &Path) -> Result<Target, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::invalid(format!("cannot read target {}: {e}", path.display())))?;
+        let shown = path.display().to_string();
+        let root = parse(&text).map_err(|ds| Error::Invalid(render_all(&shown, &text, &ds)))?;
+        let mut errors = vec![];
+        for (k, _) in root.entries() {
+            if !TOP_KEYS.contains(&k.name.as_str()) {
+                let help = did_you_mean(&k.name, TOP_KEYS.iter().copied());
+                errors.push(
+                    Diagnostic::new(
+                        format!("unknown key `{}` in the target", k.name),
+                        k.span.clone(),
+                    )
+                    .help(help),
+                );
+            }
+        }
+        find_inline_secrets(&root, &mut errors);
+        if !errors.is_empty() {
+            return Err(Error::Invalid(render_all(&shown, &text, &errors)));
+        }
+        let raw = root.to_toml();
+        let mut t: Target = raw
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::invalid(format!("{shown}: {}", e.message())))?;
+        t.path = path.to_path_buf();
+        t.raw = raw;
+        Ok(t)
+    }
+
+    /// One line naming what the target points at (no secrets: only names of their sources).
+    pub fn summary(&self) -> String {
+        let mut parts = vec![format!(
+            "target `{}`{}",
+            self.name,
+            if self.production { ", PRODUCTION" } else { "" }
+        )];
+        if let Some(d) = &self.docker {
+            let host = d.host.as_deref().unwrap_or("default Docker host");
+            let svc = match (&d.compose_project, &d.service) {
+                (Some(p), Some(s)) => format!(", service {p}/{s}"),
+                _ => String::new(),
+            };
+            parts.push(format!("docker {host}{svc}"));
+        }
+        if let Some(r) = &self.registry {
+            let auth = match (&r.username_env, &r.password_env, &r.password_file) {
+                (Some(u), Some(p), _) => format!(" (credentials from ${u}, ${p})"),
+                (Some(u), None, Some(f)) => format!(" (credentials from ${u}, {})", f.display()),
+                _ => String::new(),
+            };
+            parts.push(format!("registry {}{auth}", r.url));
+        }
+        if let Some(f) = &self.fhir {
+            parts.push(format!("fhir {}", f.base_url));
+        }
+        for (name, pg) in &self.postgres {
+            parts.push(format!("postgres.{name} {}", pg.url));
+        }
+        if let Some(b) = &self.pgbouncer {
+            let pw = b
+                .password_env
+                .as_deref()
+                .map(|e| format!(" (password from ${e})"))
+                .unwrap_or_default();
+            let pw = if pw.is_empty() {
+                b.password_file
+                    .as_ref()
+                    .map(|f| format!(" (password from {})", f.display()))
+                    .unwrap_or_default()
+            } else {
+                pw
+            };
+            parts.push(format!("pgbouncer {}{pw}", b.admin_url));
+        }
+        if let Some(root) = self.files_root() {
+            parts.push(format!("files {}", root.display()));
+        }
+        if !self.checks.is_empty() {
+            parts.push(format!(
+                "thresholds for {}",
+                self.checks.keys().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        parts.join("; ")
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    }
+
+    /// A path from the target file, made absolute against the target's directory.
+    pub fn resolve_path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir().join(p)
+        }
+    }
+
+    pub fn files_root(&self) -> Option<PathBuf> {
+        self.files.as_ref().map(|f| self.resolve_path(&f.root))
+    }
+
+    pub fn postgres(&self, name: &str) -> Result<&Postgres, String> {
+        self.postgres.get(name).ok_or_else(|| {
+            let help = did_you_mean(name, self.postgres.keys().map(String::as_str))
+                .map(|h| format!(" ({h})"))
+                .unwrap_or_default();
+            format!("the target has no [postgres.{name}]{help}")
+        })
+    }
+
+    /// Reads every `*_env` / `*_file` secret named in the target and registers its value with
+    /// the redactor, so it is masked wherever it might surface. Missing ones are skipped here;
+    /// the step that needs one reports it.
+    pub fn register_secrets(&self) -> Vec<String> {
+        let mut warnings = vec![];
+        walk_secret_refs(&self.raw, &mut |key, val| {
+            if let Ok(Some(v)) = self.read_secret(key, val)
+                && !redact::register(&v)
+            {
+                warnings.push(format!(
+                    "the secret named by `{key} = \"{val}\"` is shorter than {} characters and cannot be masked in output",
+                    redact::MIN_SECRET_LEN
+                ));
+            }
+        });
+        warnings
+    }
+
+    /// Value of one secret reference: `(key, value)` as written, e.g. `("password_env", "X")`.
+    pub fn read_secret(&self, key: &str, val: &str) -> Result<Option<String>, String> {
+        if key.ends_with("_env") {
+            Ok(std::env::var(val).ok())
+        } else {
+            let p = self.resolve_path(Path::new(val));
+            std::fs::read_to_string(&p)
+                .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_owned()))
+                .map_err(|e| format!("cannot read secret file {}: {e}", p.display()))
+        }
+    }
+
+    pub fn secret(
+        &self,
+        env: &Option<String>,
+        file: &Option<PathBuf>,
+    ) -> Result<Option<String>, String> {
+        let v = match (env, file) {
+            (Some(e), _) => match std::env::var(e) {
+                Ok(v) => Some(v),
+                Err(_) if file.is_none() => {
+                    return Err(format!("environment variable {e} is not set"));
+                }
+                Err(_) => None,
+            },
+            _ => None,
+        };
+        let v = match (v, file) {
+            (Some(v), _) => Some(v),
+            (None, Some(f)) => self.read_secret("password_file", &f.display().to_string())?,
+            (None, None) => None,
+        };
+        if let Some(v) = &v {
+            redact::register(v);
+        }
+        Ok(v)
+    }
+}
+
+fn walk_secret_refs(v: &toml::Value, f: &mut dyn FnMut(&str, &str)) {
+    if let toml::Value::Table(t) = v {
+        for (k, v) in t {
+            match v {
+                toml::Value::String(s) if k.ends_with("_env") || k.ends_with("_file") => f(k, s),
+                _ => walk_secret_refs(v, f),
+            }
+        }
+    }
+}
+
+fn find_inline_secrets(n: &Node, errors: &mut Vec<Diagnostic>) {
+    for (k, v) in n.entries() {
+        if SECRET_KEYS.contains(&k.name.as_str()) {
+            errors.push(
+                Diagnostic::new(
+                    format!("the target must not hold secrets: `{}`", k.name),
+                    k.span.clone(),
+                )
+                .help(Some(format!(
+                    "name an environment variable instead: `{}_env = \"…\"`",
+                    k.name
+                ))),
+            );
+        }
+        if matches!(v.val, Val::Table(_)) {
+            find_inline_secrets(v, errors);
+        }
+    }
+}
