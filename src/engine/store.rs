@@ -2,7 +2,7 @@
 //! returns; child records are written at once (they must survive a kill of ferry, and a
 //! lost machine takes the children with it).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::journal::Journal;
 use super::records::Record;
@@ -16,10 +16,26 @@ impl JournalStore {
     pub fn write(&self, rec: &Record, durable: bool) -> anyhow::Result<()> {
         let mut j = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if durable {
-            j.append_durable(rec)
+            j.append_durable(rec)?;
         } else {
-            j.append(rec)
+            j.append(rec)?;
         }
+        failpoint(rec);
+        Ok(())
+    }
+}
+
+/// Crash-test aid: `FERRY_FAILPOINT=<record type>:<step id>` (e.g. `step_done:s3`) makes
+/// ferry SIGKILL itself right after writing that record, so tests can stop a run at exact
+/// boundaries (before an effect, during it, after it) and prove `resume` handles each.
+fn failpoint(rec: &Record) {
+    static POINT: OnceLock<Option<String>> = OnceLock::new();
+    let Some(point) = POINT.get_or_init(|| std::env::var("FERRY_FAILPOINT").ok()) else { return };
+    let v = serde_json::to_value(rec).unwrap_or_default();
+    let here = format!("{}:{}", v["type"].as_str().unwrap_or(""), v["step"].as_str().unwrap_or(""));
+    if &here == point {
+        // SAFETY: signalling ourselves; SIGKILL cannot be caught, like a real crash.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     }
 }
 
