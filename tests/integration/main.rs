@@ -1,0 +1,3 @@
+//! Integration tests: one binary, one submodule per area.
+
+mod ig;
