@@ -73,7 +73,7 @@ fn reads_the_baseline_package() {
     );
     assert_eq!(p.example_counts.get("Patient"), Some(&1));
     assert!(
-        p.resources.iter().all(|r| r.json.is_some()),
+        p.resources.iter().all(|r| r.body.is_some()),
         "diffed types keep their body"
     );
 }

@@ -166,11 +166,14 @@ fn pkg_ref(p: &Package) -> PkgRef {
 
 /// Parsed bodies of one resource type keyed by canonical URL (first file wins on a
 /// duplicate URL, files being sorted by name).
-fn by_url<'a>(p: &'a Package, rt: &str) -> BTreeMap<&'a str, &'a Value> {
+fn by_url<'a>(p: &'a Package, rt: &str) -> BTreeMap<&'a str, Value> {
     let mut m = BTreeMap::new();
     for r in p.resources.iter().filter(|r| r.resource_type == rt) {
-        if let (Some(url), Some(json)) = (r.url.as_deref(), r.json.as_ref()) {
-            m.entry(url).or_insert(json);
+        if let Some(url) = r.url.as_deref()
+            && !m.contains_key(url)
+            && let Some(json) = r.json()
+        {
+            m.insert(url, json);
         }
     }
     m
