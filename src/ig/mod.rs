@@ -16,6 +16,7 @@ mod diff;
 mod index;
 mod manifest;
 mod read;
+mod stream;
 #[cfg(test)]
 mod tests;
 

@@ -26,6 +26,7 @@
 //! unreadable was already refused by `read_package`.
 
 mod elements;
+mod ids;
 mod terminology;
 
 use std::collections::BTreeMap;
