@@ -146,11 +146,13 @@ fn walk<R: Read>(
                 reason: reason.into(),
             })
         };
-        let rel = check_path(&name).map_err(&bad)?;
         let kind = entry.header().entry_type();
         if kind.is_pax_global_extensions() {
+            // `git archive` and Python write a `pax_global_header` entry: metadata for
+            // the archive, not a file, so its name is no path to check.
             continue;
         }
+        let rel = check_path(&name).map_err(&bad)?;
         check_type(kind).map_err(&bad)?;
         if !seen.insert(rel.clone()) {
             return Err(bad("appears twice (duplicate name)"));
