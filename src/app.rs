@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::CommandFactory;
 
-use crate::cli::{Cli, Color, Command, Format, Global, PlaybookArgs};
+use crate::cli::{Cli, Color, Command, Format, Global, IgCommand, PlaybookArgs};
 use crate::engine::records::RunState;
 use crate::engine::signal::{self, Stop};
 use crate::engine::{self, Engine, RunRequest, status};
@@ -61,11 +61,38 @@ pub async fn main(cli: Cli) -> Result<i32> {
             println!("{msg}");
             Ok(0)
         }
+        Command::Ig(cmd) => ig(g, cmd),
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "ferry", &mut std::io::stdout());
             Ok(0)
         }
     }
+}
+
+fn ig(g: &Global, cmd: &IgCommand) -> Result<i32> {
+    let json = g.format == Format::Json;
+    let out = &mut std::io::stdout().lock();
+    let r = match cmd {
+        IgCommand::Inspect { package, max_bytes } => {
+            let limits = crate::ig::Limits {
+                max_bytes: *max_bytes,
+                ..Default::default()
+            };
+            crate::ig::inspect_cmd(package, &limits, json, out)
+        }
+        IgCommand::Diff {
+            old,
+            new,
+            max_bytes,
+        } => {
+            let limits = crate::ig::Limits {
+                max_bytes: *max_bytes,
+                ..Default::default()
+            };
+            crate::ig::diff_cmd(old, new, &limits, json, out)
+        }
+    };
+    r.map(|()| code::DONE).map_err(Error::invalid)
 }
 
 fn parse_vars(raw: &[String]) -> Result<Vec<(String, String)>> {

@@ -64,6 +64,25 @@ pub struct PlaybookArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum IgCommand {
+    /// Id, version, FHIR versions, dependencies, sha256, resource counts and profiles.
+    Inspect {
+        package: PathBuf,
+        /// Refuse packages that unpack to more than this many bytes.
+        #[arg(long, default_value_t = 512 * 1024 * 1024)]
+        max_bytes: u64,
+    },
+    /// Added, removed and changed conformance resources, each finding classed as a
+    /// tightening, loosening or info. Exit 0 either way.
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        #[arg(long, default_value_t = 512 * 1024 * 1024)]
+        max_bytes: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum Command {
     /// Parse and resolve a playbook and validate every step; no I/O against the target.
     Validate(PlaybookArgs),
@@ -108,6 +127,9 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// FHIR IG packages (NPM .tgz): inspect one, or diff two for SHALL tightenings.
+    #[command(subcommand)]
+    Ig(IgCommand),
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]

@@ -7,6 +7,7 @@ mod app;
 mod cli;
 mod engine;
 mod error;
+mod ig;
 mod infra;
 mod plan;
 mod playbook;

@@ -30,9 +30,15 @@ impl JournalStore {
 /// boundaries (before an effect, during it, after it) and prove `resume` handles each.
 fn failpoint(rec: &Record) {
     static POINT: OnceLock<Option<String>> = OnceLock::new();
-    let Some(point) = POINT.get_or_init(|| std::env::var("FERRY_FAILPOINT").ok()) else { return };
+    let Some(point) = POINT.get_or_init(|| std::env::var("FERRY_FAILPOINT").ok()) else {
+        return;
+    };
     let v = serde_json::to_value(rec).unwrap_or_default();
-    let here = format!("{}:{}", v["type"].as_str().unwrap_or(""), v["step"].as_str().unwrap_or(""));
+    let here = format!(
+        "{}:{}",
+        v["type"].as_str().unwrap_or(""),
+        v["step"].as_str().unwrap_or("")
+    );
     if &here == point {
         // SAFETY: signalling ourselves; SIGKILL cannot be caught, like a real crash.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };

@@ -1,1 +1,3 @@
-//! placeholder
+//! Integration tests: one binary that runs the real `ferry`, one submodule per area.
+
+mod ig;
