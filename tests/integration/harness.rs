@@ -1,0 +1,258 @@
+//! Test harness: a temp working directory with its own state dir, the real `ferry` binary,
+//! and real components (a throwaway PostgreSQL 15 cluster). Under `CI=true` a missing
+//! component is a test failure, never a skip.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ferry"))
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Whether a component is there; outside CI a missing one skips the test (with a note).
+pub fn require(what: &str, available: bool) -> bool {
+    if available {
+        return true;
+    }
+    if in_ci() {
+        panic!("{what} is required under CI=true but is not available (scripts/setup-deps installs it)");
+    }
+    eprintln!("SKIP: {what} is not available on this machine");
+    false
+}
+
+#[derive(Debug)]
+pub struct Out {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    fn from(o: Output) -> Out {
+        use std::os::unix::process::ExitStatusExt;
+        Out {
+            code: o.status.code(),
+            signal: o.status.signal(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    #[track_caller]
+    pub fn expect(&self, code: i32) -> &Self {
+        assert_eq!(self.code, Some(code), "unexpected exit\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+
+    /// JSON events (`--format json` output), one per line.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+}
+
+pub struct Sandbox {
+    pub dir: TempDir,
+    pub state: PathBuf,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        let dir = tempfile::Builder::new().prefix("ferry-test-").tempdir().expect("tempdir");
+        let state = dir.path().join(".ferry");
+        Sandbox { dir, state }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, content: &str) -> PathBuf {
+        let p = self.path(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&p, content).expect("write");
+        p
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap_or_default()
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env("FERRY_STATE_DIR", &self.state)
+            .env("NO_COLOR", "1")
+            .env_remove("FERRY_FAILPOINT")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Out {
+        Out::from(self.cmd(args).output().expect("run ferry"))
+    }
+
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
+        let mut c = self.cmd(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        Out::from(c.output().expect("run ferry"))
+    }
+
+    pub fn spawn(&self, args: &[&str], env: &[(&str, &str)]) -> Child {
+        let mut c = self.cmd(args);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.spawn().expect("spawn ferry")
+    }
+
+    /// Every file under the sandbox, for "nothing left behind" and "no secret anywhere".
+    pub fn all_files(&self) -> Vec<PathBuf> {
+        fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() { walk(&p, out) } else { out.push(p) }
+            }
+        }
+        let mut v = vec![];
+        walk(self.dir.path(), &mut v);
+        v
+    }
+
+    pub fn journal(&self, run_id: &str) -> String {
+        let raw = std::fs::read(self.state.join("runs").join(run_id).join("journal.jsonl")).unwrap_or_default();
+        String::from_utf8_lossy(&raw).trim_end_matches('\0').to_owned()
+    }
+
+    pub fn run_ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.state.join("runs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    // /proc/PID exists for zombies too; a zombie (state Z) is dead for our purposes.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit_once(')').is_some_and(|(_, r)| !r.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+pub const PG_SUPERUSER_PW: &str = "postgres-superuser-pw";
+
+/// A throwaway PostgreSQL 15 cluster on a loopback port, stopped (by its own pg_ctl) on drop.
+pub struct Pg {
+    pub dir: TempDir,
+    pub port: u16,
+    as_postgres: bool,
+}
+
+fn as_user(as_postgres: bool, prog: &str) -> Command {
+    if as_postgres {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", prog]);
+        c
+    } else {
+        Command::new(prog)
+    }
+}
+
+impl Pg {
+    /// Starts a cluster with password auth for TCP (`trust` only for the local superuser
+    /// on the socket), so tests can exercise wrong passwords. None: skipped (outside CI).
+    pub fn start() -> Option<Pg> {
+        let initdb = format!("{PG_BIN}/initdb");
+        if !require("PostgreSQL 15 (postgresql-15)", Path::new(&initdb).exists()) {
+            return None;
+        }
+        // SAFETY: geteuid has no preconditions.
+        let as_postgres = unsafe { libc::geteuid() } == 0;
+        let dir = tempfile::Builder::new().prefix("ferry-pg-").tempdir().expect("tempdir");
+        let pwfile = dir.path().join("pw");
+        std::fs::write(&pwfile, format!("{PG_SUPERUSER_PW}\n")).expect("pwfile");
+        if as_postgres {
+            let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().expect("chown");
+            assert!(ok.success());
+        }
+        let data = dir.path().join("data");
+        let out = as_user(as_postgres, &initdb)
+            .args(["-D", data.to_str().unwrap(), "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .output()
+            .expect("initdb");
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=30", dir.path().display());
+        let out = as_user(as_postgres, &format!("{PG_BIN}/pg_ctl"))
+            .args(["-D", data.to_str().unwrap(), "-l"])
+            .arg(dir.path().join("pg.log"))
+            .args(["-w", "-t", "30", "-o", &opts, "start"])
+            .output()
+            .expect("pg_ctl start");
+        assert!(out.status.success(), "pg_ctl start failed: {}", String::from_utf8_lossy(&out.stderr));
+        Some(Pg { dir, port, as_postgres })
+    }
+
+    /// Runs SQL as the superuser over the Unix socket; panics on error.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args(["-h", self.dir.path().to_str().unwrap(), "-p", &self.port.to_string(), "-U", "postgres", "-d", db])
+            .args(["-v", "ON_ERROR_STOP=1", "-XAtq", "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(out.status.success(), "psql {sql:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    pub fn url(&self, user: &str, db: &str) -> String {
+        format!("postgres://{user}@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = as_user(self.as_postgres, &format!("{PG_BIN}/pg_ctl"))
+            .args(["-D", data.to_str().unwrap_or(""), "-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
