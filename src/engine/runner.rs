@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::anyhow;
@@ -285,7 +285,7 @@ impl Engine {
         let first = Record::RunStarted(meta);
         let state = RunState::fold(std::slice::from_ref(&first))
             .ok_or_else(|| Error::Other(anyhow!("bad run record")))?;
-        let store = JournalStore(Arc::new(Mutex::new(journal)));
+        let store = JournalStore::new(journal);
         store.write(&first, true).map_err(Error::Other)?;
         let mut run = Run {
             e: self,
@@ -343,7 +343,7 @@ impl Engine {
             .join(&run_id)
             .join("journal.jsonl");
         let journal = Journal::open(&path).map_err(Error::Other)?;
-        let store = JournalStore(Arc::new(Mutex::new(journal)));
+        let store = JournalStore::new(journal);
         let state = align(state, &req.playbook);
         let mut run = Run {
             e: self,
@@ -434,7 +434,10 @@ impl Run<'_> {
 
     pub(super) fn step_cx(&self, i: usize) -> StepCx {
         let def = &self.req.playbook.steps[i];
-        let cp = self.state.steps[i].checkpoint.clone();
+        let cp = self
+            .store
+            .checkpoint(&def.id)
+            .or_else(|| self.state.steps[i].checkpoint.clone());
         self.e.cx(
             &self.req,
             def,

@@ -2,6 +2,7 @@
 //! returns; child records are written at once (they must survive a kill of ferry, and a
 //! lost machine takes the children with it).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::journal::Journal;
@@ -9,12 +10,33 @@ use super::records::Record;
 use crate::report::redact;
 use crate::steps::CheckpointStore;
 
+/// The journal plus an in-memory mirror of the checkpoints it holds, so that a rollback in
+/// the same process sees what `apply` saved (a resumed process gets them from the fold).
 #[derive(Clone)]
-pub struct JournalStore(pub Arc<Mutex<Journal>>);
+pub struct JournalStore {
+    journal: Arc<Mutex<Journal>>,
+    checkpoints: Arc<Mutex<HashMap<String, serde_json::Value>>>,
+}
 
 impl JournalStore {
+    pub fn new(journal: Journal) -> Self {
+        JournalStore {
+            journal: Arc::new(Mutex::new(journal)),
+            checkpoints: Default::default(),
+        }
+    }
+
+    /// The newest checkpoint saved through this store for `step`, if any.
+    pub fn checkpoint(&self, step: &str) -> Option<serde_json::Value> {
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(step)
+            .cloned()
+    }
+
     pub fn write(&self, rec: &Record, durable: bool) -> anyhow::Result<()> {
-        let mut j = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut j = self.journal.lock().unwrap_or_else(|e| e.into_inner());
         if durable {
             j.append_durable(rec)?;
         } else {
@@ -49,6 +71,10 @@ impl CheckpointStore for JournalStore {
     fn save(&self, step: &str, value: &serde_json::Value) -> anyhow::Result<()> {
         let mut data = value.clone();
         redact::redact_json(&mut data);
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(step.into(), data.clone());
         self.write(
             &Record::Checkpoint {
                 step: step.into(),

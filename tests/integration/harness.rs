@@ -29,7 +29,9 @@ pub fn require(what: &str, available: bool) -> bool {
         return true;
     }
     if in_ci() {
-        panic!("{what} is required under CI=true but is not available (scripts/setup-deps installs it)");
+        panic!(
+            "{what} is required under CI=true but is not available (scripts/setup-deps installs it)"
+        );
     }
     eprintln!("SKIP: {what} is not available on this machine");
     false
@@ -56,13 +58,22 @@ impl Out {
 
     #[track_caller]
     pub fn expect(&self, code: i32) -> &Self {
-        assert_eq!(self.code, Some(code), "unexpected exit\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code,
+            Some(code),
+            "unexpected exit\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
         self
     }
 
     /// JSON events (`--format json` output), one per line.
     pub fn events(&self) -> Vec<serde_json::Value> {
-        self.stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        self.stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 }
 
@@ -73,7 +84,10 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new() -> Sandbox {
-        let dir = tempfile::Builder::new().prefix("ferry-test-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-test-")
+            .tempdir()
+            .expect("tempdir");
         let state = dir.path().join(".ferry");
         Sandbox { dir, state }
     }
@@ -132,7 +146,11 @@ impl Sandbox {
         fn walk(p: &Path, out: &mut Vec<PathBuf>) {
             for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
                 let p = e.path();
-                if p.is_dir() { walk(&p, out) } else { out.push(p) }
+                if p.is_dir() {
+                    walk(&p, out)
+                } else {
+                    out.push(p)
+                }
             }
         }
         let mut v = vec![];
@@ -141,8 +159,11 @@ impl Sandbox {
     }
 
     pub fn journal(&self, run_id: &str) -> String {
-        let raw = std::fs::read(self.state.join("runs").join(run_id).join("journal.jsonl")).unwrap_or_default();
-        String::from_utf8_lossy(&raw).trim_end_matches('\0').to_owned()
+        let raw = std::fs::read(self.state.join("runs").join(run_id).join("journal.jsonl"))
+            .unwrap_or_default();
+        String::from_utf8_lossy(&raw)
+            .trim_end_matches('\0')
+            .to_owned()
     }
 
     pub fn run_ids(&self) -> Vec<String> {
@@ -166,13 +187,19 @@ pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 pub fn pid_alive(pid: u32) -> bool {
     // /proc/PID exists for zombies too; a zombie (state Z) is dead for our purposes.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit_once(')').is_some_and(|(_, r)| !r.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
@@ -206,40 +233,85 @@ impl Pg {
         }
         // SAFETY: geteuid has no preconditions.
         let as_postgres = unsafe { libc::geteuid() } == 0;
-        let dir = tempfile::Builder::new().prefix("ferry-pg-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-pg-")
+            .tempdir()
+            .expect("tempdir");
         let pwfile = dir.path().join("pw");
         std::fs::write(&pwfile, format!("{PG_SUPERUSER_PW}\n")).expect("pwfile");
         if as_postgres {
-            let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().expect("chown");
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .expect("chown");
             assert!(ok.success());
         }
         let data = dir.path().join("data");
         let out = as_user(as_postgres, &initdb)
-            .args(["-D", data.to_str().unwrap(), "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"])
+            .args([
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ])
             .arg(format!("--pwfile={}", pwfile.display()))
             .output()
             .expect("initdb");
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let port = free_port();
-        let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=30", dir.path().display());
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=30",
+            dir.path().display()
+        );
         let out = as_user(as_postgres, &format!("{PG_BIN}/pg_ctl"))
             .args(["-D", data.to_str().unwrap(), "-l"])
             .arg(dir.path().join("pg.log"))
             .args(["-w", "-t", "30", "-o", &opts, "start"])
             .output()
             .expect("pg_ctl start");
-        assert!(out.status.success(), "pg_ctl start failed: {}", String::from_utf8_lossy(&out.stderr));
-        Some(Pg { dir, port, as_postgres })
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(Pg {
+            dir,
+            port,
+            as_postgres,
+        })
     }
 
     /// Runs SQL as the superuser over the Unix socket; panics on error.
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = Command::new("psql")
-            .args(["-h", self.dir.path().to_str().unwrap(), "-p", &self.port.to_string(), "-U", "postgres", "-d", db])
+            .args([
+                "-h",
+                self.dir.path().to_str().unwrap(),
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+            ])
             .args(["-v", "ON_ERROR_STOP=1", "-XAtq", "-c", sql])
             .output()
             .expect("psql");
-        assert!(out.status.success(), "psql {sql:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "psql {sql:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
@@ -252,7 +324,14 @@ impl Drop for Pg {
     fn drop(&mut self) {
         let data = self.dir.path().join("data");
         let _ = as_user(self.as_postgres, &format!("{PG_BIN}/pg_ctl"))
-            .args(["-D", data.to_str().unwrap_or(""), "-m", "immediate", "-w", "stop"])
+            .args([
+                "-D",
+                data.to_str().unwrap_or(""),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ])
             .output();
     }
 }

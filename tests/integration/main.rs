@@ -1,4 +1,6 @@
 //! Integration tests: one binary that runs the real `ferry`, one submodule per area.
 
+mod crash;
+mod engine;
 mod harness;
 mod ig;
