@@ -290,6 +290,17 @@ fn walk_secret_refs(v: &toml::Value, f: &mut dyn FnMut(&str, &str)) {
     }
 }
 
+/// `scheme://user:password@host…`
+fn url_has_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
 fn find_inline_secrets(n: &Node, errors: &mut Vec<Diagnostic>) {
     for (k, v) in n.entries() {
         if SECRET_KEYS.contains(&k.name.as_str()) {
@@ -302,6 +313,19 @@ fn find_inline_secrets(n: &Node, errors: &mut Vec<Diagnostic>) {
                     "name an environment variable instead: `{}_env = \"…\"`",
                     k.name
                 ))),
+            );
+        }
+        if let Some(url) = v.as_str().filter(|_| k.name.ends_with("url"))
+            && url_has_password(url)
+        {
+            errors.push(
+                Diagnostic::new(
+                    "the target must not hold secrets: this URL carries a password",
+                    v.span.clone(),
+                )
+                .help(Some(
+                    "drop it from the URL and add `password_env = \"…\"` beside it".into(),
+                )),
             );
         }
         if matches!(v.val, Val::Table(_)) {

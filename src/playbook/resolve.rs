@@ -255,7 +255,11 @@ impl Resolver<'_> {
             return None;
         };
         let allowed: Vec<&str> = COMMON_KEYS.iter().chain(kind_keys).copied().collect();
-        self.unknown_keys(item, &allowed, &format!("a `{kind}` step"));
+        let what = match &id {
+            Some(id) => format!("step `{id}` ({kind})"),
+            None => format!("this {kind} step"),
+        };
+        self.unknown_keys(item, &allowed, &what);
         // Interpolate every string, then type the parameters.
         let expanded = self.expand(item, scope);
         let common = |k: &str| expanded.get(k).and_then(|v| v.as_str().map(str::to_owned));
@@ -297,9 +301,8 @@ impl Resolver<'_> {
             }
         };
         let mut params = expanded.clone();
-        for k in COMMON_KEYS {
-            params.remove(*k);
-        }
+        // Common keys are the engine's; unknown ones were reported above.
+        params.retain(|k, _| kind_keys.iter().any(|allowed| *allowed == k));
         let spec = match StepSpec::from_toml(&kind, params.clone()) {
             Ok(spec) => Some(spec),
             Err(e) => {

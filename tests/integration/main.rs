@@ -4,3 +4,4 @@ mod crash;
 mod engine;
 mod harness;
 mod ig;
+mod validate;
