@@ -302,7 +302,7 @@ impl Resolver<'_> {
         };
         let mut params = expanded.clone();
         // Common keys are the engine's; unknown ones were reported above.
-        params.retain(|k, _| kind_keys.contains(&k.as_ref()));
+        params.retain(|k, _| kind_keys.contains(&k));
         let spec = match StepSpec::from_toml(&kind, params.clone()) {
             Ok(spec) => Some(spec),
             Err(e) => {
