@@ -122,3 +122,71 @@ pub fn unlock(state_dir: &Path, force: bool) -> Result<String, Error> {
         }
     }
 }
+
+/// The advisory-lock key ferry holds in the target's `fhir` database ("ferry" in ASCII).
+const PG_LOCK_KEY: i64 = 0x66_65_72_72_79;
+
+/// Held for the length of a run when the target has a `[postgres.fhir]`: two operators on
+/// two machines (two state dirs) cannot run against the same deployment at once. The lock is
+/// a session-level advisory lock, so it dies with ferry's connection; the session's
+/// `application_name` names the owner for whoever is refused.
+pub struct PgLock {
+    _client: tokio_postgres::Client,
+}
+
+pub async fn acquire_pg(
+    target: &crate::target::Target,
+    owner: &Owner,
+) -> Result<Option<PgLock>, Error> {
+    let Ok(pg) = target.postgres("fhir") else {
+        return Ok(None);
+    };
+    let pw = target
+        .secret(&pg.password_env, &pg.password_file)
+        .map_err(|e| Error::Precondition(format!("database lock: {e}")))?;
+    let client = crate::infra::postgres::connect(&pg.url, pw.as_deref())
+        .await
+        .map_err(|e| {
+            Error::Precondition(format!(
+                "cannot take the run lock in the fhir database: {e:#}"
+            ))
+        })?;
+    let me = format!(
+        "ferry {} run {} pid {} on {}",
+        owner.command, owner.run_id, owner.pid, owner.host
+    );
+    let q = |e: tokio_postgres::Error| {
+        Error::Other(anyhow::anyhow!(
+            "database lock: {}",
+            crate::infra::postgres::describe(&e)
+        ))
+    };
+    // application_name is capped at 63 bytes by the server; keep the useful end.
+    let name: String = me.chars().take(63).collect();
+    client
+        .execute("SELECT set_config('application_name', $1, false)", &[&name])
+        .await
+        .map_err(q)?;
+    let got: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&PG_LOCK_KEY])
+        .await
+        .map_err(q)?
+        .get(0);
+    if got {
+        return Ok(Some(PgLock { _client: client }));
+    }
+    let holder: Option<String> = client
+        .query_opt(
+            "SELECT a.application_name || ' (backend ' || a.pid || ', client ' || coalesce(host(a.client_addr), 'local') || ')' \
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND ((l.classid::bigint << 32) | l.objid::bigint) = $1",
+            &[&PG_LOCK_KEY],
+        )
+        .await
+        .map_err(q)?
+        .map(|r| r.get(0));
+    Err(Error::Locked(format!(
+        "the deployment's fhir database is locked by {}",
+        holder.unwrap_or_else(|| "another ferry run".into())
+    )))
+}

@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::anyhow;
 
 use super::journal::Journal;
-use super::lock::{Owner, StateLock};
+use super::lock::{Owner, PgLock, StateLock, acquire_pg};
 use super::records::{Outcome, Phase, Record, RunMeta, RunState, StepMeta, StepRun, StepState};
 use super::signal::Stop;
 use super::store::JournalStore;
@@ -64,6 +64,21 @@ impl Engine {
             command: self.command.clone(),
             started_at: crate::report::now_rfc3339(),
         }
+    }
+
+    /// The state-dir lock, then (when the target has a fhir database) the database lock.
+    async fn lock(
+        &self,
+        req: &RunRequest,
+        run_id: &str,
+    ) -> Result<(StateLock, Option<PgLock>), Error> {
+        let owner = self.owner(run_id);
+        let local = StateLock::acquire(&self.state_dir, &owner)?;
+        let remote = match &req.target {
+            Some(t) => acquire_pg(t, &owner).await?,
+            None => None,
+        };
+        Ok((local, remote))
     }
 
     pub(super) fn cx(
@@ -226,7 +241,7 @@ impl Engine {
         req: RunRequest,
         started: Instant,
     ) -> Result<(), Error> {
-        let lock = match StateLock::acquire(&self.state_dir, &self.owner(&run_id)) {
+        let lock = match self.lock(&req, &run_id).await {
             Ok(l) => l,
             Err(e) => {
                 let r = Err(e);
@@ -331,7 +346,7 @@ impl Engine {
         let started = Instant::now();
         let run_id = req.run_id.clone();
         self.started(&req, if undo { "rollback" } else { "resume" });
-        let lock = match StateLock::acquire(&self.state_dir, &self.owner(&run_id)) {
+        let lock = match self.lock(&req, &run_id).await {
             Ok(l) => l,
             Err(e) => {
                 let r = Err(e);

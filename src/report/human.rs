@@ -71,8 +71,8 @@ impl Reporter for HumanReporter {
                         .map(|t| format!(" on {t}"))
                         .unwrap_or_default();
                     self.line(format!(
-                        "{} {playbook}{on}: {steps} steps · {mode} · run {run_id}",
-                        style("ferry").bold()
+                        "{} {playbook}{on}: {steps} steps, run {run_id}",
+                        style(format!("ferry {mode}")).bold()
                     ));
                 }
             }

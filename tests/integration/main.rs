@@ -4,4 +4,5 @@ mod crash;
 mod engine;
 mod harness;
 mod ig;
+mod sql;
 mod validate;

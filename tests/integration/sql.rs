@@ -1,0 +1,363 @@
+//! `sql` and `wait … sql` steps, the database run lock, and secret handling, against a real
+//! PostgreSQL 15 cluster started by the test.
+
+use std::time::Duration;
+
+use crate::harness::{Pg, Sandbox, wait_for};
+
+const PW: &str = "Planted-Secret-4e1f9c";
+
+/// A cluster with database fhirdb owned by `hapi` (password auth over TCP) and a target.
+fn setup() -> Option<(Pg, Sandbox)> {
+    let pg = Pg::start()?;
+    pg.psql(
+        "postgres",
+        &format!("CREATE ROLE hapi LOGIN PASSWORD '{PW}'"),
+    );
+    pg.psql("postgres", "CREATE DATABASE fhirdb OWNER hapi");
+    let sb = Sandbox::new();
+    sb.write(
+        "target.toml",
+        &format!(
+            "name = \"test\"\n[postgres.fhir]\nurl = \"{}\"\npassword_env = \"FHIR_DB_PASSWORD\"\n",
+            pg.url("hapi", "fhirdb")
+        ),
+    );
+    Some((pg, sb))
+}
+
+const FORWARD: &str = r#"name = "sql"
+[[steps]]
+id = "create"
+kind = "sql"
+database = "fhir"
+check = "SELECT current_user = 'hapi'"
+done_if = "SELECT to_regclass('public.demo') IS NOT NULL"
+statement = "CREATE TABLE demo (id bigint PRIMARY KEY, v text)"
+rollback = "DROP TABLE IF EXISTS demo"
+
+[[steps]]
+id = "fill"
+kind = "sql"
+database = "fhir"
+statement = "INSERT INTO demo SELECT g, 'x' || g FROM generate_series(1, 1000) g"
+verify = "SELECT count(*) = 1000 FROM demo"
+rollback = "DELETE FROM demo"
+
+[[steps]]
+id = "index"
+kind = "sql"
+database = "fhir"
+transaction = false
+statement = "CREATE INDEX CONCURRENTLY IF NOT EXISTS demo_v ON demo (v)"
+rollback = "DROP INDEX CONCURRENTLY IF EXISTS demo_v"
+"#;
+
+#[test]
+fn sql_steps_apply_and_roll_back_on_a_real_database() {
+    let Some((pg, sb)) = setup() else { return };
+    sb.write("pb.toml", FORWARD);
+    let env = [("FHIR_DB_PASSWORD", PW)];
+    sb.run_env(&["run", "pb.toml", "--target", "target.toml"], &env)
+        .expect(0);
+    assert_eq!(pg.psql("fhirdb", "SELECT count(*) FROM demo"), "1000");
+    assert_eq!(
+        pg.psql(
+            "fhirdb",
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'demo_v'"
+        ),
+        "1"
+    );
+    let id = sb.run_ids().pop().unwrap();
+    let out = sb.run_env(&["rollback", &id], &env);
+    out.expect(0);
+    assert_eq!(
+        pg.psql("fhirdb", "SELECT to_regclass('public.demo') IS NULL"),
+        "t",
+        "nothing left behind"
+    );
+}
+
+#[test]
+fn a_failing_statement_rolls_back_earlier_sql_steps() {
+    let Some((pg, sb)) = setup() else { return };
+    sb.write(
+        "pb.toml",
+        &format!("{FORWARD}\n[[steps]]\nid = \"bad\"\nkind = \"sql\"\ndatabase = \"fhir\"\nstatement = \"INSERT INTO demo VALUES (1, 'duplicate')\"\n"),
+    );
+    let out = sb.run_env(
+        &["run", "pb.toml", "--target", "target.toml"],
+        &[("FHIR_DB_PASSWORD", PW)],
+    );
+    out.expect(1);
+    assert!(
+        out.stderr
+            .contains("duplicate key value violates unique constraint"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        pg.psql("fhirdb", "SELECT to_regclass('public.demo') IS NULL"),
+        "t"
+    );
+}
+
+#[test]
+fn an_undo_that_fails_stops_the_rollback_for_a_person_exit_6() {
+    let Some((pg, sb)) = setup() else { return };
+    // Without `transaction = false` both the index and its undo fail inside a transaction.
+    sb.write("pb.toml", &FORWARD.replace("transaction = false\n", ""));
+    let env = [("FHIR_DB_PASSWORD", PW)];
+    let out = sb.run_env(&["run", "pb.toml", "--target", "target.toml"], &env);
+    out.expect(6);
+    assert!(
+        out.stderr
+            .contains("CREATE INDEX CONCURRENTLY cannot run inside a transaction block"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("rollback stopped: undoing step `index` failed"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("still applied: create, fill"),
+        "{}",
+        out.stderr
+    );
+    let id = sb.run_ids().pop().unwrap();
+    assert!(
+        out.stderr.contains(&format!("ferry rollback {id}")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        pg.psql("fhirdb", "SELECT count(*) FROM demo"),
+        "1000",
+        "earlier steps are left for the person"
+    );
+    // The person fixes the playbook and finishes the rollback.
+    sb.write("pb.toml", FORWARD);
+    sb.run_env(&["rollback", &id], &env).expect(2);
+    sb.run_env(&["rollback", &id, "--accept-changes"], &env)
+        .expect(0);
+    assert_eq!(
+        pg.psql("fhirdb", "SELECT to_regclass('public.demo') IS NULL"),
+        "t"
+    );
+}
+
+#[test]
+fn wrong_password_and_unreachable_database_are_preconditions() {
+    let Some((pg, sb)) = setup() else { return };
+    sb.write("pb.toml", FORWARD);
+    let out = sb.run_env(
+        &["run", "pb.toml", "--target", "target.toml"],
+        &[("FHIR_DB_PASSWORD", "wrong-password")],
+    );
+    out.expect(3);
+    assert!(
+        out.stderr
+            .contains("password authentication failed for user \"hapi\""),
+        "{}",
+        out.stderr
+    );
+    let dry = sb.run_env(
+        &["run", "pb.toml", "--target", "target.toml", "--dry-run"],
+        &[("FHIR_DB_PASSWORD", "wrong-password")],
+    );
+    dry.expect(3);
+    assert!(
+        dry.stderr.contains("FAIL create · connect"),
+        "{}",
+        dry.stderr
+    );
+    let port = crate::harness::free_port();
+    sb.write("down.toml", &format!("name = \"down\"\n[postgres.fhir]\nurl = \"postgres://hapi@127.0.0.1:{port}/fhirdb\"\npassword_env = \"FHIR_DB_PASSWORD\"\n"));
+    let out = sb.run_env(
+        &["run", "pb.toml", "--target", "down.toml"],
+        &[("FHIR_DB_PASSWORD", PW)],
+    );
+    out.expect(3);
+    assert!(
+        out.stderr.contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        pg.psql("fhirdb", "SELECT to_regclass('public.demo') IS NULL"),
+        "t",
+        "nothing changed"
+    );
+}
+
+#[test]
+fn the_database_lock_stops_a_second_operator_with_another_state_dir() {
+    let Some((_pg, sb)) = setup() else { return };
+    sb.write("slow.toml", "name = \"slow\"\n[[steps]]\nid = \"hold\"\nkind = \"exec\"\nrun = \"touch holding; sleep 30\"\n");
+    let env = [("FHIR_DB_PASSWORD", PW)];
+    let mut first = sb.spawn(&["run", "slow.toml", "--target", "target.toml"], &env);
+    wait_for("the first run", Duration::from_secs(15), || {
+        sb.path("holding").exists()
+    });
+    let other_state = sb.path("other-operator");
+    let out = sb.run_env(
+        &[
+            "run",
+            "slow.toml",
+            "--target",
+            "target.toml",
+            "--state-dir",
+            other_state.to_str().unwrap(),
+        ],
+        &env,
+    );
+    out.expect(4);
+    assert!(
+        out.stderr
+            .contains("fhir database is locked by ferry run run"),
+        "{}",
+        out.stderr
+    );
+    // SAFETY: stopping the ferry we spawned.
+    unsafe { libc::kill(first.id() as i32, libc::SIGKILL) };
+    first.wait().unwrap();
+}
+
+#[test]
+fn wait_until_a_query_is_true() {
+    let Some((pg, sb)) = setup() else { return };
+    pg.psql("fhirdb", "CREATE TABLE flag (ok boolean); INSERT INTO flag VALUES (false); ALTER TABLE flag OWNER TO hapi");
+    sb.write(
+        "pb.toml",
+        "name = \"w\"\n[[steps]]\nid = \"flip\"\nkind = \"exec\"\nrun = \"touch flipping\"\n[[steps]]\nid = \"until\"\nkind = \"wait\"\ndatabase = \"fhir\"\nsql = \"SELECT ok FROM flag\"\ninterval = \"100ms\"\ntimeout = \"20s\"\n",
+    );
+    let child = sb.spawn(
+        &["run", "pb.toml", "--target", "target.toml"],
+        &[("FHIR_DB_PASSWORD", PW)],
+    );
+    wait_for("the run", Duration::from_secs(10), || {
+        sb.path("flipping").exists()
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    pg.psql("fhirdb", "UPDATE flag SET ok = true");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // and a timeout that expires names what it waited for
+    sb.write("pb2.toml", "name = \"w2\"\n[[steps]]\nid = \"never\"\nkind = \"wait\"\ndatabase = \"fhir\"\nsql = \"SELECT NOT ok FROM flag\"\ninterval = \"100ms\"\ntimeout = \"1s\"\n");
+    let out = sb.run_env(
+        &["run", "pb2.toml", "--target", "target.toml"],
+        &[("FHIR_DB_PASSWORD", PW)],
+    );
+    out.expect(1);
+    assert!(
+        out.stderr
+            .contains("did not happen within 1s (last: false)"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_planted_password_appears_in_no_output_and_no_file() {
+    let Some((_pg, sb)) = setup() else { return };
+    sb.write(
+        "pb.toml",
+        r#"name = "leaky"
+[[steps]]
+id = "use-it"
+kind = "sql"
+database = "fhir"
+statement = "CREATE TABLE leak (v text)"
+rollback = "DROP TABLE IF EXISTS leak"
+
+[[steps]]
+id = "echo-it"
+kind = "exec"
+run = "echo the password is $FHIR_DB_PASSWORD; echo \"$FHIR_DB_PASSWORD\" >&2"
+undo = "echo undoing with $FHIR_DB_PASSWORD"
+
+[[steps]]
+id = "fail-with-it"
+kind = "exec"
+run = "echo \"cannot log in with $FHIR_DB_PASSWORD\" >&2; exit 1"
+"#,
+    );
+    let junit = sb.path("report.xml");
+    let env = [("FHIR_DB_PASSWORD", PW)];
+    let human = sb.run_env(
+        &[
+            "run",
+            "pb.toml",
+            "--target",
+            "target.toml",
+            "-v",
+            "--junit",
+            junit.to_str().unwrap(),
+        ],
+        &env,
+    );
+    human.expect(1);
+    assert!(
+        human.stderr.contains("the password is ***"),
+        "the child's output is shown, masked:\n{}",
+        human.stderr
+    );
+    let json = sb.run_env(
+        &[
+            "run",
+            "pb.toml",
+            "--target",
+            "target.toml",
+            "--format",
+            "json",
+        ],
+        &env,
+    );
+    json.expect(1);
+    let status = sb.run(&["status", "--format", "json"]);
+    for (what, text) in [
+        ("human stdout", &human.stdout),
+        ("human stderr", &human.stderr),
+        ("json stdout", &json.stdout),
+        ("json stderr", &json.stderr),
+        ("status", &status.stdout),
+    ] {
+        assert!(
+            !text.contains(PW),
+            "the password leaked into {what}:\n{text}"
+        );
+    }
+    let files = sb.all_files();
+    assert!(files.iter().any(|f| f.ends_with("journal.jsonl")));
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(PW),
+            "the password leaked into {}",
+            f.display()
+        );
+    }
+    assert!(
+        std::fs::read_to_string(&junit)
+            .unwrap()
+            .contains("cannot log in with ***")
+    );
+    // The state dir is private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&sb.state), 0o700);
+    let id = sb.run_ids().pop().unwrap();
+    assert_eq!(mode(&sb.state.join("runs").join(&id)), 0o700);
+    assert_eq!(
+        mode(&sb.state.join("runs").join(&id).join("journal.jsonl")),
+        0o600
+    );
+}
