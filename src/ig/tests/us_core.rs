@@ -145,30 +145,3 @@ fn us_core_6_to_7_finds_the_readme_tightenings() {
         "3 resource profiles + 1 extension"
     );
 }
-
-/// `cargo test --release --bin ferry -- --ignored bench --nocapture`: reader and diff speed.
-#[test]
-#[ignore]
-fn bench_read_and_diff_us_core() {
-    let time = |f: &mut dyn FnMut()| {
-        let mut v: Vec<f64> = (0..15)
-            .map(|_| {
-                let t = std::time::Instant::now();
-                f();
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (a, b) = (
-        real("hl7.fhir.us.core-6.1.0.tgz"),
-        real("hl7.fhir.us.core-7.0.0.tgz"),
-    );
-    let read_ms = time(&mut || drop(read(&a)));
-    let (pa, pb) = (read(&a), read(&b));
-    let diff_ms = time(&mut || drop(diff(&pa, &pb)));
-    println!(
-        "bench: read_package(us.core 6.1.0) median {read_ms:.1} ms; diff(6.1.0 -> 7.0.0, parsed) median {diff_ms:.1} ms"
-    );
-}
