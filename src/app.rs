@@ -56,10 +56,13 @@ pub async fn main(cli: Cli) -> Result<i32> {
             accept_changes,
         } => continue_run(g, run_id, *accept_changes, true, false, &[]).await,
         Command::Status { run_id } => show_status(g, run_id.as_deref()),
-        Command::Unlock { force } => {
-            let msg = engine::lock::unlock(&g.state_dir, *force)?;
-            println!("{msg}");
-            Ok(0)
+        Command::Unlock { target, force } => {
+            println!("{}", engine::lock::unlock(&g.state_dir)?);
+            if let Some(t) = load_target(target.as_deref())? {
+                t.register_secrets();
+                println!("{}", engine::lock::unlock_pg(&t, *force).await?);
+            }
+            Ok(code::DONE)
         }
         Command::Ig(cmd) => ig(g, cmd),
         Command::Completions { shell } => {

@@ -123,7 +123,10 @@ pub enum Command {
     Status { run_id: Option<String> },
     /// Clear a lock whose owner is dead (refuses a live owner).
     Unlock {
-        /// Also clear a lock recorded by another host.
+        /// Also release the deployment's database lock held for this target.
+        #[arg(long, short)]
+        target: Option<PathBuf>,
+        /// Release a database lock held from another host (you assert that machine is gone).
         #[arg(long)]
         force: bool,
     },

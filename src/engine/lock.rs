@@ -89,8 +89,9 @@ impl Drop for StateLock {
     }
 }
 
-/// `ferry unlock`: clears the owner record when nobody holds the lock; refuses a live owner.
-pub fn unlock(state_dir: &Path, force: bool) -> Result<String, Error> {
+/// `ferry unlock`: clears the owner record when nobody holds the lock; refuses a live owner
+/// (an flock is only ever held by a live process: the kernel drops it when its owner dies).
+pub fn unlock(state_dir: &Path) -> Result<String, Error> {
     let file = open(state_dir).map_err(|e| Error::Other(e.into()))?;
     let owner = read_owner(state_dir);
     match file.try_lock() {
@@ -103,22 +104,12 @@ pub fn unlock(state_dir: &Path, force: bool) -> Result<String, Error> {
             })
         }
         Err(_) => {
-            let me = super::hostname();
             let who = owner
                 .as_ref()
                 .map_or("a live ferry process".into(), |o| o.to_string());
-            let foreign = owner.as_ref().is_some_and(|o| o.host != me);
-            if force && foreign {
-                // An flock is only ever held by a process on this host; a foreign owner
-                // record under a held lock means a shared filesystem: leave it to them.
-                Err(Error::Locked(format!(
-                    "the lock is held by {who}; it is alive, so it cannot be cleared"
-                )))
-            } else {
-                Err(Error::Locked(format!(
-                    "refusing to unlock: held by {who}, which is alive"
-                )))
-            }
+            Err(Error::Locked(format!(
+                "refusing to unlock: held by {who}, which is alive"
+            )))
         }
     }
 }
@@ -151,9 +142,10 @@ pub async fn acquire_pg(
                 "cannot take the run lock in the fhir database: {e:#}"
             ))
         })?;
+    // Parsed back by `unlock_pg`: "ferry pid PID on HOST: COMMAND run RUN_ID".
     let me = format!(
-        "ferry {} run {} pid {} on {}",
-        owner.command, owner.run_id, owner.pid, owner.host
+        "ferry pid {} on {}: {} run {}",
+        owner.pid, owner.host, owner.command, owner.run_id
     );
     let q = |e: tokio_postgres::Error| {
         Error::Other(anyhow::anyhow!(
@@ -175,18 +167,84 @@ pub async fn acquire_pg(
     if got {
         return Ok(Some(PgLock { _client: client }));
     }
-    let holder: Option<String> = client
+    let holder = pg_holder(&client).await?;
+    Err(Error::Locked(format!(
+        "the deployment's fhir database is locked by {}",
+        holder.map_or_else(
+            || "another ferry run".into(),
+            |(pid, name, client)| format!("{name} (backend {pid}, client {client})")
+        )
+    )))
+}
+
+/// (backend pid, application_name, client address) of the session holding ferry's lock.
+async fn pg_holder(
+    client: &tokio_postgres::Client,
+) -> Result<Option<(i32, String, String)>, Error> {
+    let row = client
         .query_opt(
-            "SELECT a.application_name || ' (backend ' || a.pid || ', client ' || coalesce(host(a.client_addr), 'local') || ')' \
+            "SELECT a.pid, a.application_name, coalesce(host(a.client_addr), 'local') \
              FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
              WHERE l.locktype = 'advisory' AND l.granted AND ((l.classid::bigint << 32) | l.objid::bigint) = $1",
             &[&PG_LOCK_KEY],
         )
         .await
-        .map_err(q)?
-        .map(|r| r.get(0));
-    Err(Error::Locked(format!(
-        "the deployment's fhir database is locked by {}",
-        holder.unwrap_or_else(|| "another ferry run".into())
-    )))
+        .map_err(|e| Error::Other(anyhow::anyhow!("database lock: {}", crate::infra::postgres::describe(&e))))?;
+    Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
+}
+
+/// `ferry unlock --target T`: ends the database session holding ferry's lock when its ferry
+/// is dead (same host, pid gone) or, with `--force`, when it runs on another host that the
+/// operator says is gone (a lost machine's TCP session can linger for hours).
+pub async fn unlock_pg(target: &crate::target::Target, force: bool) -> Result<String, Error> {
+    let Ok(pg) = target.postgres("fhir") else {
+        return Ok("the target has no [postgres.fhir]: no database lock".into());
+    };
+    let pw = target
+        .secret(&pg.password_env, &pg.password_file)
+        .map_err(Error::Precondition)?;
+    let client = crate::infra::postgres::connect(&pg.url, pw.as_deref())
+        .await
+        .map_err(|e| Error::Precondition(format!("{e:#}")))?;
+    let Some((backend, name, addr)) = pg_holder(&client).await? else {
+        return Ok("the database lock is free".into());
+    };
+    let words: Vec<&str> = name.split_whitespace().collect();
+    let (pid, host) = match words.as_slice() {
+        ["ferry", "pid", pid, "on", host, ..] => (
+            pid.parse::<u32>().ok(),
+            host.trim_end_matches(':').to_owned(),
+        ),
+        _ => (None, String::new()),
+    };
+    let here = host == super::hostname();
+    let dead_here = here && pid.is_some_and(|p| !super::status::pid_alive(p));
+    if !(dead_here || force && !here) {
+        let why = if here {
+            "its ferry is alive on this host"
+        } else {
+            "it is held from another host; if that machine is gone, add --force"
+        };
+        return Err(Error::Locked(format!(
+            "refusing to release the database lock held by {name} (backend {backend}, client {addr}): {why}"
+        )));
+    }
+    let ended: bool = client
+        .query_one("SELECT pg_terminate_backend($1)", &[&backend])
+        .await
+        .map_err(|e| {
+            Error::Other(anyhow::anyhow!(
+                "pg_terminate_backend: {}",
+                crate::infra::postgres::describe(&e)
+            ))
+        })?
+        .get(0);
+    let how = if ended {
+        "terminated"
+    } else {
+        "was already gone"
+    };
+    Ok(format!(
+        "released the database lock of {name}: backend {backend} {how}"
+    ))
 }

@@ -216,8 +216,10 @@ fn the_database_lock_stops_a_second_operator_with_another_state_dir() {
     );
     out.expect(4);
     assert!(
-        out.stderr
-            .contains("fhir database is locked by ferry run run"),
+        out.stderr.contains(&format!(
+            "fhir database is locked by ferry pid {} on",
+            first.id()
+        )),
         "{}",
         out.stderr
     );
@@ -360,4 +362,88 @@ run = "echo \"cannot log in with $FHIR_DB_PASSWORD\" >&2; exit 1"
         mode(&sb.state.join("runs").join(&id).join("journal.jsonl")),
         0o600
     );
+}
+
+/// A session holding ferry's database lock, as a lost or killed ferry would leave it.
+fn hold_db_lock(pg: &Pg, app_name: &str) -> std::process::Child {
+    use std::io::Write;
+    let mut c = std::process::Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "hapi",
+            "-d",
+            "fhirdb",
+            "-Xq",
+        ])
+        .env("PGPASSWORD", PW)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdin = c.stdin.as_mut().unwrap();
+    writeln!(
+        stdin,
+        "SET application_name = '{app_name}'; SELECT pg_advisory_lock(x'6665727279'::bigint);"
+    )
+    .unwrap();
+    stdin.flush().unwrap();
+    c
+}
+
+#[test]
+fn unlock_releases_a_database_lock_left_by_a_dead_or_lost_ferry() {
+    let Some((pg, sb)) = setup() else { return };
+    let env = [("FHIR_DB_PASSWORD", PW)];
+    let held = || {
+        pg.psql(
+            "fhirdb",
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted",
+        )
+    };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_owned();
+    // A dead ferry on this host (its session lingers): unlock ends the session.
+    let mut s1 = hold_db_lock(&pg, &format!("ferry pid 4194000 on {host}: run run X"));
+    wait_for("the lock", Duration::from_secs(10), || held() == "1");
+    sb.write(
+        "pb.toml",
+        "name = \"x\"\n[[steps]]\nid = \"a\"\nkind = \"exec\"\nrun = \"true\"\n",
+    );
+    let out = sb.run_env(&["run", "pb.toml", "--target", "target.toml"], &env);
+    out.expect(4);
+    let out = sb.run_env(&["unlock", "--target", "target.toml"], &env);
+    out.expect(0);
+    assert!(
+        out.stdout
+            .contains("released the database lock of ferry pid 4194000"),
+        "{}",
+        out.stdout
+    );
+    wait_for("the lock to go", Duration::from_secs(10), || held() == "0");
+    let _ = s1.kill();
+    s1.wait().unwrap();
+    // A ferry on another host: refused unless the operator says that machine is gone.
+    let mut s2 = hold_db_lock(&pg, "ferry pid 77 on lost-host: run run Y");
+    wait_for("the lock", Duration::from_secs(10), || held() == "1");
+    let out = sb.run_env(&["unlock", "--target", "target.toml"], &env);
+    out.expect(4);
+    assert!(
+        out.stderr
+            .contains("held from another host; if that machine is gone, add --force"),
+        "{}",
+        out.stderr
+    );
+    sb.run_env(&["unlock", "--target", "target.toml", "--force"], &env)
+        .expect(0);
+    wait_for("the lock to go", Duration::from_secs(10), || held() == "0");
+    let _ = s2.kill();
+    s2.wait().unwrap();
+    sb.run_env(&["run", "pb.toml", "--target", "target.toml"], &env)
+        .expect(0);
 }
