@@ -65,6 +65,9 @@ pub async fn main(cli: Cli) -> Result<i32> {
             Ok(code::DONE)
         }
         Command::Ig(cmd) => ig(g, cmd),
+        Command::Check { name, target, set } => {
+            check_cmd(g, name.as_deref(), target.as_deref(), set).await
+        }
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "ferry", &mut std::io::stdout());
             Ok(0)
@@ -96,6 +99,66 @@ fn ig(g: &Global, cmd: &IgCommand) -> Result<i32> {
         }
     };
     r.map(|()| code::DONE).map_err(Error::invalid)
+}
+
+async fn check_cmd(
+    g: &Global,
+    name: Option<&str>,
+    target: Option<&Path>,
+    set: &[String],
+) -> Result<i32> {
+    use crate::checks::{self, CheckCx, Params, Status};
+    let Some(name) = name else {
+        for (n, _, what) in checks::CHECKS {
+            println!("{n:<22} {what}");
+        }
+        return Ok(code::DONE);
+    };
+    let keys = checks::keys(name).ok_or_else(|| {
+        let help =
+            crate::playbook::diagnostic::did_you_mean(name, checks::CHECKS.iter().map(|c| c.0));
+        Error::invalid(format!(
+            "unknown check `{name}`{}",
+            help.map(|h| format!(" ({h})")).unwrap_or_default()
+        ))
+    })?;
+    let target =
+        load_target(target)?.ok_or_else(|| Error::invalid("`ferry check` needs --target FILE"))?;
+    target.register_secrets();
+    let mut overrides = toml::Table::new();
+    for (k, v) in parse_vars(set)? {
+        // Numbers stay numbers; everything else is a string.
+        let val = v
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .or_else(|_| v.parse::<f64>().map(toml::Value::Float))
+            .unwrap_or(toml::Value::String(v));
+        overrides.insert(k, val);
+    }
+    let empty = toml::Table::new();
+    let from_target = target.checks.get(name).unwrap_or(&empty);
+    let params = Params::merge(name, keys, &[from_target, &overrides])
+        .map_err(|e| Error::invalid(format!("{e:#}")))?;
+    let cx = CheckCx {
+        target: &target,
+        params,
+        state_dir: g.state_dir.clone(),
+    };
+    let report = checks::run(name, &cx).await;
+    if g.format == Format::Json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| Error::Other(e.into()))?
+        );
+    } else {
+        println!("{}", crate::report::redact::redact(&report.line()));
+        if g.verbose || report.status != Status::Ok {
+            for d in &report.details {
+                println!("  {}", crate::report::redact::redact(d));
+            }
+        }
+    }
+    Ok(report.status.exit_code())
 }
 
 fn parse_vars(raw: &[String]) -> Result<Vec<(String, String)>> {

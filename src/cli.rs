@@ -130,6 +130,16 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// One monitoring check, for cron or a pager: exit 0 OK, 1 ALERT, 3 UNKNOWN.
+    /// Without NAME, lists the checks.
+    Check {
+        name: Option<String>,
+        #[arg(long, short)]
+        target: Option<PathBuf>,
+        /// Override a threshold (repeatable), e.g. --set max_pct=70.
+        #[arg(long = "set", value_name = "K=V")]
+        set: Vec<String>,
+    },
     /// FHIR IG packages (NPM .tgz): inspect one, or diff two for SHALL tightenings.
     #[command(subcommand)]
     Ig(IgCommand),

@@ -4,6 +4,7 @@
 //! documented exit codes.
 
 mod app;
+mod checks;
 mod cli;
 mod engine;
 mod error;

@@ -106,6 +106,7 @@ impl Engine {
         )
         .with_checkpoint(cp);
         cx.timeout = step.timeout;
+        cx.state_dir = self.state_dir.clone();
         if let Some(w) = workdir {
             cx.workdir = w.clone();
         }

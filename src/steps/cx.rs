@@ -99,6 +99,8 @@ pub struct StepCx {
     pub target: Option<Arc<Target>>,
     pub vars: Arc<BTreeMap<String, String>>,
     pub workdir: PathBuf,
+    /// ferry's state dir (checks that compare with their last run keep state there).
+    pub state_dir: PathBuf,
     pub timeout: Option<Duration>,
     pub approvals: Arc<Approvals>,
     pub prompter: Arc<dyn Prompter>,
@@ -129,6 +131,7 @@ impl StepCx {
             target,
             vars,
             workdir: std::env::current_dir().unwrap_or_else(|_| ".".into()),
+            state_dir: ".ferry".into(),
             timeout: None,
             approvals,
             prompter,

@@ -8,9 +8,12 @@
 //! undone" is success) and also sees the checkpoint.
 
 pub mod approval;
+pub mod audit_partitions;
+pub mod check;
 pub mod cx;
 pub mod env_set;
 pub mod exec;
+pub mod explain_seqscan;
 pub mod sql;
 pub mod wait;
 
@@ -81,6 +84,9 @@ pub enum StepSpec {
     EnvSet(env_set::EnvSet),
     Approval(approval::Approval),
     Wait(wait::Wait),
+    Check(check::CheckStep),
+    ExplainSeqscan(explain_seqscan::ExplainSeqscan),
+    AuditPartitions(audit_partitions::AuditPartitions),
 }
 
 /// Every kind with the keys it accepts (besides the common ones).
@@ -90,6 +96,9 @@ pub const KINDS: &[(&str, &[&str])] = &[
     ("env_set", env_set::KEYS),
     ("approval", approval::KEYS),
     ("wait", wait::KEYS),
+    ("check", check::KEYS),
+    ("explain_seqscan", explain_seqscan::KEYS),
+    ("audit_partitions", audit_partitions::KEYS),
 ];
 
 pub fn kind_keys(kind: &str) -> Option<&'static [&'static str]> {
@@ -113,6 +122,9 @@ macro_rules! dispatch {
             StepSpec::EnvSet($s) => $e,
             StepSpec::Approval($s) => $e,
             StepSpec::Wait($s) => $e,
+            StepSpec::Check($s) => $e,
+            StepSpec::ExplainSeqscan($s) => $e,
+            StepSpec::AuditPartitions($s) => $e,
         }
     };
 }
@@ -125,6 +137,9 @@ impl StepSpec {
             "env_set" => StepSpec::EnvSet(typed(params)?),
             "approval" => StepSpec::Approval(typed(params)?),
             "wait" => StepSpec::Wait(typed(params)?),
+            "check" => StepSpec::Check(typed(params)?),
+            "explain_seqscan" => StepSpec::ExplainSeqscan(typed(params)?),
+            "audit_partitions" => StepSpec::AuditPartitions(typed(params)?),
             other => return Err(format!("unknown step kind `{other}`")),
         })
     }
@@ -134,6 +149,9 @@ impl StepSpec {
         match self {
             StepSpec::Wait(w) => w.validate(),
             StepSpec::EnvSet(e) => e.validate(),
+            StepSpec::Check(c) => c.validate(),
+            StepSpec::ExplainSeqscan(e) => e.validate(),
+            StepSpec::AuditPartitions(a) => a.validate(),
             _ => vec![],
         }
     }
