@@ -11,6 +11,7 @@ pub mod approval;
 pub mod cx;
 pub mod env_set;
 pub mod exec;
+pub mod ig_package_swap;
 pub mod sql;
 pub mod wait;
 
@@ -81,6 +82,7 @@ pub enum StepSpec {
     EnvSet(env_set::EnvSet),
     Approval(approval::Approval),
     Wait(wait::Wait),
+    IgPackageSwap(ig_package_swap::IgPackageSwap),
 }
 
 /// Every kind with the keys it accepts (besides the common ones).
@@ -90,6 +92,7 @@ pub const KINDS: &[(&str, &[&str])] = &[
     ("env_set", env_set::KEYS),
     ("approval", approval::KEYS),
     ("wait", wait::KEYS),
+    ("ig_package_swap", ig_package_swap::KEYS),
 ];
 
 pub fn kind_keys(kind: &str) -> Option<&'static [&'static str]> {
@@ -113,6 +116,7 @@ macro_rules! dispatch {
             StepSpec::EnvSet($s) => $e,
             StepSpec::Approval($s) => $e,
             StepSpec::Wait($s) => $e,
+            StepSpec::IgPackageSwap($s) => $e,
         }
     };
 }
@@ -125,6 +129,7 @@ impl StepSpec {
             "env_set" => StepSpec::EnvSet(typed(params)?),
             "approval" => StepSpec::Approval(typed(params)?),
             "wait" => StepSpec::Wait(typed(params)?),
+            "ig_package_swap" => StepSpec::IgPackageSwap(typed(params)?),
             other => return Err(format!("unknown step kind `{other}`")),
         })
     }
@@ -134,6 +139,7 @@ impl StepSpec {
         match self {
             StepSpec::Wait(w) => w.validate(),
             StepSpec::EnvSet(e) => e.validate(),
+            StepSpec::IgPackageSwap(s) => s.validate(),
             _ => vec![],
         }
     }
