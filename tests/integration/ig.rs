@@ -514,3 +514,57 @@ fn ig_inspect_and_diff_through_the_binary() {
         );
     }
 }
+
+#[test]
+fn broken_notice_records_and_yaml_are_refused_by_name() {
+    let sb = setup(
+        "application_yaml = \"hapi-overlay/src/main/resources/application.yaml\"",
+        "",
+    );
+    sb.write(
+        &format!("files/notices/{ID}-0.3.0.toml"),
+        "notified_on = \"last month\"\nchannel = \"email\"\nreference = \"X\"\n",
+    );
+    let before = snapshot(&sb);
+    let out = run(&sb, &fixture("bd.gov.dghs.core-0.3.0.tgz"), &[]);
+    out.expect(3);
+    assert!(
+        out.stderr.contains(&format!("the notice record files/notices/{ID}-0.3.0.toml is invalid: `notified_on = last month` is not a date")),
+        "{}",
+        out.stderr
+    );
+    assert_same(&before, &sb);
+
+    sb.write(YAML, "hapi:\n  fhir:\n    implementationguides:\n      other:\n        packageUrl: classpath:packages/x-1.0.0.tgz\n        version: 1.0.0\n");
+    let before = snapshot(&sb);
+    let out = run(&sb, &fixture("bd.gov.dghs.core-0.2.2.tgz"), &[]);
+    out.expect(3);
+    assert!(
+        out.stderr.contains(&format!(
+            "application_yaml: {YAML}: no entry for {ID} under `hapi.fhir.implementationguides`"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert_same(&before, &sb);
+}
+
+#[test]
+fn the_example_playbook_runs() {
+    let sb = setup("", "");
+    let pb = repo().join("playbooks/examples/ig_package_swap.toml");
+    let var = format!(
+        "package={}",
+        fixture("bd.gov.dghs.core-0.2.2.tgz").display()
+    );
+    let out = sb.run(&[
+        "run",
+        pb.to_str().unwrap(),
+        "--target",
+        "target.toml",
+        "--var",
+        &var,
+    ]);
+    out.expect(0);
+    assert_swapped(&sb, "0.2.2");
+}
