@@ -67,6 +67,16 @@ pub fn read(path: &Path) -> std::io::Result<BTreeMap<String, String>> {
 /// Sets every key (all occurrences), appending missing ones; returns what it replaced.
 pub fn set(path: &Path, vars: &BTreeMap<String, String>) -> std::io::Result<Edit> {
     let text = std::fs::read_to_string(path)?;
+    let (edit, new) = plan_set(&text, vars);
+    if let Some(new) = new {
+        write_atomic(path, new.as_bytes())?;
+    }
+    Ok(edit)
+}
+
+/// What `set` would do to `text`, without writing: the edit and the new text (None when
+/// nothing changes). Lets a step journal the edit before it touches the file.
+pub fn plan_set(text: &str, vars: &BTreeMap<String, String>) -> (Edit, Option<String>) {
     let mut lines: Vec<String> = text.split_inclusive('\n').map(str::to_owned).collect();
     let mut edit = Edit {
         replaced: vec![],
@@ -98,10 +108,8 @@ pub fn set(path: &Path, vars: &BTreeMap<String, String>) -> std::io::Result<Edit
             edit.appended.push(k.clone());
         }
     }
-    if !edit.replaced.is_empty() || !edit.appended.is_empty() {
-        write_atomic(path, lines.concat().as_bytes())?;
-    }
-    Ok(edit)
+    let changed = !edit.replaced.is_empty() || !edit.appended.is_empty();
+    (edit, changed.then(|| lines.concat()))
 }
 
 /// Undoes `edit`: puts replaced lines back, drops appended ones, restores the final newline.

@@ -14,6 +14,7 @@ pub mod cx;
 pub mod env_set;
 pub mod exec;
 pub mod explain_seqscan;
+pub mod ig_package_swap;
 pub mod sql;
 pub mod wait;
 
@@ -87,6 +88,7 @@ pub enum StepSpec {
     Check(check::CheckStep),
     ExplainSeqscan(explain_seqscan::ExplainSeqscan),
     AuditPartitions(audit_partitions::AuditPartitions),
+    IgPackageSwap(ig_package_swap::IgPackageSwap),
 }
 
 /// Every kind with the keys it accepts (besides the common ones).
@@ -99,6 +101,7 @@ pub const KINDS: &[(&str, &[&str])] = &[
     ("check", check::KEYS),
     ("explain_seqscan", explain_seqscan::KEYS),
     ("audit_partitions", audit_partitions::KEYS),
+    ("ig_package_swap", ig_package_swap::KEYS),
 ];
 
 pub fn kind_keys(kind: &str) -> Option<&'static [&'static str]> {
@@ -125,6 +128,7 @@ macro_rules! dispatch {
             StepSpec::Check($s) => $e,
             StepSpec::ExplainSeqscan($s) => $e,
             StepSpec::AuditPartitions($s) => $e,
+            StepSpec::IgPackageSwap($s) => $e,
         }
     };
 }
@@ -140,6 +144,7 @@ impl StepSpec {
             "check" => StepSpec::Check(typed(params)?),
             "explain_seqscan" => StepSpec::ExplainSeqscan(typed(params)?),
             "audit_partitions" => StepSpec::AuditPartitions(typed(params)?),
+            "ig_package_swap" => StepSpec::IgPackageSwap(typed(params)?),
             other => return Err(format!("unknown step kind `{other}`")),
         })
     }
@@ -152,6 +157,7 @@ impl StepSpec {
             StepSpec::Check(c) => c.validate(),
             StepSpec::ExplainSeqscan(e) => e.validate(),
             StepSpec::AuditPartitions(a) => a.validate(),
+            StepSpec::IgPackageSwap(s) => s.validate(),
             _ => vec![],
         }
     }

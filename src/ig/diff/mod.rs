@@ -68,7 +68,6 @@ pub struct Diff {
 }
 
 impl Diff {
-    #[allow(dead_code)] // used by the ig_package_swap step on the main branch
     pub fn tightenings(&self) -> impl Iterator<Item = &Finding> {
         self.findings
             .iter()
