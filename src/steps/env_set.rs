@@ -121,13 +121,20 @@ impl Step for EnvSet {
 
     async fn apply(&self, cx: &StepCx) -> anyhow::Result<()> {
         let f = self.file(cx)?;
-        // Re-entry after a crash: the checkpoint means the edit happened (or is about to be
-        // repeated with the same values, which `set` treats as a no-op).
-        let prior: Option<Edit> = cx.checkpoint()?;
-        let edit =
-            dotenv::set(&f, &self.set).with_context(|| format!("editing {}", f.display()))?;
-        if prior.is_none() {
-            cx.save_checkpoint(&edit)?;
+        let what = || format!("editing {}", f.display());
+        // Re-entry after a crash: the edit is journaled, and it may or may not have reached
+        // the file; setting the same values again is a no-op when it did.
+        if cx.checkpoint::<Edit>()?.is_some() {
+            dotenv::set(&f, &self.set).with_context(what)?;
+            return Ok(());
+        }
+        // Journal what will be replaced before the file changes, so a crash in between
+        // leaves a record to undo from (reverting an edit that never landed is a no-op).
+        let text = std::fs::read_to_string(&f).with_context(what)?;
+        let (edit, new) = dotenv::plan_set(&text, &self.set);
+        cx.save_checkpoint(&edit)?;
+        if let Some(new) = new {
+            dotenv::write_atomic(&f, new.as_bytes()).with_context(what)?;
         }
         Ok(())
     }

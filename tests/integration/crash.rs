@@ -170,3 +170,29 @@ fn torn_journal_tail_is_ignored_on_resume() {
     sb.run(&["resume", &id]).expect(0);
     expect_effects(&sb);
 }
+
+#[test]
+fn env_set_killed_between_journal_and_edit_resumes_and_rolls_back_exactly() {
+    let sb = Sandbox::new();
+    let orig = "A=1\n# keep\nHAPI_IMAGE=old\n";
+    sb.write(".env", orig);
+    sb.write(
+        "pb.toml",
+        "name = \"env\"\n[[steps]]\nid = \"image\"\nkind = \"env_set\"\nfile = \".env\"\nset = { HAPI_IMAGE = \"new\", ADDED = \"x\" }\n",
+    );
+    let out = sb.run_env(
+        &["run", "pb.toml"],
+        &[("FERRY_FAILPOINT", "checkpoint:image")],
+    );
+    assert_eq!(out.signal, Some(9));
+    assert_eq!(
+        sb.read(".env"),
+        orig,
+        "killed after journaling, before the edit"
+    );
+    sb.run(&["resume"]).expect(0);
+    assert_eq!(sb.read(".env"), "A=1\n# keep\nHAPI_IMAGE=new\nADDED=x\n");
+    let id = sb.run_ids().pop().unwrap();
+    sb.run(&["rollback", &id]).expect(0);
+    assert_eq!(sb.read(".env"), orig);
+}
