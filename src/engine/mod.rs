@@ -28,10 +28,13 @@ pub fn runs_dir(state_dir: &std::path::Path) -> std::path::PathBuf {
     state_dir.join("runs")
 }
 
-/// Sortable, unique enough for one state dir: UTC time plus 4 hex digits.
+/// Sortable (to the millisecond, so runs started within one second keep their order) and
+/// unique enough for one state dir: UTC time plus 4 hex digits.
 pub fn new_run_id() -> String {
     let now = time::OffsetDateTime::now_utc();
-    let fmt = time::macros::format_description!("[year][month][day]-[hour][minute][second]");
+    let fmt = time::macros::format_description!(
+        "[year][month][day]-[hour][minute][second].[subsecond digits:3]"
+    );
     let salt = (now.nanosecond() ^ std::process::id().rotate_left(16)) & 0xffff;
     format!("{}-{salt:04x}", now.format(&fmt).unwrap_or_default())
 }

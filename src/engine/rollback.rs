@@ -58,6 +58,17 @@ impl Run<'_> {
     async fn undo_step(&mut self, i: usize) -> Result<(), Error> {
         let def = self.req.playbook.steps[i].clone();
         let t0 = Instant::now();
+        if def.spec.reversibility() == Reversibility::NothingToUndo {
+            // Observed or waited, changed nothing: journaled as undone, not shown.
+            let why = "changes nothing".to_owned();
+            return self.rec(
+                Record::UndoSkipped {
+                    step: def.id.clone(),
+                    why,
+                },
+                false,
+            );
+        }
         if let Reversibility::Irreversible(why) = def.spec.reversibility() {
             self.rec(
                 Record::UndoSkipped {

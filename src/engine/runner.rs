@@ -179,10 +179,14 @@ impl Engine {
         let mut failed = vec![];
         let mut deferred = HashSet::new();
         let total = req.playbook.steps.len();
+        let mut changes_before = false;
         for (i, step) in req.playbook.steps.iter().enumerate() {
             let mut cx = self.cx(req, step, None, None, None);
             cx.dry_run = dry_run;
             cx.preflight = true;
+            cx.after_changes = changes_before;
+            changes_before |=
+                step.spec.reversibility() != crate::steps::Reversibility::NothingToUndo;
             let t0 = Instant::now();
             if dry_run {
                 self.sink.emit(Event::StepStarted {

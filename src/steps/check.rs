@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::{Check, Reversibility, Step, StepCx};
 use crate::checks::{self, CheckCx, Params, Status};
+use crate::report::CheckStatus;
 
 /// `name`, `expect`, plus every threshold any check takes (validated against the named one).
 pub const KEYS: &[&str] = &[
@@ -131,6 +132,12 @@ impl Step for CheckStep {
         }
         Ok(vec![if r.status == self.expected() {
             Check::pass(self.name.clone(), detail)
+        } else if cx.preflight && cx.after_changes {
+            Check::new(
+                self.name.clone(),
+                CheckStatus::Deferred,
+                format!("{detail} now; judged after the earlier steps run"),
+            )
         } else {
             Check::fail(
                 self.name.clone(),

@@ -96,6 +96,9 @@ pub struct StepCx {
     /// True while checks run before any step has applied (dry-run, or a run's preflight):
     /// checks whose inputs come from earlier steps answer `Deferred`.
     pub preflight: bool,
+    /// In preflight: an earlier step of the playbook changes something, so what this step
+    /// observes may only hold after those steps ran (observation steps then say deferred).
+    pub after_changes: bool,
     pub target: Option<Arc<Target>>,
     pub vars: Arc<BTreeMap<String, String>>,
     pub workdir: PathBuf,
@@ -128,6 +131,7 @@ impl StepCx {
             step_id,
             dry_run: false,
             preflight: false,
+            after_changes: false,
             target,
             vars,
             workdir: std::env::current_dir().unwrap_or_else(|_| ".".into()),

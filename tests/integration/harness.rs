@@ -335,3 +335,73 @@ impl Drop for Pg {
             .output();
     }
 }
+
+pub const HAPI_PW: &str = "hapi-login-pw-9c2d";
+pub const AUDIT_PW: &str = "audit-maint-pw-5b7e";
+
+impl Pg {
+    /// Runs a SQL file from the repository as the superuser.
+    pub fn psql_file(&self, db: &str, rel: &str) {
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                self.dir.path().to_str().unwrap(),
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-Xq", "-f"])
+            .arg(repo().join(rel))
+            .output()
+            .expect("psql -f");
+        assert!(
+            out.status.success(),
+            "loading {rel} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A cluster shaped like the deployment: `fhirdb` with HAPI's schema owned by `hapi`,
+    /// `auditdb` with the partitioned audit schema, both with password logins.
+    pub fn deployment() -> Option<Pg> {
+        let pg = Pg::start()?;
+        pg.psql(
+            "postgres",
+            &format!("CREATE ROLE hapi LOGIN PASSWORD '{HAPI_PW}'"),
+        );
+        pg.psql("postgres", "CREATE DATABASE fhirdb OWNER hapi");
+        pg.psql("postgres", "CREATE DATABASE auditdb");
+        pg.psql_file("fhirdb", "fixtures/hapi-schema.sql");
+        pg.psql("fhirdb", "DO $$ DECLARE r record; BEGIN FOR r IN SELECT tablename FROM pg_tables WHERE schemaname = 'public' LOOP EXECUTE format('ALTER TABLE public.%I OWNER TO hapi', r.tablename); END LOOP; END $$");
+        pg.psql_file("auditdb", "fixtures/audit-schema.sql");
+        pg.psql(
+            "postgres",
+            &format!("ALTER ROLE audit_maintainer_login PASSWORD '{AUDIT_PW}'"),
+        );
+        Some(pg)
+    }
+
+    /// A target file for this cluster: `fhir` as hapi, `audit` as the maintainer login,
+    /// `audit_admin` as the superuser (for checks that read audit data).
+    pub fn target_toml(&self) -> String {
+        format!(
+            "name = \"test\"\n\n[postgres.fhir]\nurl = \"{}\"\npassword_env = \"FHIR_DB_PASSWORD\"\n\n\
+             [postgres.audit]\nurl = \"{}\"\npassword_env = \"AUDIT_DB_PASSWORD\"\n\n\
+             [postgres.audit_admin]\nurl = \"{}\"\npassword_env = \"PG_SUPERUSER_PASSWORD\"\n",
+            self.url("hapi", "fhirdb"),
+            self.url("audit_maintainer_login", "auditdb"),
+            self.url("postgres", "auditdb"),
+        )
+    }
+
+    pub fn env(&self) -> [(&'static str, &'static str); 3] {
+        [
+            ("FHIR_DB_PASSWORD", HAPI_PW),
+            ("AUDIT_DB_PASSWORD", AUDIT_PW),
+            ("PG_SUPERUSER_PASSWORD", PG_SUPERUSER_PW),
+        ]
+    }
+}
