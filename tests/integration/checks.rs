@@ -86,7 +86,7 @@ fn audit_partitions_months_ahead_gaps_and_default_partition() {
         out.stdout
     );
     // A default partition that catches rows is itself an alert: those rows are misfiled.
-    pg.psql("auditdb", &format!("CREATE TABLE audit.audit_events_default PARTITION OF audit.audit_events DEFAULT; INSERT INTO audit.audit_events (event_time, event_type, outcome) SELECT date_trunc('month', now() AT TIME ZONE 'UTC') + interval '3 month' + interval '1 day', 'OPERATION', 'ACCEPTED'"));
+    pg.psql("auditdb", "CREATE TABLE audit.audit_events_default PARTITION OF audit.audit_events DEFAULT; INSERT INTO audit.audit_events (event_time, event_type, outcome) SELECT date_trunc('month', now() AT TIME ZONE 'UTC') + interval '3 month' + interval '1 day', 'OPERATION', 'ACCEPTED'");
     wait_for("the statistics", Duration::from_secs(10), || {
         pg.psql(
             "auditdb",
@@ -153,7 +153,7 @@ fn audit_partitions_step_creates_as_the_maintainer_and_rolls_back_only_its_own()
     );
     // Rollback of the first run drops what it created, but only while empty. The
     // maintainer cannot drop tables it does not own, so roll back with an owner's login.
-    pg.psql("auditdb", &format!("INSERT INTO audit.audit_events (event_time, event_type, outcome) SELECT date_trunc('month', now() AT TIME ZONE 'UTC') + interval '2 month' + interval '1 hour', 'OPERATION', 'ACCEPTED'"));
+    pg.psql("auditdb", "INSERT INTO audit.audit_events (event_time, event_type, outcome) SELECT date_trunc('month', now() AT TIME ZONE 'UTC') + interval '2 month' + interval '1 hour', 'OPERATION', 'ACCEPTED'");
     let first = sb.run_ids()[0].clone();
     sb.write(
         "t.toml",
