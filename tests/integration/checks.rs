@@ -517,3 +517,64 @@ fn check_step_expect_alert_gates_a_playbook() {
     out.expect(3);
     assert!(out.stderr.contains("(expected ALERT)"), "{}", out.stderr);
 }
+
+#[test]
+fn shipped_audit_and_monitoring_playbooks_run_against_the_fixture_databases() {
+    let Some((pg, sb)) = setup() else { return };
+    let next = month(&pg, 1);
+    pg.psql("auditdb", &format!("DROP TABLE audit.{next}"));
+    let repo = crate::harness::repo();
+    let audit = repo.join("playbooks/audit-partitions.toml");
+    sb.run_env(
+        &["run", audit.to_str().unwrap(), "--target", "t.toml"],
+        &pg.env(),
+    )
+    .expect(0);
+    assert_eq!(
+        pg.psql(
+            "auditdb",
+            &format!("SELECT to_regclass('audit.{next}') IS NOT NULL")
+        ),
+        "t"
+    );
+    // Monitoring: the maintainer cannot read events, so point rejection-rate at the admin
+    // login through the target's thresholds, as an operator would.
+    sb.write(
+        "t.toml",
+        &format!(
+            "{}\n[checks.rejection-rate]\ndatabase = \"audit_admin\"\n",
+            pg.target_toml()
+        ),
+    );
+    pg.psql("postgres", "GRANT pg_read_all_stats TO hapi");
+    let mon = repo.join("playbooks/monitoring.toml");
+    let junit = sb.path("monitoring.xml");
+    let out = sb.run_env(
+        &[
+            "run",
+            "--dry-run",
+            mon.to_str().unwrap(),
+            "--target",
+            "t.toml",
+            "--junit",
+            junit.to_str().unwrap(),
+        ],
+        &pg.env(),
+    );
+    out.expect(0);
+    let xml = std::fs::read_to_string(junit).unwrap();
+    for c in [
+        "connections",
+        "dead-tuples",
+        "unused-indexes",
+        "audit-partitions",
+        "audit-partition-sizes",
+        "rejection-rate",
+        "seqscan",
+    ] {
+        assert!(
+            xml.contains(&format!("name=\"{c} check: {c}\"")),
+            "{c} in {xml}"
+        );
+    }
+}
