@@ -1,0 +1,132 @@
+//! The sandbox's files root, shaped like the production checkout: `hapi-overlay/` with the
+//! image's Dockerfile and `src/main/resources/packages/<IG>.tgz`, `.env`, and
+//! `docker-compose.yml`; a git repository, so `{{ git.commit }}` has a HEAD to name.
+
+use std::path::Path;
+use std::process::Command;
+
+use super::proc;
+
+pub const IG_BASELINE: &[u8] = include_bytes!("../../fixtures/ig/bd.gov.dghs.core-0.2.1.tgz");
+pub const IG_BASELINE_FILE: &str = "bd.gov.dghs.core-0.2.1.tgz";
+
+pub struct Layout<'a> {
+    pub project: &'a str,
+    pub image: &'a str,
+    pub lb_image: &'a str,
+    pub http_port: u16,
+    pub sandbox_id: &'a str,
+}
+
+pub fn compose_file(l: &Layout) -> String {
+    format!(
+        r#"# The sandbox's HAPI service: N stand-in replicas behind a round-robin proxy, as nginx
+# fronts the real replicas. Every container carries ferry.sandbox so `down` finds it.
+version: "2.4"
+services:
+  hapi:
+    image: ${{HAPI_IMAGE}}
+    environment:
+      SPRING_DATASOURCE_HIKARI_MAXIMUM_POOL_SIZE: "5"
+      STANDIN_START_DELAY_MS: "1000"
+    ports:
+      - "127.0.0.1::8080"
+    labels:
+      ferry.sandbox: "{id}"
+    restart: unless-stopped
+  lb:
+    image: {lb}
+    command: ["proxy", "--listen", "0.0.0.0:8080", "--upstream", "hapi:8080"]
+    ports:
+      - "127.0.0.1:{http}:8080"
+    labels:
+      ferry.sandbox: "{id}"
+    restart: unless-stopped
+"#,
+        id = l.sandbox_id,
+        lb = l.lb_image,
+        http = l.http_port,
+    )
+}
+
+pub fn env_file(l: &Layout) -> String {
+    format!(
+        "# bd-fhir-national deployment settings (sandbox)\nCOMPOSE_PROJECT_NAME={}\nHAPI_IMAGE={}\n\
+         HAPI_IG_PACKAGE_CLASSPATH=classpath:packages/{IG_BASELINE_FILE}\nHAPI_IG_VERSION=0.2.1\n",
+        l.project, l.image
+    )
+}
+
+/// Writes the checkout and commits it; `dockerfile` and `standin` are the stand-in's.
+pub fn write(root: &Path, l: &Layout, dockerfile: &str, standin: &Path) -> anyhow::Result<()> {
+    let overlay = root.join("hapi-overlay");
+    let packages = overlay.join("src/main/resources/packages");
+    std::fs::create_dir_all(&packages)?;
+    std::fs::write(packages.join(IG_BASELINE_FILE), IG_BASELINE)?;
+    std::fs::write(overlay.join("Dockerfile"), dockerfile)?;
+    std::fs::copy(standin, overlay.join("hapi-standin"))?;
+    std::fs::write(root.join(".env"), env_file(l))?;
+    std::fs::write(root.join("docker-compose.yml"), compose_file(l))?;
+    std::fs::write(root.join(".gitignore"), ".ferry-backup/\nhapi-overlay/hapi-standin\n")?;
+    let git = |args: &[&str]| {
+        let mut c = Command::new("git");
+        c.arg("-C").arg(root).args(["-c", "user.name=ferry sandbox", "-c", "user.email=sandbox@ferry.invalid"]).args(args);
+        proc::run(c, &format!("git {}", args.join(" ")))
+    };
+    git(&["init", "-q"])?;
+    git(&["add", "-A"])?;
+    git(&["commit", "-qm", "sandbox checkout"])?;
+    Ok(())
+}
+
+pub struct TargetSpec<'a> {
+    pub project: &'a str,
+    pub registry_port: u16,
+    pub http_port: u16,
+    pub pg_port: u16,
+    pub bouncer_port: u16,
+}
+
+pub fn target_toml(t: &TargetSpec) -> String {
+    format!(
+        r#"# Written by `ferry sandbox up`: a disposable local staging. Secrets are in secrets.env
+# (named below by their variables; ferry reads them from there when they are not exported).
+name = "sandbox"
+production = false
+secrets_file = "secrets.env"
+
+[docker]
+compose_project = "{project}"
+service = "hapi"
+
+[registry]
+url = "127.0.0.1:{registry}"
+username_env = "SANDBOX_REGISTRY_USER"
+password_env = "SANDBOX_REGISTRY_PASSWORD"
+
+[fhir]
+base_url = "http://127.0.0.1:{http}/fhir"
+
+[postgres.fhir]
+url = "postgres://hapi@127.0.0.1:{pg}/fhirdb"
+password_env = "SANDBOX_FHIR_DB_PASSWORD"
+
+[postgres.audit]
+url = "postgres://audit_maintainer_login@127.0.0.1:{pg}/auditdb"
+password_env = "SANDBOX_AUDIT_DB_PASSWORD"
+
+[pgbouncer]
+admin_url = "postgres://pgbouncer_admin@127.0.0.1:{bouncer}/pgbouncer"
+password_env = "SANDBOX_PGBOUNCER_PASSWORD"
+
+[files]
+root = "files"
+env_file = ".env"
+"#,
+        project = t.project,
+        registry = t.registry_port,
+        http = t.http_port,
+        pg = t.pg_port,
+        bouncer = t.bouncer_port,
+    )
+}
