@@ -3,8 +3,8 @@
 //! * `hikaricp_connections_pending` > 0 for `pending_for` (30s) or longer, per pool.
 //! * any increase of the HikariCP timeout counter since the previous scrape, per pool
 //!   (Micrometer names it `hikaricp_connections_timeout_total`; the seed and HikariCP's own
-//!   Prometheus tracker write `hikaricp_connection_timeout_total`: both are read). A counter
-//!   lower than before was reset (restart); its whole value is then the increase.
+//!   Prometheus tracker write `hikaricp_connection_timeout_total`: both are read). After a
+//!   restart (or when a counter went down, i.e. was reset) its whole value is the increase.
 //! * `http_server_requests_seconds_max` above `max_request_s` (30), per series (method, uri).
 //! * heap: the sum of `jvm_memory_used_bytes{area="heap"}` over the sum of the defined
 //!   (> 0) `jvm_memory_max_bytes{area="heap"}`, above `max_heap_pct` (85). G1 leaves Eden
@@ -257,12 +257,14 @@ pub fn judge(
 
     // Restart: uptime lower than before, per series.
     let mut uptime_data = vec![];
+    let mut restarted = false;
     for s in page.named(UPTIME) {
         let key = s.series();
         let before = prev.and_then(|p| p.uptime.get(&key)).copied();
         if let Some(b) = before
             && s.value < b
         {
+            restarted = true;
             alerts.push(format!(
                 "container restarted (uptime {}, was {} at the previous scrape)",
                 secs(s.value),
@@ -282,7 +284,9 @@ pub fn judge(
         let key = s.series();
         let pool = s.label("pool").unwrap_or("(no pool label)").to_owned();
         if s.value > 0.0 {
+            // After a restart, threads waiting now are not the ones that waited before.
             let since = prev
+                .filter(|_| !restarted)
                 .and_then(|p| p.pending_since.get(&key))
                 .copied()
                 .unwrap_or(now);
@@ -316,7 +320,14 @@ pub fn judge(
         for s in page.named(name) {
             let key = s.series();
             let pool = s.label("pool").unwrap_or("(no pool label)").to_owned();
-            let before = prev.map(|p| p.counters.get(&key).copied().unwrap_or(0.0));
+            // A series new since the previous scrape, or any after a restart, counted from 0.
+            let before = prev.map(|p| {
+                if restarted {
+                    0.0
+                } else {
+                    p.counters.get(&key).copied().unwrap_or(0.0)
+                }
+            });
             let increase = before.map(|b| if s.value < b { s.value } else { s.value - b });
             if let Some(inc) = increase
                 && inc > 0.0
@@ -355,12 +366,16 @@ pub fn judge(
                 .label("status")
                 .map(|st| format!(" ({st})"))
                 .unwrap_or_default();
-            slow.push((s.value, format!("{method} {uri}{status} {}", secs(s.value))));
+            slow.push((
+                s.value,
+                format!("{method} {uri}{status} {}", secs(s.value)),
+                json!({"series": s.series(), "method": method, "uri": uri, "seconds": s.value}),
+            ));
         }
     }
     slow.sort_by(|a, b| b.0.total_cmp(&a.0));
     if !slow.is_empty() {
-        let names: Vec<&str> = slow.iter().map(|(_, n)| n.as_str()).collect();
+        let names: Vec<&str> = slow.iter().map(|(_, n, _)| n.as_str()).collect();
         alerts.push(format!(
             "requests slower than {}s: {}",
             th.max_request_s,
@@ -419,7 +434,7 @@ pub fn judge(
         "pending": pending_data,
         "timeouts": timeout_data,
         "slowest_request_s": slowest,
-        "slow_requests": slow.iter().map(|(v, n)| json!({"series": n, "seconds": v})).collect::<Vec<_>>(),
+        "slow_requests": slow.iter().map(|(_, _, j)| j.clone()).collect::<Vec<_>>(),
         "heap_pct": heap_pct,
         "uptime": uptime_data,
         "alerts": alerts,
@@ -511,6 +526,8 @@ mod tests {
             r.summary
         );
         assert!(r.summary.contains("1 connection timeouts"), "{}", r.summary);
+        let (r, _) = judge(&page(0.0, 4.0, 5.0), Some(&s2), 1120.0, &th());
+        assert!(r.summary.contains("4 connection timeouts"), "{}", r.summary);
         // Pending: carried since it was first seen.
         let (r, p1) = judge(&page(4.0, 2.0, 220.0), Some(&s2), 1120.0, &th());
         assert_eq!(r.status, Status::Ok);
