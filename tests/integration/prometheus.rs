@@ -549,3 +549,42 @@ fn check_step_in_a_playbook_expects_alert() {
     out.expect(2);
     assert!(out.stderr.contains("has no setting `max_pct`"), "{out:?}");
 }
+
+#[test]
+fn unreadable_state_starts_over_and_unsavable_state_is_unknown() {
+    let (_srv, sb) = setup(&M::default());
+    check(&sb, &[]).expect(0);
+    let dir = sb.state.join("checks");
+    let file = std::fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::write(&file, "{not json").unwrap();
+    let out = check(&sb, &["-v"]);
+    out.expect(0);
+    assert!(
+        out.stdout.contains("is not a scrape state"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("first scrape"), "{}", out.stdout);
+    // Rewritten: the next scrape compares again.
+    let again = check(&sb, &["-v"]);
+    again.expect(0);
+    assert!(again.stdout.contains("previous scrape"), "{}", again.stdout);
+
+    // Where the state directory cannot be made, an otherwise OK scrape is UNKNOWN: a check
+    // that can never compare must not stay quietly green.
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::write(&dir, "in the way").unwrap();
+    let out = check(&sb, &[]);
+    out.expect(3);
+    assert!(
+        out.stdout
+            .starts_with("UNKNOWN: cannot save the scrape state"),
+        "{}",
+        out.stdout
+    );
+}
