@@ -9,8 +9,10 @@ pub mod audit_partitions;
 pub mod connections;
 pub mod dead_tuples;
 pub mod explain;
+pub mod exposition;
 pub mod params;
 pub mod partition_sizes;
+pub mod prometheus;
 pub mod rejection_rate;
 pub mod seqscan;
 pub mod unused_indexes;
@@ -94,7 +96,6 @@ pub struct CheckCx<'a> {
     pub target: &'a Target,
     pub params: Params,
     /// Where checks that compare with their previous run keep state (`prometheus`).
-    #[allow(dead_code)] // read by the prometheus check, which lands next
     pub state_dir: PathBuf,
 }
 
@@ -148,6 +149,11 @@ pub const CHECKS: &[(&str, &[&str], &str)] = &[
         seqscan::KEYS,
         "EXPLAIN ANALYZE of a representative search shows no Seq Scan on HFJ_RESOURCE",
     ),
+    (
+        "prometheus",
+        prometheus::KEYS,
+        "HAPI /actuator/prometheus: pool pending/timeouts, slow requests (30s), heap (85%), restarts",
+    ),
 ];
 
 pub fn keys(name: &str) -> Option<&'static [&'static str]> {
@@ -167,6 +173,7 @@ pub async fn run(name: &str, cx: &CheckCx<'_>) -> Report {
         "audit-partition-sizes" => partition_sizes::run(cx).await,
         "rejection-rate" => rejection_rate::run(cx).await,
         "seqscan" => seqscan::run(cx).await,
+        "prometheus" => prometheus::run(cx).await,
         other => Err(anyhow!("unknown check `{other}`")),
     };
     let mut report = r.unwrap_or_else(|e| Report::new(Status::Unknown, format!("{name}: {e:#}")));

@@ -33,6 +33,10 @@ pub const KEYS: &[&str] = &[
     "event_types",
     "query",
     "query_timeout",
+    "url",
+    "pending_for",
+    "max_request_s",
+    "max_heap_pct",
 ];
 
 #[derive(Debug, Clone, Deserialize)]

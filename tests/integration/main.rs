@@ -5,5 +5,6 @@ mod crash;
 mod engine;
 mod harness;
 mod ig;
+mod prometheus;
 mod sql;
 mod validate;
