@@ -539,11 +539,13 @@ fn shipped_audit_and_monitoring_playbooks_run_against_the_fixture_databases() {
     );
     // Monitoring: the maintainer cannot read events, so point rejection-rate at the admin
     // login through the target's thresholds, as an operator would.
+    let hapi = crate::prometheus::Server::start(&crate::prometheus::page(&Default::default()));
     sb.write(
         "t.toml",
         &format!(
-            "{}\n[checks.rejection-rate]\ndatabase = \"audit_admin\"\n",
-            pg.target_toml()
+            "{}\n[fhir]\nbase_url = \"{}\"\n\n[checks.rejection-rate]\ndatabase = \"audit_admin\"\n",
+            pg.target_toml(),
+            hapi.base_url()
         ),
     );
     pg.psql("postgres", "GRANT pg_read_all_stats TO hapi");
@@ -571,6 +573,7 @@ fn shipped_audit_and_monitoring_playbooks_run_against_the_fixture_databases() {
         "audit-partition-sizes",
         "rejection-rate",
         "seqscan",
+        "prometheus",
     ] {
         assert!(
             xml.contains(&format!("name=\"{c} check: {c}\"")),

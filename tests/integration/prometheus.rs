@@ -23,7 +23,7 @@ struct Shared {
     requests: Vec<(String, String)>,
 }
 
-struct Server {
+pub struct Server {
     port: u16,
     shared: Arc<Mutex<Shared>>,
     stop: Arc<AtomicBool>,
@@ -31,7 +31,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(body: &str) -> Server {
+    pub fn start(body: &str) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let port = listener.local_addr().unwrap().port();
@@ -83,7 +83,7 @@ impl Server {
         self.shared.lock().unwrap().requests.clone()
     }
 
-    fn base_url(&self) -> String {
+    pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}/fhir", self.port)
     }
 }
@@ -138,7 +138,7 @@ fn serve(conn: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
 
 /// The metrics a page is made of; `page()` writes them as Spring Boot 3 does.
 #[derive(Clone)]
-struct M {
+pub struct M {
     pending: f64,
     timeouts: f64,
     uptime: f64,
@@ -160,7 +160,7 @@ impl Default for M {
     }
 }
 
-fn page(m: &M) -> String {
+pub fn page(m: &M) -> String {
     format!(
         r#"# HELP hikaricp_connections_pending Pending threads
 # TYPE hikaricp_connections_pending gauge
