@@ -19,6 +19,9 @@ pub struct Target {
     pub name: String,
     #[serde(default)]
     pub production: bool,
+    /// A dotenv file (0600, beside the target) that `*_env` names are looked up in when the
+    /// environment does not have them: how `ferry sandbox` hands its generated secrets over.
+    pub secrets_file: Option<PathBuf>,
     pub docker: Option<Docker>,
     pub registry: Option<Registry>,
     pub fhir: Option<Fhir>,
@@ -93,6 +96,7 @@ fn default_env_file() -> PathBuf {
 const TOP_KEYS: &[&str] = &[
     "name",
     "production",
+    "secrets_file",
     "docker",
     "registry",
     "fhir",
@@ -243,7 +247,7 @@ impl Target {
     /// Value of one secret reference: `(key, value)` as written, e.g. `("password_env", "X")`.
     pub fn read_secret(&self, key: &str, val: &str) -> Result<Option<String>, String> {
         if key.ends_with("_env") {
-            Ok(std::env::var(val).ok())
+            Ok(std::env::var(val).ok().or_else(|| self.from_secrets_file(val)))
         } else {
             let p = self.resolve_path(Path::new(val));
             std::fs::read_to_string(&p)
@@ -252,18 +256,23 @@ impl Target {
         }
     }
 
+    fn from_secrets_file(&self, name: &str) -> Option<String> {
+        let f = self.resolve_path(self.secrets_file.as_deref()?);
+        crate::infra::dotenv::read(&f).ok()?.remove(name)
+    }
+
     pub fn secret(
         &self,
         env: &Option<String>,
         file: &Option<PathBuf>,
     ) -> Result<Option<String>, String> {
         let v = match (env, file) {
-            (Some(e), _) => match std::env::var(e) {
-                Ok(v) => Some(v),
-                Err(_) if file.is_none() => {
+            (Some(e), _) => match std::env::var(e).ok().or_else(|| self.from_secrets_file(e)) {
+                Some(v) => Some(v),
+                None if file.is_none() => {
                     return Err(format!("environment variable {e} is not set"));
                 }
-                Err(_) => None,
+                None => None,
             },
             _ => None,
         };

@@ -1,0 +1,212 @@
+//! `ferry sandbox up|down|status`: a disposable local staging shaped like the national
+//! deployment, for rehearsing playbooks (and for CI and the README's first command):
+//! PostgreSQL 15 (`fhirdb` with HAPI's schema and generated data, `auditdb` with the
+//! partitioned audit schema), pgBouncer in front of `fhirdb`, Debian's docker-registry with
+//! htpasswd and deletes, a files root like the production checkout, and a docker-compose
+//! project of N HAPI stand-in replicas behind a round-robin proxy on a loopback port.
+//!
+//! Invariants: everything it starts is recorded in `<dir>/sandbox.json` (PIDs, ports, image
+//! tags, the compose project), every container and image carries `ferry.sandbox=<id>`, and
+//! `down` removes exactly that. `up` on a running sandbox only restarts what is not running.
+
+mod files;
+mod pg;
+mod proc;
+mod registry;
+mod stack;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub id: String,
+    pub dir: PathBuf,
+    pub project: String,
+    pub replicas: u32,
+    pub pg_port: u16,
+    pub bouncer_port: u16,
+    pub bouncer_pid: u32,
+    pub registry_port: u16,
+    pub registry_pid: u32,
+    pub http_port: u16,
+    pub image: String,
+    pub lb_image: String,
+}
+
+pub struct UpOptions {
+    pub dir: PathBuf,
+    pub replicas: u32,
+    /// The static stand-in binary (scripts/build-standin prints its path).
+    pub standin: Option<PathBuf>,
+}
+
+const STATE: &str = "sandbox.json";
+pub const REGISTRY_USER: &str = "sandbox";
+
+impl State {
+    fn load(dir: &Path) -> Option<State> {
+        serde_json::from_slice(&std::fs::read(dir.join(STATE)).ok()?).ok()
+    }
+
+    fn save(&self) -> anyhow::Result<()> {
+        crate::infra::dotenv::write_atomic(&self.dir.join(STATE), &serde_json::to_vec_pretty(self)?)?;
+        Ok(())
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}/fhir", self.http_port)
+    }
+}
+
+fn standin_binary(opt: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let candidates: Vec<PathBuf> = match (opt, std::env::var_os("FERRY_STANDIN")) {
+        (Some(p), _) => vec![p.to_path_buf()],
+        (None, Some(p)) => vec![p.into()],
+        (None, None) => {
+            let base = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+            vec![base.join("x86_64-unknown-linux-gnu/standin/hapi-standin")]
+        }
+    };
+    candidates.into_iter().find(|p| p.is_file()).context(
+        "the HAPI stand-in binary is not built: run scripts/build-standin (or pass --standin PATH / set FERRY_STANDIN)",
+    )
+}
+
+/// Starts (or restarts the missing parts of) the sandbox; returns what `status` prints.
+pub async fn up(opts: &UpOptions) -> anyhow::Result<String> {
+    let dir = std::path::absolute(&opts.dir)?;
+    if let Some(state) = State::load(&dir) {
+        ensure_running(&state).await?;
+        return status(&dir).await.map(|(s, _)| format!("sandbox already set up; everything running\n{s}"));
+    }
+    if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
+        bail!("{} exists and is not a sandbox (no {STATE}): choose another --dir", dir.display());
+    }
+    let standin = standin_binary(opts.standin.as_deref())?;
+    std::fs::create_dir_all(&dir)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    let id = hex::encode(&crate::engine::new_run_id().as_bytes()[9..])[..10].to_owned();
+    let project = format!("ferrysbx{}", &id[..8]);
+    let secrets = [
+        ("SANDBOX_PG_SUPERUSER_PASSWORD", proc::password()),
+        ("SANDBOX_FHIR_DB_PASSWORD", proc::password()),
+        ("SANDBOX_AUDIT_DB_PASSWORD", proc::password()),
+        ("SANDBOX_PGBOUNCER_PASSWORD", proc::password()),
+        ("SANDBOX_REGISTRY_USER", REGISTRY_USER.to_owned()),
+        ("SANDBOX_REGISTRY_PASSWORD", proc::password()),
+    ];
+    let body: String = secrets.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    std::fs::write(dir.join("secrets.env"), body)?;
+    std::fs::set_permissions(dir.join("secrets.env"), std::fs::Permissions::from_mode(0o600))?;
+    let (pg_port, bouncer_port, registry_port, http_port) = (proc::free_port()?, proc::free_port()?, proc::free_port()?, proc::free_port()?);
+    let mut state = State {
+        id: id.clone(),
+        dir: dir.clone(),
+        project: project.clone(),
+        replicas: opts.replicas,
+        pg_port,
+        bouncer_port,
+        bouncer_pid: 0,
+        registry_port,
+        registry_pid: 0,
+        http_port,
+        image: format!("127.0.0.1:{registry_port}/bd-fhir-hapi:1.0.0"),
+        lb_image: format!("ferry-sandbox-lb:{id}"),
+    };
+    // Recorded first, so that `down` can clean up after a failed `up`.
+    state.save()?;
+    let s = pg::Secrets {
+        superuser: &secrets[0].1,
+        hapi: &secrets[1].1,
+        audit: &secrets[2].1,
+        bouncer_admin: &secrets[3].1,
+    };
+    pg::init(&dir.join("pg"), pg_port, &s).context("PostgreSQL")?;
+    state.bouncer_pid = pg::start_bouncer(&dir.join("pgbouncer"), pg_port, bouncer_port, &s).context("pgBouncer")?;
+    state.save()?;
+    state.registry_pid = registry::start(&dir.join("registry"), registry_port, REGISTRY_USER, &secrets[5].1).context("docker-registry")?;
+    state.save()?;
+    let layout = files::Layout { project: &project, image: &state.image, lb_image: &state.lb_image, http_port, sandbox_id: &id };
+    files::write(&dir.join("files"), &layout, stack::DOCKERFILE, &standin).context("files root")?;
+    std::fs::write(
+        dir.join("target.toml"),
+        files::target_toml(&files::TargetSpec { project: &project, registry_port, http_port, pg_port, bouncer_port }),
+    )?;
+    stack::build_and_start(&state, &standin, &secrets[5].1).await?;
+    status(&dir).await.map(|(s, _)| s)
+}
+
+/// Restarts whatever of a recorded sandbox is not running (a reboot, a killed process).
+async fn ensure_running(st: &State) -> anyhow::Result<()> {
+    let pgdir = st.dir.join("pg");
+    if !pg::running(&pgdir) {
+        pg::start(&pgdir, st.pg_port)?;
+    }
+    let mut st = st.clone();
+    if !proc::alive(st.bouncer_pid) {
+        let mut c = proc::as_service_user("/usr/sbin/pgbouncer");
+        c.arg("-d").arg(st.dir.join("pgbouncer/pgbouncer.ini"));
+        proc::run(c, "pgbouncer")?;
+        proc::wait_port(st.bouncer_port, Duration::from_secs(10))?;
+        st.bouncer_pid = std::fs::read_to_string(st.dir.join("pgbouncer/pgbouncer.pid"))?.trim().parse()?;
+    }
+    if !proc::alive(st.registry_pid) {
+        let mut c = std::process::Command::new("docker-registry");
+        c.arg("serve").arg(st.dir.join("registry/config.yml"));
+        st.registry_pid = proc::spawn_daemon(c, &st.dir.join("registry/registry.log"))?;
+        proc::wait_port(st.registry_port, Duration::from_secs(15))?;
+    }
+    st.save()?;
+    stack::compose_up(&st).await
+}
+
+/// Removes everything the sandbox made: containers, networks, images, processes, files.
+pub async fn down(dir: &Path) -> anyhow::Result<String> {
+    let dir = std::path::absolute(dir)?;
+    let Some(st) = State::load(&dir) else {
+        bail!("no sandbox in {} (no {STATE})", dir.display());
+    };
+    let mut done = vec![];
+    done.extend(stack::remove(&st).await?);
+    if st.registry_pid != 0 && proc::alive(st.registry_pid) {
+        proc::stop_pid(st.registry_pid, Duration::from_secs(5));
+        done.push(format!("stopped docker-registry (pid {})", st.registry_pid));
+    }
+    if st.bouncer_pid != 0 && proc::alive(st.bouncer_pid) {
+        proc::stop_pid(st.bouncer_pid, Duration::from_secs(5));
+        done.push(format!("stopped pgbouncer (pid {})", st.bouncer_pid));
+    }
+    pg::stop(&dir.join("pg"))?;
+    done.push("stopped PostgreSQL".into());
+    std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    done.push(format!("removed {}", dir.display()));
+    Ok(done.join("\n"))
+}
+
+/// A report of every component and whether all of them are up.
+pub async fn status(dir: &Path) -> anyhow::Result<(String, bool)> {
+    let dir = std::path::absolute(dir)?;
+    let Some(st) = State::load(&dir) else {
+        return Ok((format!("no sandbox in {}", dir.display()), false));
+    };
+    let mut ok = true;
+    let mut line = |name: &str, up: bool, detail: String| {
+        ok &= up;
+        format!("  {:<12} {:<5} {detail}", name, if up { "up" } else { "DOWN" })
+    };
+    let mut out = vec![format!("sandbox {} in {}", st.id, dir.display())];
+    out.push(line("postgresql", pg::running(&dir.join("pg")), format!("127.0.0.1:{} (fhirdb, auditdb)", st.pg_port)));
+    out.push(line("pgbouncer", proc::alive(st.bouncer_pid), format!("127.0.0.1:{} pid {}", st.bouncer_port, st.bouncer_pid)));
+    out.push(line("registry", proc::alive(st.registry_pid), format!("127.0.0.1:{} pid {}", st.registry_port, st.registry_pid)));
+    let (replicas, version) = stack::observe(&st).await;
+    let healthy = replicas.iter().filter(|r| r.contains("healthy") && !r.contains("unhealthy")).count();
+    out.push(line("hapi", healthy >= st.replicas as usize, format!("{healthy}/{} healthy: {}", st.replicas, replicas.join(", "))));
+    out.push(line("fhir", version.is_some(), format!("{} software.version {}", st.base_url(), version.as_deref().unwrap_or("unreachable"))));
+    out.push(format!("  target: {}", dir.join("target.toml").display()));
+    Ok((out.join("\n"), ok))
+}

@@ -1,0 +1,194 @@
+//! kind = "pool_capacity": can the connection pools carry `replicas` HAPI replicas? A check
+//! usable as a precondition (scaling, a rolling redeploy's surge):
+//!   replicas × hikari_pool_size + headroom ≤ pgBouncer's pool for the HAPI database, and
+//!   pgBouncer's pool + PostgreSQL's superuser_reserved_connections ≤ max_connections,
+//! with pgBouncer's numbers read live from its admin console (`SHOW DATABASES`, `SHOW
+//! CONFIG`, simple-query protocol only) and PostgreSQL's from `pg_settings`. It says the
+//! arithmetic the way the seed does: "3 × 5 = 15 ≤ 20, 5 headroom".
+
+use anyhow::{Context, anyhow, bail};
+use serde::Deserialize;
+use tokio_postgres::SimpleQueryMessage;
+
+use super::{Check, Reversibility, Step, StepCx};
+use crate::infra::postgres;
+
+pub const KEYS: &[&str] = &["replicas", "surge", "hikari_pool_size", "headroom", "database"];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolCapacity {
+    /// How many replicas must fit: a number, or "current" (the service's replicas now).
+    pub replicas: toml::Value,
+    /// Extra replicas that run at once during a rolling redeploy (its max_surge).
+    #[serde(default)]
+    pub surge: u32,
+    /// HikariCP's maximumPoolSize per replica (HAPI's default here: 5).
+    #[serde(default = "five")]
+    pub hikari_pool_size: u32,
+    #[serde(default)]
+    pub headroom: u32,
+    /// The target's [postgres.NAME] behind pgBouncer.
+    #[serde(default = "fhir")]
+    pub database: String,
+}
+
+fn five() -> u32 {
+    5
+}
+fn fhir() -> String {
+    "fhir".into()
+}
+
+pub struct Numbers {
+    pub replicas: u32,
+    pub pool: u32,
+    pub bouncer_pool: u32,
+    pub max_connections: u32,
+    pub reserved: u32,
+}
+
+impl PoolCapacity {
+    pub fn validate(&self) -> Vec<(Option<&'static str>, String)> {
+        match &self.replicas {
+            toml::Value::Integer(n) if *n >= 0 => vec![],
+            toml::Value::String(s) if s == "current" || s.parse::<u32>().is_ok() => vec![],
+            _ => vec![(Some("replicas"), "`replicas` must be a number or \"current\"".into())],
+        }
+    }
+
+    async fn replicas(&self, cx: &StepCx) -> anyhow::Result<u32> {
+        match &self.replicas {
+            toml::Value::Integer(n) => Ok(*n as u32),
+            toml::Value::String(s) if s == "current" => crate::steps::docker_util::current_replicas(cx).await,
+            toml::Value::String(s) => Ok(s.parse()?),
+            _ => bail!("`replicas` must be a number or \"current\""),
+        }
+    }
+
+    pub async fn numbers(&self, cx: &StepCx) -> anyhow::Result<Numbers> {
+        let t = cx.target()?;
+        let pg = t.postgres(&self.database).map_err(|e| anyhow!(e))?;
+        let dbname = pg.url.rsplit('/').next().unwrap_or("").split('?').next().unwrap_or("").to_owned();
+        let bouncer = t.pgbouncer.as_ref().context("the target has no [pgbouncer] admin_url")?;
+        let bpw = t.secret(&bouncer.password_env, &bouncer.password_file).map_err(|e| anyhow!(e))?;
+        let admin = postgres::connect(&bouncer.admin_url, bpw.as_deref()).await.context("pgBouncer admin console")?;
+        let dbs = rows(&admin, "SHOW DATABASES").await?;
+        let config = rows(&admin, "SHOW CONFIG").await?;
+        let default_pool: u32 = config
+            .iter()
+            .find(|r| r.get("key").map(String::as_str) == Some("default_pool_size"))
+            .and_then(|r| r.get("value")?.parse().ok())
+            .context("pgBouncer's SHOW CONFIG has no default_pool_size")?;
+        let bouncer_pool = dbs
+            .iter()
+            .find(|r| r.get("name") == Some(&dbname))
+            .and_then(|r| r.get("pool_size")?.parse().ok())
+            .filter(|p: &u32| *p > 0)
+            .unwrap_or(default_pool);
+        let pw = t.secret(&pg.password_env, &pg.password_file).map_err(|e| anyhow!(e))?;
+        let client = postgres::connect(&pg.url, pw.as_deref()).await?;
+        let row = client
+            .query_one(
+                "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int",
+                &[],
+            )
+            .await
+            .map_err(|e| anyhow!("{}", postgres::describe(&e)))?;
+        Ok(Numbers {
+            replicas: self.replicas(cx).await? + self.surge,
+            pool: self.hikari_pool_size,
+            bouncer_pool,
+            max_connections: row.get::<_, i32>(0) as u32,
+            reserved: row.get::<_, i32>(1) as u32,
+        })
+    }
+
+    /// (fits, the seed-style arithmetic).
+    pub fn judge(&self, n: &Numbers) -> (bool, String) {
+        let need = n.replicas * n.pool;
+        let fits_bouncer = need + self.headroom <= n.bouncer_pool;
+        let fits_pg = n.bouncer_pool + n.reserved <= n.max_connections;
+        let left = n.bouncer_pool as i64 - need as i64;
+        let mut s = format!(
+            "{} × {} = {need} {} {} (pgBouncer pool), {} headroom",
+            n.replicas,
+            n.pool,
+            if need <= n.bouncer_pool { "≤" } else { ">" },
+            n.bouncer_pool,
+            left
+        );
+        if self.headroom > 0 {
+            s += &format!(" (at least {} wanted)", self.headroom);
+        }
+        s += &format!(
+            "; pool {} + {} reserved = {} {} {} max_connections",
+            n.bouncer_pool,
+            n.reserved,
+            n.bouncer_pool + n.reserved,
+            if fits_pg { "≤" } else { ">" },
+            n.max_connections
+        );
+        if !fits_bouncer {
+            let want = need + self.headroom;
+            s += &format!("; raise pgBouncer's default_pool_size to at least {want} (and max_connections to at least {})", want + n.reserved);
+        } else if !fits_pg {
+            s += &format!("; raise max_connections to at least {}", n.bouncer_pool + n.reserved);
+        }
+        (fits_bouncer && fits_pg, s)
+    }
+}
+
+async fn rows(client: &tokio_postgres::Client, q: &str) -> anyhow::Result<Vec<std::collections::HashMap<String, String>>> {
+    let msgs = client.simple_query(q).await.map_err(|e| anyhow!("pgBouncer `{q}`: {}", postgres::describe(&e)))?;
+    Ok(msgs
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                r.columns()
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, c)| Some((c.name().to_owned(), r.get(i)?.to_owned())))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect())
+}
+
+impl Step for PoolCapacity {
+    fn describe(&self) -> String {
+        let r = match &self.replicas {
+            toml::Value::Integer(n) => n.to_string(),
+            v => v.as_str().unwrap_or("?").to_owned(),
+        };
+        let surge = if self.surge > 0 { format!(" (+{} surge)", self.surge) } else { String::new() };
+        format!("pool capacity for {r} replicas{surge} × {} connections", self.hikari_pool_size)
+    }
+
+    fn reversibility(&self) -> Reversibility {
+        Reversibility::NothingToUndo
+    }
+
+    async fn check(&self, cx: &StepCx) -> anyhow::Result<Vec<Check>> {
+        let n = match self.numbers(cx).await {
+            Ok(n) => n,
+            Err(e) => return Ok(vec![Check::fail("pools", format!("{e:#}"))]),
+        };
+        let (ok, s) = self.judge(&n);
+        Ok(vec![if ok { Check::pass("pools", s) } else { Check::fail("pools", s) }])
+    }
+
+    async fn apply(&self, cx: &StepCx) -> anyhow::Result<()> {
+        let (ok, s) = self.judge(&self.numbers(cx).await?);
+        if !ok {
+            bail!(s);
+        }
+        cx.log("info", s);
+        Ok(())
+    }
+
+    async fn rollback(&self, _cx: &StepCx) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
