@@ -174,4 +174,42 @@ mod tests {
         assert_eq!(errs[0].span, 0..13);
         assert_eq!(errs[1].help.as_deref(), Some("did you mean `root`?"));
     }
+
+    #[test]
+    fn git_commit_only_fails_when_used() {
+        let vars = BTreeMap::new();
+        let dir = tempfile::tempdir().unwrap();
+        let git = GitCommit::new(Some(dir.path().to_path_buf()));
+        let scope = Scope {
+            vars: &vars,
+            target: None,
+            run_id: None,
+            git: Some(&git),
+        };
+        let mut errs = vec![];
+        assert_eq!(
+            scope.expand("no placeholder", &|r| r, &mut errs),
+            "no placeholder"
+        );
+        assert!(errs.is_empty());
+        scope.expand("{{ git.commit }}", &|r| r, &mut errs);
+        assert!(
+            errs[0].message.contains("not a git checkout"),
+            "{}",
+            errs[0].message
+        );
+        let no_root = GitCommit::new(None);
+        let scope = Scope {
+            git: Some(&no_root),
+            ..scope
+        };
+        let mut errs = vec![];
+        scope.expand("{{ git.commit }}", &|r| r, &mut errs);
+        assert!(errs[0].message.contains("[files] root"));
+        let scope = Scope { git: None, ..scope };
+        assert_eq!(
+            scope.expand("{{ git.commit }}", &|r| r, &mut errs),
+            "<git.commit>"
+        );
+    }
 }
