@@ -76,7 +76,7 @@ impl ImageBuild {
             out.push((Some("tags"), "`tags` must name at least one tag".into()));
         }
         for t in &self.tags {
-            if t.is_empty() || t.contains(char::is_whitespace) || t.starts_with('<') {
+            if t.is_empty() || t.contains(char::is_whitespace) {
                 out.push((Some("tags"), format!("`{t}` is not an image tag")));
             }
         }
