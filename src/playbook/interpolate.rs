@@ -1,8 +1,11 @@
 //! `{{ name }}` interpolation. Names are playbook variables, `target.<path>` (a scalar in the
-//! target file), `run.id`. Unknown names are errors located at the `{{` that uses them.
+//! target file), `run.id`, `git.commit` (short HEAD of the target's `files.root`). Unknown
+//! names are errors located at the `{{` that uses them.
 
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::path::PathBuf;
 
 use super::diagnostic::{Diagnostic, did_you_mean};
 
@@ -12,6 +15,49 @@ pub struct Scope<'a> {
     pub target: Option<&'a toml::Value>,
     /// None while validating or planning: `run.id` renders as `<run-id>`.
     pub run_id: Option<&'a str>,
+    /// None without a target: `git.commit` renders as `<git.commit>`.
+    pub git: Option<&'a GitCommit>,
+}
+
+/// `{{ git.commit }}`: `git -C ROOT rev-parse --short HEAD`, run once and only when used,
+/// so a files root that is not a git checkout is an error only for playbooks that ask.
+pub struct GitCommit {
+    root: Option<PathBuf>,
+    value: OnceCell<Result<String, String>>,
+}
+
+impl GitCommit {
+    pub fn new(root: Option<PathBuf>) -> Self {
+        GitCommit {
+            root,
+            value: OnceCell::new(),
+        }
+    }
+
+    fn get(&self) -> Result<String, String> {
+        self.value
+            .get_or_init(|| {
+                let Some(root) = &self.root else {
+                    return Err("`git.commit` needs a target with [files] root".into());
+                };
+                let out = std::process::Command::new("git")
+                    .arg("-C")
+                    .arg(root)
+                    .args(["rev-parse", "--short", "HEAD"])
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .map_err(|e| format!("`git.commit`: cannot run git: {e}"))?;
+                if !out.status.success() {
+                    return Err(format!(
+                        "`git.commit`: {} is not a git checkout with a commit ({})",
+                        root.display(),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ));
+                }
+                Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            })
+            .clone()
+    }
 }
 
 /// One `{{ … }}` occurrence: the byte range in the string and the trimmed name.
@@ -35,6 +81,12 @@ impl Scope<'_> {
         }
         if name == "run.id" {
             return Ok(self.run_id.unwrap_or("<run-id>").to_owned());
+        }
+        if name == "git.commit" {
+            return match self.git {
+                Some(g) => g.get().map_err(|e| (e, None)),
+                None => Ok("<git.commit>".to_owned()),
+            };
         }
         if let Some(path) = name.strip_prefix("target.") {
             let Some(t) = self.target else {
@@ -65,6 +117,7 @@ impl Scope<'_> {
         }
         let mut candidates: Vec<&str> = self.vars.keys().map(String::as_str).collect();
         candidates.push("run.id");
+        candidates.push("git.commit");
         let help = did_you_mean(name, candidates);
         Err((format!("unknown variable `{name}`"), help))
     }
@@ -105,6 +158,7 @@ mod tests {
             vars: &vars,
             target: Some(&target),
             run_id: Some("r1"),
+            git: None,
         };
         let mut errs = vec![];
         let out = scope.expand(
@@ -119,5 +173,43 @@ mod tests {
         assert_eq!(errs[0].help.as_deref(), Some("did you mean `greeting`?"));
         assert_eq!(errs[0].span, 0..13);
         assert_eq!(errs[1].help.as_deref(), Some("did you mean `root`?"));
+    }
+
+    #[test]
+    fn git_commit_only_fails_when_used() {
+        let vars = BTreeMap::new();
+        let dir = tempfile::tempdir().unwrap();
+        let git = GitCommit::new(Some(dir.path().to_path_buf()));
+        let scope = Scope {
+            vars: &vars,
+            target: None,
+            run_id: None,
+            git: Some(&git),
+        };
+        let mut errs = vec![];
+        assert_eq!(
+            scope.expand("no placeholder", &|r| r, &mut errs),
+            "no placeholder"
+        );
+        assert!(errs.is_empty());
+        scope.expand("{{ git.commit }}", &|r| r, &mut errs);
+        assert!(
+            errs[0].message.contains("not a git checkout"),
+            "{}",
+            errs[0].message
+        );
+        let no_root = GitCommit::new(None);
+        let scope = Scope {
+            git: Some(&no_root),
+            ..scope
+        };
+        let mut errs = vec![];
+        scope.expand("{{ git.commit }}", &|r| r, &mut errs);
+        assert!(errs[0].message.contains("[files] root"));
+        let scope = Scope { git: None, ..scope };
+        assert_eq!(
+            scope.expand("{{ git.commit }}", &|r| r, &mut errs),
+            "<git.commit>"
+        );
     }
 }

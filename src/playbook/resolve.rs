@@ -8,7 +8,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::diagnostic::{Diagnostic, did_you_mean, render_all};
-use super::interpolate::Scope;
+use super::interpolate::{GitCommit, Scope};
 use super::model::{OnFailure, Playbook, StepDef, parse_duration};
 use super::parse::{Key, Node, Val, parse};
 use crate::error::Error;
@@ -132,10 +132,12 @@ impl Resolver<'_> {
         let description = self.string(root, "description", false).unwrap_or_default();
         let vars = self.vars(root, input);
         let target_raw = input.target.map(|t| &t.raw);
+        let git = input.target.map(|t| GitCommit::new(t.files_root()));
         let scope = Scope {
             vars: &vars,
             target: target_raw,
             run_id: input.run_id,
+            git: git.as_ref(),
         };
         let mut steps = vec![];
         match root.get("steps").map(|n| &n.val) {

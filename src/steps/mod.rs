@@ -15,6 +15,8 @@ pub mod env_set;
 pub mod exec;
 pub mod explain_seqscan;
 pub mod ig_package_swap;
+pub mod image_build;
+pub mod image_push;
 pub mod sql;
 pub mod wait;
 
@@ -89,6 +91,8 @@ pub enum StepSpec {
     ExplainSeqscan(explain_seqscan::ExplainSeqscan),
     AuditPartitions(audit_partitions::AuditPartitions),
     IgPackageSwap(ig_package_swap::IgPackageSwap),
+    ImageBuild(image_build::ImageBuild),
+    ImagePush(image_push::ImagePush),
 }
 
 /// Every kind with the keys it accepts (besides the common ones).
@@ -102,6 +106,8 @@ pub const KINDS: &[(&str, &[&str])] = &[
     ("explain_seqscan", explain_seqscan::KEYS),
     ("audit_partitions", audit_partitions::KEYS),
     ("ig_package_swap", ig_package_swap::KEYS),
+    ("image_build", image_build::KEYS),
+    ("image_push", image_push::KEYS),
 ];
 
 pub fn kind_keys(kind: &str) -> Option<&'static [&'static str]> {
@@ -129,6 +135,8 @@ macro_rules! dispatch {
             StepSpec::ExplainSeqscan($s) => $e,
             StepSpec::AuditPartitions($s) => $e,
             StepSpec::IgPackageSwap($s) => $e,
+            StepSpec::ImageBuild($s) => $e,
+            StepSpec::ImagePush($s) => $e,
         }
     };
 }
@@ -145,6 +153,8 @@ impl StepSpec {
             "explain_seqscan" => StepSpec::ExplainSeqscan(typed(params)?),
             "audit_partitions" => StepSpec::AuditPartitions(typed(params)?),
             "ig_package_swap" => StepSpec::IgPackageSwap(typed(params)?),
+            "image_build" => StepSpec::ImageBuild(typed(params)?),
+            "image_push" => StepSpec::ImagePush(typed(params)?),
             other => return Err(format!("unknown step kind `{other}`")),
         })
     }
@@ -158,6 +168,8 @@ impl StepSpec {
             StepSpec::ExplainSeqscan(e) => e.validate(),
             StepSpec::AuditPartitions(a) => a.validate(),
             StepSpec::IgPackageSwap(s) => s.validate(),
+            StepSpec::ImageBuild(s) => s.validate(),
+            StepSpec::ImagePush(s) => s.validate(),
             _ => vec![],
         }
     }

@@ -2,9 +2,11 @@
 
 mod checks;
 mod crash;
+mod docker;
 mod engine;
 mod harness;
 mod ig;
 mod prometheus;
+mod registry;
 mod sql;
 mod validate;
