@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::CommandFactory;
 
-use crate::cli::{Cli, Color, Command, Format, Global, IgCommand, PlaybookArgs};
+use crate::cli::{Cli, Color, Command, Format, Global, IgCommand, PlaybookArgs, SandboxCommand};
 use crate::engine::records::RunState;
 use crate::engine::signal::{self, Stop};
 use crate::engine::{self, Engine, RunRequest, status};
@@ -65,6 +65,7 @@ pub async fn main(cli: Cli) -> Result<i32> {
             Ok(code::DONE)
         }
         Command::Ig(cmd) => ig(g, cmd),
+        Command::Sandbox(cmd) => sandbox(cmd).await,
         Command::Check { name, target, set } => {
             check_cmd(g, name.as_deref(), target.as_deref(), set).await
         }
@@ -159,6 +160,28 @@ async fn check_cmd(
         }
     }
     Ok(report.status.exit_code())
+}
+
+async fn sandbox(cmd: &SandboxCommand) -> Result<i32> {
+    use crate::sandbox;
+    let fail = |e: anyhow::Error| Error::Other(anyhow::anyhow!(crate::report::redact::redact(&format!("sandbox: {e:#}")).into_owned()));
+    match cmd {
+        SandboxCommand::Up { dir, replicas, standin } => {
+            let opts = sandbox::UpOptions { dir: dir.clone(), replicas: *replicas, standin: standin.clone() };
+            println!("{}", sandbox::up(&opts).await.map_err(fail)?);
+            println!("  use it: ferry run PLAYBOOK --target {}", dir.join("target.toml").display());
+            Ok(code::DONE)
+        }
+        SandboxCommand::Down { dir } => {
+            println!("{}", sandbox::down(dir).await.map_err(fail)?);
+            Ok(code::DONE)
+        }
+        SandboxCommand::Status { dir } => {
+            let (report, ok) = sandbox::status(dir).await.map_err(fail)?;
+            println!("{report}");
+            Ok(if ok { code::DONE } else { code::FAILED })
+        }
+    }
 }
 
 fn parse_vars(raw: &[String]) -> Result<Vec<(String, String)>> {

@@ -64,6 +64,30 @@ pub struct PlaybookArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Start it (or restart what is not running); writes DIR/target.toml and DIR/secrets.env.
+    Up {
+        #[arg(long, default_value = ".sandbox")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        replicas: u32,
+        /// The static HAPI stand-in binary (default: what scripts/build-standin built).
+        #[arg(long)]
+        standin: Option<PathBuf>,
+    },
+    /// Remove everything it made: containers, networks, images, processes, files.
+    Down {
+        #[arg(long, default_value = ".sandbox")]
+        dir: PathBuf,
+    },
+    /// Each component and whether it is up (exit 1 when something is down).
+    Status {
+        #[arg(long, default_value = ".sandbox")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum IgCommand {
     /// Id, version, FHIR versions, dependencies, sha256, resource counts and profiles.
     Inspect {
@@ -140,6 +164,9 @@ pub enum Command {
         #[arg(long = "set", value_name = "K=V")]
         set: Vec<String>,
     },
+    /// A disposable local staging: PostgreSQL, pgBouncer, a registry, N HAPI stand-ins.
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
     /// FHIR IG packages (NPM .tgz): inspect one, or diff two for SHALL tightenings.
     #[command(subcommand)]
     Ig(IgCommand),

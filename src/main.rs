@@ -13,6 +13,7 @@ mod infra;
 mod plan;
 mod playbook;
 mod report;
+mod sandbox;
 mod steps;
 mod target;
 

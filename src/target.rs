@@ -138,6 +138,14 @@ impl Target {
             .map_err(|e: toml::de::Error| Error::invalid(format!("{shown}: {}", e.message())))?;
         t.path = path.to_path_buf();
         t.raw = raw;
+        // `{{ target.files.root }}` must name the same directory the steps use: relative to
+        // the target file, not to wherever ferry happens to run.
+        if let Some(root) = t.files_root() {
+            let abs = std::path::absolute(&root).unwrap_or(root);
+            if let Some(files) = t.raw.get_mut("files").and_then(|f| f.as_table_mut()) {
+                files.insert("root".into(), toml::Value::String(abs.display().to_string()));
+            }
+        }
         Ok(t)
     }
 

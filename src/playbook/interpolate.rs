@@ -123,6 +123,30 @@ impl Scope<'_> {
     }
 
     /// Expands every placeholder; `locate` maps a range inside `s` to a span in the file.
+    /// `name | filter | …`: `basename` (last path segment), `ig_version` / `ig_id` (read from
+    /// the IG package at that path, so a playbook needs only the package's path).
+    pub fn lookup_filtered(&self, expr: &str) -> Result<String, (String, Option<String>)> {
+        let mut parts = expr.split('|').map(str::trim);
+        let mut v = self.lookup(parts.next().unwrap_or(""))?;
+        for f in parts {
+            v = match f {
+                "basename" => v.rsplit('/').next().unwrap_or(&v).to_owned(),
+                // A placeholder (validate, or a value not given yet) stays one.
+                "ig_version" | "ig_id" if v.starts_with('<') => format!("<{f}>"),
+                "ig_version" | "ig_id" => {
+                    let pkg = crate::ig::read_package(std::path::Path::new(&v), &Default::default())
+                        .map_err(|e| (format!("`{f}`: {e}"), None))?;
+                    if f == "ig_version" { pkg.version.to_string() } else { pkg.id }
+                }
+                other => {
+                    let help = did_you_mean(other, ["basename", "ig_version", "ig_id"]);
+                    return Err((format!("unknown filter `{other}`"), help));
+                }
+            };
+        }
+        Ok(v)
+    }
+
     pub fn expand(
         &self,
         s: &str,
@@ -133,7 +157,7 @@ impl Scope<'_> {
         let mut last = 0;
         for (range, name) in placeholders(s) {
             out.push_str(&s[last..range.start]);
-            match self.lookup(&name) {
+            match self.lookup_filtered(&name) {
                 Ok(v) => out.push_str(&v),
                 Err((msg, help)) => {
                     errors.push(Diagnostic::new(msg, locate(range.clone())).help(help))

@@ -8,12 +8,21 @@ use serde::{Deserialize, Serialize};
 use super::{Check, Reversibility, Step, StepCx};
 use crate::report::CheckStatus;
 
-pub const KEYS: &[&str] = &["message"];
+pub const KEYS: &[&str] = &["message", "production_only"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Approval {
     pub message: String,
+    /// Only a production target needs a person here; elsewhere the gate is open.
+    #[serde(default)]
+    pub production_only: bool,
+}
+
+impl Approval {
+    fn open(&self, cx: &StepCx) -> bool {
+        self.production_only && !cx.target.as_deref().is_some_and(|t| t.production)
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -33,6 +42,9 @@ impl Step for Approval {
 
     async fn check(&self, cx: &StepCx) -> anyhow::Result<Vec<Check>> {
         let how = format!("pass --approve {}", cx.step_id);
+        if self.open(cx) {
+            return Ok(vec![Check::pass("approval", "not a production target: no approval needed")]);
+        }
         Ok(vec![match cx.approvals.approved(&cx.step_id) {
             Some(by) => Check::pass("approval", format!("approved by {by}")),
             None if cx.dry_run => Check::new(
@@ -55,7 +67,7 @@ impl Step for Approval {
     }
 
     async fn apply(&self, cx: &StepCx) -> anyhow::Result<()> {
-        if cx.checkpoint::<Approved>()?.is_some() {
+        if cx.checkpoint::<Approved>()?.is_some() || self.open(cx) {
             return Ok(());
         }
         let by = match cx.approvals.approved(&cx.step_id) {

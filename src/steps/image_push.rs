@@ -65,8 +65,10 @@ impl ImagePush {
         };
         let auth = match (&r.username_env, &r.password_env, &r.password_file) {
             (Some(u), p, f) if p.is_some() || f.is_some() => {
-                let user =
-                    std::env::var(u).map_err(|_| anyhow!("environment variable {u} is not set"))?;
+                let user = t
+                    .read_secret("username_env", u)
+                    .map_err(|e| anyhow!(e))?
+                    .ok_or_else(|| anyhow!("environment variable {u} is not set"))?;
                 let pw = t.secret(p, f).map_err(|e| anyhow!(e))?.unwrap_or_default();
                 Some((user, pw))
             }

@@ -11,10 +11,16 @@ pub mod approval;
 pub mod audit_partitions;
 pub mod check;
 pub mod cx;
+pub mod docker_util;
 pub mod env_set;
 pub mod exec;
 pub mod explain_seqscan;
 pub mod ig_package_swap;
+pub mod metadata_check;
+pub mod pool_capacity;
+pub mod replace;
+pub mod rolling_redeploy;
+pub mod scale;
 pub mod image_build;
 pub mod image_push;
 pub mod sql;
@@ -93,6 +99,10 @@ pub enum StepSpec {
     IgPackageSwap(ig_package_swap::IgPackageSwap),
     ImageBuild(image_build::ImageBuild),
     ImagePush(image_push::ImagePush),
+    RollingRedeploy(rolling_redeploy::RollingRedeploy),
+    Scale(scale::Scale),
+    PoolCapacity(pool_capacity::PoolCapacity),
+    MetadataCheck(metadata_check::MetadataCheck),
 }
 
 /// Every kind with the keys it accepts (besides the common ones).
@@ -108,6 +118,10 @@ pub const KINDS: &[(&str, &[&str])] = &[
     ("ig_package_swap", ig_package_swap::KEYS),
     ("image_build", image_build::KEYS),
     ("image_push", image_push::KEYS),
+    ("rolling_redeploy", rolling_redeploy::KEYS),
+    ("scale", scale::KEYS),
+    ("pool_capacity", pool_capacity::KEYS),
+    ("metadata_check", metadata_check::KEYS),
 ];
 
 pub fn kind_keys(kind: &str) -> Option<&'static [&'static str]> {
@@ -137,6 +151,10 @@ macro_rules! dispatch {
             StepSpec::IgPackageSwap($s) => $e,
             StepSpec::ImageBuild($s) => $e,
             StepSpec::ImagePush($s) => $e,
+            StepSpec::RollingRedeploy($s) => $e,
+            StepSpec::Scale($s) => $e,
+            StepSpec::PoolCapacity($s) => $e,
+            StepSpec::MetadataCheck($s) => $e,
         }
     };
 }
@@ -155,6 +173,10 @@ impl StepSpec {
             "ig_package_swap" => StepSpec::IgPackageSwap(typed(params)?),
             "image_build" => StepSpec::ImageBuild(typed(params)?),
             "image_push" => StepSpec::ImagePush(typed(params)?),
+            "rolling_redeploy" => StepSpec::RollingRedeploy(typed(params)?),
+            "scale" => StepSpec::Scale(typed(params)?),
+            "pool_capacity" => StepSpec::PoolCapacity(typed(params)?),
+            "metadata_check" => StepSpec::MetadataCheck(typed(params)?),
             other => return Err(format!("unknown step kind `{other}`")),
         })
     }
@@ -170,6 +192,9 @@ impl StepSpec {
             StepSpec::IgPackageSwap(s) => s.validate(),
             StepSpec::ImageBuild(s) => s.validate(),
             StepSpec::ImagePush(s) => s.validate(),
+            StepSpec::RollingRedeploy(s) => s.validate(),
+            StepSpec::Scale(s) => s.validate(),
+            StepSpec::PoolCapacity(s) => s.validate(),
             _ => vec![],
         }
     }

@@ -11,9 +11,8 @@
 //!   Only `unix://` hosts are supported (no TCP, hence no second TLS stack).
 
 mod build;
-// Used by the replica-replacing step kinds (rolling_redeploy, scale), built on top of this.
-#[allow(dead_code)]
 mod containers;
+mod lifecycle;
 
 use std::collections::HashMap;
 
@@ -25,8 +24,8 @@ use bollard::query_parameters::{PushImageOptionsBuilder, RemoveImageOptionsBuild
 use futures_util::StreamExt;
 
 pub use build::{BuildRequest, dockerfile_args};
-#[allow(unused_imports)]
-pub use containers::Replica;
+pub use containers::{NUMBER, Replica};
+pub use lifecycle::ContainerInfo;
 
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 /// Seconds bollard waits on one request; builds and pushes stream, so this bounds silence.

@@ -1,0 +1,154 @@
+//! kind = "scale": set a compose service's replica count. Up: clone the newest replica into
+//! the next container numbers (named as compose names them, every compose label kept) and
+//! wait for each to turn healthy; down: stop and remove the highest-numbered ones. Rollback
+//! restores the recorded count the same way. Put a `pool_capacity` check before it.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use super::docker_util::{engine, fhir_path, project_service, running_replicas};
+use super::replace::{Gate, clone_body, gate};
+use super::{Check, Reversibility, Step, StepCx};
+use crate::infra::docker::{Engine, NUMBER, Replica};
+use crate::playbook::model::parse_duration;
+
+pub const KEYS: &[&str] = &["service", "replicas", "health_timeout"];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scale {
+    pub service: Option<String>,
+    pub replicas: u32,
+    #[serde(default = "two_minutes")]
+    pub health_timeout: String,
+}
+
+fn two_minutes() -> String {
+    "2m".into()
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Scaled {
+    previous: u32,
+}
+
+/// `<project>_<service>_7` for number 7, from a sibling's name.
+fn name_for(sibling: &Replica, number: u32) -> String {
+    match sibling.name.rsplit_once('_') {
+        Some((base, n)) if n.parse::<u32>().is_ok() => format!("{base}_{number}"),
+        _ => format!("{}_{number}", sibling.name),
+    }
+}
+
+impl Scale {
+    pub fn validate(&self) -> Vec<(Option<&'static str>, String)> {
+        let mut out = vec![];
+        if self.replicas == 0 {
+            out.push((Some("replicas"), "`replicas` must be at least 1 (stopping a service is not scaling)".into()));
+        }
+        if let Err(e) = parse_duration(&self.health_timeout) {
+            out.push((Some("health_timeout"), e));
+        }
+        out
+    }
+
+    /// Brings the service to `want` running replicas; safe to re-enter.
+    async fn converge(&self, e: &Engine, cx: &StepCx, want: u32) -> anyhow::Result<()> {
+        let (project, service) = project_service(cx, self.service.as_deref())?;
+        let path = fhir_path(cx);
+        let g = Gate {
+            health_timeout: parse_duration(&self.health_timeout).unwrap_or(Duration::from_secs(120)),
+            verify_version: None,
+            fhir_path: &path,
+            stop_timeout: 10,
+        };
+        loop {
+            let now = running_replicas(e, &project, &service).await?;
+            let n = now.len() as u32;
+            cx.progress(n.min(want) as u64, want as u64, "replicas");
+            if n == want {
+                return Ok(());
+            }
+            let newest = now.last().with_context(|| format!("service `{service}` has no running replica to clone"))?.clone();
+            if n < want {
+                // Any container (even stopped) holding a number is skipped, as compose does.
+                let taken: Vec<u32> = e.replicas(&project, &service).await?.iter().map(|r| r.number).collect();
+                let number = (1..).find(|k| !taken.contains(k)).unwrap_or(n + 1);
+                let name = name_for(&newest, number);
+                let old = e.inspect_container(&newest.id).await?.context("the replica to clone vanished")?;
+                let (mut body, nets) = clone_body(e, &old, &newest.image, old.config.labels.as_ref().and_then(|l| l.get(super::replace::CONFIG_HASH)).map(String::as_str)).await?;
+                if let Some(l) = body.labels.as_mut() {
+                    l.insert(NUMBER.into(), number.to_string());
+                }
+                cx.log("info", format!("starting {name}"));
+                let id = e.create_container(&name, body).await?;
+                for (net, ep) in nets {
+                    e.connect_network(&net, &id, ep).await?;
+                }
+                e.start_container(&name).await?;
+                if let Err(err) = gate(e, cx, &name, &g).await {
+                    let _ = e.remove_container(&name).await;
+                    return Err(err);
+                }
+            } else {
+                cx.log("info", format!("stopping {}", newest.name));
+                e.stop_container(&newest.name, 10).await?;
+                e.remove_container(&newest.name).await?;
+            }
+        }
+    }
+}
+
+impl Step for Scale {
+    fn describe(&self) -> String {
+        format!("scale {} to {} replicas", self.service.as_deref().unwrap_or("the service"), self.replicas)
+    }
+
+    fn reversibility(&self) -> Reversibility {
+        Reversibility::Reversible("scale back to the recorded replica count".into())
+    }
+
+    async fn check(&self, cx: &StepCx) -> anyhow::Result<Vec<Check>> {
+        let e = match engine(cx).await {
+            Ok(e) => e,
+            Err(err) => return Ok(vec![Check::fail("docker", format!("{err:#}"))]),
+        };
+        let (project, service) = match project_service(cx, self.service.as_deref()) {
+            Ok(ps) => ps,
+            Err(err) => return Ok(vec![Check::fail("service", format!("{err:#}"))]),
+        };
+        Ok(vec![match running_replicas(&e, &project, &service).await {
+            Ok(r) if r.is_empty() => Check::fail("service", format!("no running replica of `{service}` in `{project}` to scale from")),
+            Ok(r) => Check::pass("service", format!("{project}/{service}: {} → {} replicas", r.len(), self.replicas)),
+            Err(err) => Check::fail("service", format!("{err:#}")),
+        }])
+    }
+
+    async fn done(&self, cx: &StepCx) -> anyhow::Result<bool> {
+        if cx.checkpoint::<Scaled>()?.is_some() {
+            return Ok(false);
+        }
+        let (project, service) = project_service(cx, self.service.as_deref())?;
+        Ok(running_replicas(&engine(cx).await?, &project, &service).await?.len() as u32 == self.replicas)
+    }
+
+    async fn apply(&self, cx: &StepCx) -> anyhow::Result<()> {
+        let e = engine(cx).await?;
+        if cx.checkpoint::<Scaled>()?.is_none() {
+            let (project, service) = project_service(cx, self.service.as_deref())?;
+            let previous = running_replicas(&e, &project, &service).await?.len() as u32;
+            if previous == 0 {
+                bail!("service `{service}` has no running replica");
+            }
+            cx.save_checkpoint(&Scaled { previous })?;
+        }
+        self.converge(&e, cx, self.replicas).await
+    }
+
+    async fn rollback(&self, cx: &StepCx) -> anyhow::Result<()> {
+        let Some(s) = cx.checkpoint::<Scaled>()? else { return Ok(()) };
+        self.converge(&engine(cx).await?, cx, s.previous).await
+    }
+}
