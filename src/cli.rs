@@ -74,6 +74,9 @@ pub enum SandboxCommand {
         /// The static HAPI stand-in binary (default: what scripts/build-standin built).
         #[arg(long)]
         standin: Option<PathBuf>,
+        /// An extra label for everything it creates (repeatable), e.g. ferry.test=1.
+        #[arg(long = "label", value_name = "K=V")]
+        labels: Vec<String>,
     },
     /// Remove everything it made: containers, networks, images, processes, files.
     Down {

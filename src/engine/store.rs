@@ -3,6 +3,7 @@
 //! lost machine takes the children with it).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::journal::Journal;
@@ -47,21 +48,25 @@ impl JournalStore {
     }
 }
 
-/// Crash-test aid: `FERRY_FAILPOINT=<record type>:<step id>` (e.g. `step_done:s3`) makes
-/// ferry SIGKILL itself right after writing that record, so tests can stop a run at exact
-/// boundaries (before an effect, during it, after it) and prove `resume` handles each.
+/// Crash-test aid: `FERRY_FAILPOINT=<record type>:<step id>[#N]` (e.g. `step_done:s3`, or
+/// `checkpoint:rollout#3` for the third checkpoint of that step) makes ferry SIGKILL itself
+/// right after writing that record, so tests can stop a run at exact boundaries (before an
+/// effect, during it, after it) and prove `resume` handles each.
 fn failpoint(rec: &Record) {
-    static POINT: OnceLock<Option<String>> = OnceLock::new();
-    let Some(point) = POINT.get_or_init(|| std::env::var("FERRY_FAILPOINT").ok()) else {
+    static POINT: OnceLock<Option<(String, usize)>> = OnceLock::new();
+    static SEEN: AtomicUsize = AtomicUsize::new(0);
+    let Some((point, nth)) = POINT.get_or_init(|| {
+        let p = std::env::var("FERRY_FAILPOINT").ok()?;
+        Some(match p.split_once('#') {
+            Some((at, n)) => (at.to_owned(), n.parse().unwrap_or(1)),
+            None => (p, 1),
+        })
+    }) else {
         return;
     };
     let v = serde_json::to_value(rec).unwrap_or_default();
-    let here = format!(
-        "{}:{}",
-        v["type"].as_str().unwrap_or(""),
-        v["step"].as_str().unwrap_or("")
-    );
-    if &here == point {
+    let here = format!("{}:{}", v["type"].as_str().unwrap_or(""), v["step"].as_str().unwrap_or(""));
+    if &here == point && SEEN.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
         // SAFETY: signalling ourselves; SIGKILL cannot be caught, like a real crash.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     }

@@ -60,6 +60,12 @@ impl GitCommit {
     }
 }
 
+/// `<name>`: what a variable renders as while validating without its value (a required
+/// variable not given yet); typed parameters accept it there and check it at run time.
+pub fn is_placeholder(s: &str) -> bool {
+    s.len() > 2 && s.starts_with('<') && s.ends_with('>') && !s[1..s.len() - 1].contains(['<', '>', ' '])
+}
+
 /// One `{{ … }}` occurrence: the byte range in the string and the trimmed name.
 pub fn placeholders(s: &str) -> Vec<(Range<usize>, String)> {
     let mut out = vec![];

@@ -16,9 +16,11 @@ pub struct Layout<'a> {
     pub lb_image: &'a str,
     pub http_port: u16,
     pub sandbox_id: &'a str,
+    pub labels: &'a [(String, String)],
 }
 
 pub fn compose_file(l: &Layout) -> String {
+    let extra: String = l.labels.iter().map(|(k, v)| format!("\n      {k}: \"{v}\"")).collect();
     format!(
         r#"# The sandbox's HAPI service: N stand-in replicas behind a round-robin proxy, as nginx
 # fronts the real replicas. Every container carries ferry.sandbox so `down` finds it.
@@ -32,7 +34,7 @@ services:
     ports:
       - "127.0.0.1::8080"
     labels:
-      ferry.sandbox: "{id}"
+      ferry.sandbox: "{id}"{extra}
     restart: unless-stopped
   lb:
     image: {lb}
@@ -40,8 +42,12 @@ services:
     ports:
       - "127.0.0.1:{http}:8080"
     labels:
-      ferry.sandbox: "{id}"
+      ferry.sandbox: "{id}"{extra}
     restart: unless-stopped
+networks:
+  default:
+    labels:
+      ferry.sandbox: "{id}"{extra}
 "#,
         id = l.sandbox_id,
         lb = l.lb_image,

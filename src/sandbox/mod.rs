@@ -35,6 +35,8 @@ pub struct State {
     pub http_port: u16,
     pub image: String,
     pub lb_image: String,
+    #[serde(default)]
+    pub labels: Vec<(String, String)>,
 }
 
 pub struct UpOptions {
@@ -42,6 +44,8 @@ pub struct UpOptions {
     pub replicas: u32,
     /// The static stand-in binary (scripts/build-standin prints its path).
     pub standin: Option<PathBuf>,
+    /// Extra labels for every container, network and image (tests add `ferry.test=1`).
+    pub labels: Vec<(String, String)>,
 }
 
 const STATE: &str = "sandbox.json";
@@ -90,7 +94,7 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<String> {
     std::fs::create_dir_all(&dir)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-    let id = hex::encode(&crate::engine::new_run_id().as_bytes()[9..])[..10].to_owned();
+    let id = proc::password()[4..14].to_owned();
     let project = format!("ferrysbx{}", &id[..8]);
     let secrets = [
         ("SANDBOX_PG_SUPERUSER_PASSWORD", proc::password()),
@@ -117,6 +121,7 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<String> {
         http_port,
         image: format!("127.0.0.1:{registry_port}/bd-fhir-hapi:1.0.0"),
         lb_image: format!("ferry-sandbox-lb:{id}"),
+        labels: opts.labels.clone(),
     };
     // Recorded first, so that `down` can clean up after a failed `up`.
     state.save()?;
@@ -131,7 +136,14 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<String> {
     state.save()?;
     state.registry_pid = registry::start(&dir.join("registry"), registry_port, REGISTRY_USER, &secrets[5].1).context("docker-registry")?;
     state.save()?;
-    let layout = files::Layout { project: &project, image: &state.image, lb_image: &state.lb_image, http_port, sandbox_id: &id };
+    let layout = files::Layout {
+        project: &project,
+        image: &state.image,
+        lb_image: &state.lb_image,
+        http_port,
+        sandbox_id: &id,
+        labels: &state.labels,
+    };
     files::write(&dir.join("files"), &layout, stack::DOCKERFILE, &standin).context("files root")?;
     std::fs::write(
         dir.join("target.toml"),

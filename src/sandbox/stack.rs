@@ -31,7 +31,8 @@ pub async fn build_and_start(st: &State, standin: &Path, registry_password: &str
     let mut git = Command::new("git");
     git.arg("-C").arg(&root).args(["rev-parse", "--short", "HEAD"]);
     let commit = proc::run(git, "git rev-parse")?.trim().to_owned();
-    let labels = BTreeMap::from([(LABEL.to_owned(), st.id.clone())]);
+    let mut labels = BTreeMap::from([(LABEL.to_owned(), st.id.clone())]);
+    labels.extend(st.labels.iter().cloned());
     let req = BuildRequest {
         context: root.join("hapi-overlay"),
         dockerfile: "Dockerfile".into(),

@@ -42,6 +42,7 @@ fn fhir() -> String {
 
 pub struct Numbers {
     pub replicas: u32,
+    pub surge: u32,
     pub pool: u32,
     pub bouncer_pool: u32,
     pub max_connections: u32,
@@ -53,6 +54,7 @@ impl PoolCapacity {
         match &self.replicas {
             toml::Value::Integer(n) if *n >= 0 => vec![],
             toml::Value::String(s) if s == "current" || s.parse::<u32>().is_ok() => vec![],
+            toml::Value::String(s) if crate::playbook::interpolate::is_placeholder(s) => vec![],
             _ => vec![(Some("replicas"), "`replicas` must be a number or \"current\"".into())],
         }
     }
@@ -97,6 +99,7 @@ impl PoolCapacity {
             .map_err(|e| anyhow!("{}", postgres::describe(&e)))?;
         Ok(Numbers {
             replicas: self.replicas(cx).await? + self.surge,
+            surge: self.surge,
             pool: self.hikari_pool_size,
             bouncer_pool,
             max_connections: row.get::<_, i32>(0) as u32,
@@ -110,9 +113,13 @@ impl PoolCapacity {
         let fits_bouncer = need + self.headroom <= n.bouncer_pool;
         let fits_pg = n.bouncer_pool + n.reserved <= n.max_connections;
         let left = n.bouncer_pool as i64 - need as i64;
+        let count = if n.surge > 0 {
+            format!("({} + {} surge)", n.replicas - n.surge, n.surge)
+        } else {
+            n.replicas.to_string()
+        };
         let mut s = format!(
-            "{} × {} = {need} {} {} (pgBouncer pool), {} headroom",
-            n.replicas,
+            "{count} × {} = {need} {} {} (pgBouncer pool), {} headroom",
             n.pool,
             if need <= n.bouncer_pool { "≤" } else { ">" },
             n.bouncer_pool,

@@ -20,9 +20,20 @@ pub const KEYS: &[&str] = &["service", "replicas", "health_timeout"];
 #[serde(deny_unknown_fields)]
 pub struct Scale {
     pub service: Option<String>,
+    /// A number (or a `{{ var }}` that renders as one).
+    #[serde(deserialize_with = "count")]
     pub replicas: u32,
     #[serde(default = "two_minutes")]
     pub health_timeout: String,
+}
+
+fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    match toml::Value::deserialize(d)? {
+        toml::Value::Integer(n) if n >= 0 => Ok(n as u32),
+        toml::Value::String(s) if crate::playbook::interpolate::is_placeholder(&s) => Ok(1),
+        toml::Value::String(s) => s.trim().parse().map_err(|_| serde::de::Error::custom(format!("`replicas` must be a number, not `{s}`"))),
+        other => Err(serde::de::Error::custom(format!("`replicas` must be a number, not {other}"))),
+    }
 }
 
 fn two_minutes() -> String {

@@ -31,7 +31,7 @@ fn engine_up() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-fn standin_bin() -> PathBuf {
+pub fn standin_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let out = Command::new(repo().join("scripts/build-standin"))
