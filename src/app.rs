@@ -164,13 +164,30 @@ async fn check_cmd(
 
 async fn sandbox(cmd: &SandboxCommand) -> Result<i32> {
     use crate::sandbox;
-    let fail = |e: anyhow::Error| Error::Other(anyhow::anyhow!(crate::report::redact::redact(&format!("sandbox: {e:#}")).into_owned()));
+    let fail = |e: anyhow::Error| {
+        Error::Other(anyhow::anyhow!(
+            crate::report::redact::redact(&format!("sandbox: {e:#}")).into_owned()
+        ))
+    };
     match cmd {
-        SandboxCommand::Up { dir, replicas, standin, labels } => {
+        SandboxCommand::Up {
+            dir,
+            replicas,
+            standin,
+            labels,
+        } => {
             let labels = parse_vars(labels)?;
-            let opts = sandbox::UpOptions { dir: dir.clone(), replicas: *replicas, standin: standin.clone(), labels };
+            let opts = sandbox::UpOptions {
+                dir: dir.clone(),
+                replicas: *replicas,
+                standin: standin.clone(),
+                labels,
+            };
             println!("{}", sandbox::up(&opts).await.map_err(fail)?);
-            println!("  use it: ferry run PLAYBOOK --target {}", dir.join("target.toml").display());
+            println!(
+                "  use it: ferry run PLAYBOOK --target {}",
+                dir.join("target.toml").display()
+            );
             Ok(code::DONE)
         }
         SandboxCommand::Down { dir } => {

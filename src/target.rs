@@ -143,7 +143,10 @@ impl Target {
         if let Some(root) = t.files_root() {
             let abs = std::path::absolute(&root).unwrap_or(root);
             if let Some(files) = t.raw.get_mut("files").and_then(|f| f.as_table_mut()) {
-                files.insert("root".into(), toml::Value::String(abs.display().to_string()));
+                files.insert(
+                    "root".into(),
+                    toml::Value::String(abs.display().to_string()),
+                );
             }
         }
         Ok(t)
@@ -255,7 +258,9 @@ impl Target {
     /// Value of one secret reference: `(key, value)` as written, e.g. `("password_env", "X")`.
     pub fn read_secret(&self, key: &str, val: &str) -> Result<Option<String>, String> {
         if key.ends_with("_env") {
-            Ok(std::env::var(val).ok().or_else(|| self.from_secrets_file(val)))
+            Ok(std::env::var(val)
+                .ok()
+                .or_else(|| self.lookup_secrets_file(val)))
         } else {
             let p = self.resolve_path(Path::new(val));
             std::fs::read_to_string(&p)
@@ -264,7 +269,7 @@ impl Target {
         }
     }
 
-    fn from_secrets_file(&self, name: &str) -> Option<String> {
+    fn lookup_secrets_file(&self, name: &str) -> Option<String> {
         let f = self.resolve_path(self.secrets_file.as_deref()?);
         crate::infra::dotenv::read(&f).ok()?.remove(name)
     }
@@ -275,7 +280,7 @@ impl Target {
         file: &Option<PathBuf>,
     ) -> Result<Option<String>, String> {
         let v = match (env, file) {
-            (Some(e), _) => match std::env::var(e).ok().or_else(|| self.from_secrets_file(e)) {
+            (Some(e), _) => match std::env::var(e).ok().or_else(|| self.lookup_secrets_file(e)) {
                 Some(v) => Some(v),
                 None if file.is_none() => {
                     return Err(format!("environment variable {e} is not set"));

@@ -65,7 +65,11 @@ fn failpoint(rec: &Record) {
         return;
     };
     let v = serde_json::to_value(rec).unwrap_or_default();
-    let here = format!("{}:{}", v["type"].as_str().unwrap_or(""), v["step"].as_str().unwrap_or(""));
+    let here = format!(
+        "{}:{}",
+        v["type"].as_str().unwrap_or(""),
+        v["step"].as_str().unwrap_or("")
+    );
     if &here == point && SEEN.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
         // SAFETY: signalling ourselves; SIGKILL cannot be caught, like a real crash.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };

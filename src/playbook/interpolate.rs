@@ -63,7 +63,10 @@ impl GitCommit {
 /// `<name>`: what a variable renders as while validating without its value (a required
 /// variable not given yet); typed parameters accept it there and check it at run time.
 pub fn is_placeholder(s: &str) -> bool {
-    s.len() > 2 && s.starts_with('<') && s.ends_with('>') && !s[1..s.len() - 1].contains(['<', '>', ' '])
+    s.len() > 2
+        && s.starts_with('<')
+        && s.ends_with('>')
+        && !s[1..s.len() - 1].contains(['<', '>', ' '])
 }
 
 /// One `{{ … }}` occurrence: the byte range in the string and the trimmed name.
@@ -140,9 +143,14 @@ impl Scope<'_> {
                 // A placeholder (validate, or a value not given yet) stays one.
                 "ig_version" | "ig_id" if v.starts_with('<') => format!("<{f}>"),
                 "ig_version" | "ig_id" => {
-                    let pkg = crate::ig::read_package(std::path::Path::new(&v), &Default::default())
-                        .map_err(|e| (format!("`{f}`: {e}"), None))?;
-                    if f == "ig_version" { pkg.version.to_string() } else { pkg.id }
+                    let pkg =
+                        crate::ig::read_package(std::path::Path::new(&v), &Default::default())
+                            .map_err(|e| (format!("`{f}`: {e}"), None))?;
+                    if f == "ig_version" {
+                        pkg.version.to_string()
+                    } else {
+                        pkg.id
+                    }
                 }
                 other => {
                     let help = did_you_mean(other, ["basename", "ig_version", "ig_id"]);

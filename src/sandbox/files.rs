@@ -20,7 +20,11 @@ pub struct Layout<'a> {
 }
 
 pub fn compose_file(l: &Layout) -> String {
-    let extra: String = l.labels.iter().map(|(k, v)| format!("\n      {k}: \"{v}\"")).collect();
+    let extra: String = l
+        .labels
+        .iter()
+        .map(|(k, v)| format!("\n      {k}: \"{v}\""))
+        .collect();
     format!(
         r#"# The sandbox's HAPI service: N stand-in replicas behind a round-robin proxy, as nginx
 # fronts the real replicas. Every container carries ferry.sandbox so `down` finds it.
@@ -73,10 +77,21 @@ pub fn write(root: &Path, l: &Layout, dockerfile: &str, standin: &Path) -> anyho
     std::fs::copy(standin, overlay.join("hapi-standin"))?;
     std::fs::write(root.join(".env"), env_file(l))?;
     std::fs::write(root.join("docker-compose.yml"), compose_file(l))?;
-    std::fs::write(root.join(".gitignore"), ".ferry-backup/\nhapi-overlay/hapi-standin\n")?;
+    std::fs::write(
+        root.join(".gitignore"),
+        ".ferry-backup/\nhapi-overlay/hapi-standin\n",
+    )?;
     let git = |args: &[&str]| {
         let mut c = Command::new("git");
-        c.arg("-C").arg(root).args(["-c", "user.name=ferry sandbox", "-c", "user.email=sandbox@ferry.invalid"]).args(args);
+        c.arg("-C")
+            .arg(root)
+            .args([
+                "-c",
+                "user.name=ferry sandbox",
+                "-c",
+                "user.email=sandbox@ferry.invalid",
+            ])
+            .args(args);
         proc::run(c, &format!("git {}", args.join(" ")))
     };
     git(&["init", "-q"])?;

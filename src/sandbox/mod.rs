@@ -57,7 +57,10 @@ impl State {
     }
 
     fn save(&self) -> anyhow::Result<()> {
-        crate::infra::dotenv::write_atomic(&self.dir.join(STATE), &serde_json::to_vec_pretty(self)?)?;
+        crate::infra::dotenv::write_atomic(
+            &self.dir.join(STATE),
+            &serde_json::to_vec_pretty(self)?,
+        )?;
         Ok(())
     }
 
@@ -71,7 +74,8 @@ fn standin_binary(opt: Option<&Path>) -> anyhow::Result<PathBuf> {
         (Some(p), _) => vec![p.to_path_buf()],
         (None, Some(p)) => vec![p.into()],
         (None, None) => {
-            let base = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+            let base = std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| PathBuf::from("target"), PathBuf::from);
             vec![base.join("x86_64-unknown-linux-gnu/standin/hapi-standin")]
         }
     };
@@ -85,10 +89,15 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<String> {
     let dir = std::path::absolute(&opts.dir)?;
     if let Some(state) = State::load(&dir) {
         ensure_running(&state).await?;
-        return status(&dir).await.map(|(s, _)| format!("sandbox already set up; everything running\n{s}"));
+        return status(&dir)
+            .await
+            .map(|(s, _)| format!("sandbox already set up; everything running\n{s}"));
     }
     if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
-        bail!("{} exists and is not a sandbox (no {STATE}): choose another --dir", dir.display());
+        bail!(
+            "{} exists and is not a sandbox (no {STATE}): choose another --dir",
+            dir.display()
+        );
     }
     let standin = standin_binary(opts.standin.as_deref())?;
     std::fs::create_dir_all(&dir)?;
@@ -106,8 +115,16 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<String> {
     ];
     let body: String = secrets.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     std::fs::write(dir.join("secrets.env"), body)?;
-    std::fs::set_permissions(dir.join("secrets.env"), std::fs::Permissions::from_mode(0o600))?;
-    let (pg_port, bouncer_port, registry_port, http_port) = (proc::free_port()?, proc::free_port()?, proc::free_port()?, proc::free_port()?);
+    std::fs::set_permissions(
+        dir.join("secrets.env"),
+        std::fs::Permissions::from_mode(0o600),
+    )?;
+    let (pg_port, bouncer_port, registry_port, http_port) = (
+        proc::free_port()?,
+        proc::free_port()?,
+        proc::free_port()?,
+        proc::free_port()?,
+    );
     let mut state = State {
         id: id.clone(),
         dir: dir.clone(),
@@ -132,9 +149,16 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<String> {
         bouncer_admin: &secrets[3].1,
     };
     pg::init(&dir.join("pg"), pg_port, &s).context("PostgreSQL")?;
-    state.bouncer_pid = pg::start_bouncer(&dir.join("pgbouncer"), pg_port, bouncer_port, &s).context("pgBouncer")?;
+    state.bouncer_pid = pg::start_bouncer(&dir.join("pgbouncer"), pg_port, bouncer_port, &s)
+        .context("pgBouncer")?;
     state.save()?;
-    state.registry_pid = registry::start(&dir.join("registry"), registry_port, REGISTRY_USER, &secrets[5].1).context("docker-registry")?;
+    state.registry_pid = registry::start(
+        &dir.join("registry"),
+        registry_port,
+        REGISTRY_USER,
+        &secrets[5].1,
+    )
+    .context("docker-registry")?;
     state.save()?;
     let layout = files::Layout {
         project: &project,
@@ -147,7 +171,13 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<String> {
     files::write(&dir.join("files"), &layout, stack::DOCKERFILE, &standin).context("files root")?;
     std::fs::write(
         dir.join("target.toml"),
-        files::target_toml(&files::TargetSpec { project: &project, registry_port, http_port, pg_port, bouncer_port }),
+        files::target_toml(&files::TargetSpec {
+            project: &project,
+            registry_port,
+            http_port,
+            pg_port,
+            bouncer_port,
+        }),
     )?;
     stack::build_and_start(&state, &standin, &secrets[5].1).await?;
     status(&dir).await.map(|(s, _)| s)
@@ -165,7 +195,9 @@ async fn ensure_running(st: &State) -> anyhow::Result<()> {
         c.arg("-d").arg(st.dir.join("pgbouncer/pgbouncer.ini"));
         proc::run(c, "pgbouncer")?;
         proc::wait_port(st.bouncer_port, Duration::from_secs(10))?;
-        st.bouncer_pid = std::fs::read_to_string(st.dir.join("pgbouncer/pgbouncer.pid"))?.trim().parse()?;
+        st.bouncer_pid = std::fs::read_to_string(st.dir.join("pgbouncer/pgbouncer.pid"))?
+            .trim()
+            .parse()?;
     }
     if !proc::alive(st.registry_pid) {
         let mut c = std::process::Command::new("docker-registry");
@@ -209,16 +241,47 @@ pub async fn status(dir: &Path) -> anyhow::Result<(String, bool)> {
     let mut ok = true;
     let mut line = |name: &str, up: bool, detail: String| {
         ok &= up;
-        format!("  {:<12} {:<5} {detail}", name, if up { "up" } else { "DOWN" })
+        format!(
+            "  {:<12} {:<5} {detail}",
+            name,
+            if up { "up" } else { "DOWN" }
+        )
     };
     let mut out = vec![format!("sandbox {} in {}", st.id, dir.display())];
-    out.push(line("postgresql", pg::running(&dir.join("pg")), format!("127.0.0.1:{} (fhirdb, auditdb)", st.pg_port)));
-    out.push(line("pgbouncer", proc::alive(st.bouncer_pid), format!("127.0.0.1:{} pid {}", st.bouncer_port, st.bouncer_pid)));
-    out.push(line("registry", proc::alive(st.registry_pid), format!("127.0.0.1:{} pid {}", st.registry_port, st.registry_pid)));
+    out.push(line(
+        "postgresql",
+        pg::running(&dir.join("pg")),
+        format!("127.0.0.1:{} (fhirdb, auditdb)", st.pg_port),
+    ));
+    out.push(line(
+        "pgbouncer",
+        proc::alive(st.bouncer_pid),
+        format!("127.0.0.1:{} pid {}", st.bouncer_port, st.bouncer_pid),
+    ));
+    out.push(line(
+        "registry",
+        proc::alive(st.registry_pid),
+        format!("127.0.0.1:{} pid {}", st.registry_port, st.registry_pid),
+    ));
     let (replicas, version) = stack::observe(&st).await;
-    let healthy = replicas.iter().filter(|r| r.contains("healthy") && !r.contains("unhealthy")).count();
-    out.push(line("hapi", healthy >= st.replicas as usize, format!("{healthy}/{} healthy: {}", st.replicas, replicas.join(", "))));
-    out.push(line("fhir", version.is_some(), format!("{} software.version {}", st.base_url(), version.as_deref().unwrap_or("unreachable"))));
+    let healthy = replicas
+        .iter()
+        .filter(|r| r.contains("healthy") && !r.contains("unhealthy"))
+        .count();
+    out.push(line(
+        "hapi",
+        healthy >= st.replicas as usize,
+        format!("{healthy}/{} healthy: {}", st.replicas, replicas.join(", ")),
+    ));
+    out.push(line(
+        "fhir",
+        version.is_some(),
+        format!(
+            "{} software.version {}",
+            st.base_url(),
+            version.as_deref().unwrap_or("unreachable")
+        ),
+    ));
     out.push(format!("  target: {}", dir.join("target.toml").display()));
     Ok((out.join("\n"), ok))
 }

@@ -27,7 +27,15 @@ pub fn init(dir: &Path, port: u16, s: &Secrets) -> anyhow::Result<()> {
     std::fs::write(&pwfile, format!("{}\n", s.superuser))?;
     hand_over(dir)?;
     let mut c = as_service_user(&format!("{PG_BIN}/initdb"));
-    c.arg("-D").arg(dir.join("data")).args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"]);
+    c.arg("-D").arg(dir.join("data")).args([
+        "-U",
+        "postgres",
+        "--auth-local=trust",
+        "--auth-host=scram-sha-256",
+        "-E",
+        "UTF8",
+        "--locale=C.UTF-8",
+    ]);
     c.arg(format!("--pwfile={}", pwfile.display()));
     proc::run(c, "initdb")?;
     std::fs::remove_file(&pwfile)?;
@@ -40,18 +48,40 @@ pub fn init(dir: &Path, port: u16, s: &Secrets) -> anyhow::Result<()> {
     );
     psql(dir, port, "postgres", &sql)?;
     psql(dir, port, "fhirdb", HAPI_SCHEMA)?;
-    psql(dir, port, "fhirdb", "DO $$ DECLARE r record; BEGIN FOR r IN SELECT tablename FROM pg_tables WHERE schemaname = 'public' LOOP EXECUTE format('ALTER TABLE public.%I OWNER TO hapi', r.tablename); END LOOP; END $$")?;
+    psql(
+        dir,
+        port,
+        "fhirdb",
+        "DO $$ DECLARE r record; BEGIN FOR r IN SELECT tablename FROM pg_tables WHERE schemaname = 'public' LOOP EXECUTE format('ALTER TABLE public.%I OWNER TO hapi', r.tablename); END LOOP; END $$",
+    )?;
     psql(dir, port, "fhirdb", HAPI_DATAGEN)?;
-    psql(dir, port, "fhirdb", "SELECT ferry_gen.gen_hapi(2000, 1); ANALYZE")?;
+    psql(
+        dir,
+        port,
+        "fhirdb",
+        "SELECT ferry_gen.gen_hapi(2000, 1); ANALYZE",
+    )?;
     psql(dir, port, "auditdb", AUDIT_SCHEMA)?;
-    psql(dir, port, "postgres", &format!("ALTER ROLE audit_maintainer_login PASSWORD '{}'", s.audit))?;
+    psql(
+        dir,
+        port,
+        "postgres",
+        &format!("ALTER ROLE audit_maintainer_login PASSWORD '{}'", s.audit),
+    )?;
     Ok(())
 }
 
 pub fn start(dir: &Path, port: u16) -> anyhow::Result<()> {
-    let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=40", dir.display());
+    let opts = format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=40",
+        dir.display()
+    );
     let mut c = as_service_user(&format!("{PG_BIN}/pg_ctl"));
-    c.arg("-D").arg(dir.join("data")).arg("-l").arg(dir.join("pg.log")).args(["-w", "-t", "60", "-o", &opts, "start"]);
+    c.arg("-D")
+        .arg(dir.join("data"))
+        .arg("-l")
+        .arg(dir.join("pg.log"))
+        .args(["-w", "-t", "60", "-o", &opts, "start"]);
     proc::run(c, "pg_ctl start")?;
     Ok(())
 }
@@ -67,7 +97,9 @@ pub fn stop(dir: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut c = as_service_user(&format!("{PG_BIN}/pg_ctl"));
-    c.arg("-D").arg(dir.join("data")).args(["-m", "fast", "-w", "stop"]);
+    c.arg("-D")
+        .arg(dir.join("data"))
+        .args(["-m", "fast", "-w", "stop"]);
     proc::run(c, "pg_ctl stop").map(|_| ())
 }
 
@@ -75,17 +107,33 @@ pub fn stop(dir: &Path) -> anyhow::Result<()> {
 pub fn psql(dir: &Path, port: u16, db: &str, sql: &str) -> anyhow::Result<String> {
     use std::io::Write;
     let mut child = std::process::Command::new("psql")
-        .args(["-h", dir.to_str().unwrap_or("."), "-p", &port.to_string(), "-U", "postgres", "-d", db])
+        .args([
+            "-h",
+            dir.to_str().unwrap_or("."),
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+        ])
         .args(["-v", "ON_ERROR_STOP=1", "-XAtq"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .context("psql")?;
-    child.stdin.take().context("psql stdin")?.write_all(sql.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .context("psql stdin")?
+        .write_all(sql.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        anyhow::bail!("psql on {db} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        anyhow::bail!(
+            "psql on {db} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
@@ -105,15 +153,23 @@ pub fn start_bouncer(dir: &Path, pg_port: u16, port: u16, s: &Secrets) -> anyhow
     std::fs::write(dir.join("pgbouncer.ini"), ini)?;
     std::fs::write(
         dir.join("userlist.txt"),
-        format!("\"hapi\" \"{}\"\n\"pgbouncer_admin\" \"{}\"\n", s.hapi, s.bouncer_admin),
+        format!(
+            "\"hapi\" \"{}\"\n\"pgbouncer_admin\" \"{}\"\n",
+            s.hapi, s.bouncer_admin
+        ),
     )?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.join("userlist.txt"), std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(
+        dir.join("userlist.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )?;
     hand_over(dir)?;
     let mut c = as_service_user("/usr/sbin/pgbouncer");
     c.arg("-d").arg(dir.join("pgbouncer.ini"));
     proc::run(c, "pgbouncer")?;
     proc::wait_port(port, Duration::from_secs(10))?;
-    let pid = std::fs::read_to_string(dir.join("pgbouncer.pid"))?.trim().parse()?;
+    let pid = std::fs::read_to_string(dir.join("pgbouncer.pid"))?
+        .trim()
+        .parse()?;
     Ok(pid)
 }

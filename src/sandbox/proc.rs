@@ -27,7 +27,10 @@ pub fn as_service_user(prog: &str) -> Command {
 /// Gives a directory to the service user (root only).
 pub fn hand_over(dir: &Path) -> anyhow::Result<()> {
     if is_root() {
-        let st = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status()?;
+        let st = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir)
+            .status()?;
         if !st.success() {
             bail!("chown -R postgres {} failed", dir.display());
         }
@@ -37,9 +40,16 @@ pub fn hand_over(dir: &Path) -> anyhow::Result<()> {
 
 /// Runs a command to completion; the error carries its stderr.
 pub fn run(mut cmd: Command, what: &str) -> anyhow::Result<String> {
-    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("{what}: cannot start"))?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("{what}: cannot start"))?;
     if !out.status.success() {
-        bail!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -66,7 +76,10 @@ pub fn alive(pid: u32) -> bool {
 
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
@@ -85,7 +98,9 @@ pub fn stop_pid(pid: u32, grace: Duration) {
 }
 
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 pub fn wait_port(port: u16, limit: Duration) -> anyhow::Result<()> {

@@ -25,11 +25,17 @@ fn files_root(st: &State) -> std::path::PathBuf {
     st.dir.join("files")
 }
 
-pub async fn build_and_start(st: &State, standin: &Path, registry_password: &str) -> anyhow::Result<()> {
+pub async fn build_and_start(
+    st: &State,
+    standin: &Path,
+    registry_password: &str,
+) -> anyhow::Result<()> {
     let engine = engine().await?;
     let root = files_root(st);
     let mut git = Command::new("git");
-    git.arg("-C").arg(&root).args(["rev-parse", "--short", "HEAD"]);
+    git.arg("-C")
+        .arg(&root)
+        .args(["rev-parse", "--short", "HEAD"]);
     let commit = proc::run(git, "git rev-parse")?.trim().to_owned();
     let mut labels = BTreeMap::from([(LABEL.to_owned(), st.id.clone())]);
     labels.extend(st.labels.iter().cloned());
@@ -37,39 +43,62 @@ pub async fn build_and_start(st: &State, standin: &Path, registry_password: &str
         context: root.join("hapi-overlay"),
         dockerfile: "Dockerfile".into(),
         build_args: BTreeMap::from([
-            ("IG_PACKAGE".to_owned(), super::files::IG_BASELINE_FILE.to_owned()),
+            (
+                "IG_PACKAGE".to_owned(),
+                super::files::IG_BASELINE_FILE.to_owned(),
+            ),
             ("BUILD_VERSION".to_owned(), "1.0.0".to_owned()),
             ("GIT_COMMIT".to_owned(), commit),
         ]),
         labels: labels.clone(),
         tags: vec![st.image.clone()],
     };
-    engine.build_image(&req, |_| {}).await.context("building the stand-in HAPI image")?;
+    engine
+        .build_image(&req, |_| {})
+        .await
+        .context("building the stand-in HAPI image")?;
     let creds = Credentials {
         username: super::REGISTRY_USER.into(),
         password: registry_password.into(),
         server: format!("127.0.0.1:{}", st.registry_port),
     };
-    engine.push_image(&st.image, Some(&creds), |_| {}).await.context("pushing to the sandbox registry")?;
+    engine
+        .push_image(&st.image, Some(&creds), |_| {})
+        .await
+        .context("pushing to the sandbox registry")?;
     let lb = st.dir.join("lb");
     std::fs::create_dir_all(&lb)?;
     std::fs::write(lb.join("Dockerfile"), LB_DOCKERFILE)?;
     std::fs::copy(standin, lb.join("hapi-standin"))?;
-    let req = BuildRequest { context: lb, dockerfile: "Dockerfile".into(), build_args: BTreeMap::new(), labels, tags: vec![st.lb_image.clone()] };
-    engine.build_image(&req, |_| {}).await.context("building the proxy image")?;
+    let req = BuildRequest {
+        context: lb,
+        dockerfile: "Dockerfile".into(),
+        build_args: BTreeMap::new(),
+        labels,
+        tags: vec![st.lb_image.clone()],
+    };
+    engine
+        .build_image(&req, |_| {})
+        .await
+        .context("building the proxy image")?;
     compose_up(st).await
 }
 
 fn compose(st: &State, args: &[&str]) -> anyhow::Result<String> {
     let mut c = Command::new("docker-compose");
-    c.current_dir(files_root(st)).args(["-p", &st.project]).args(args);
+    c.current_dir(files_root(st))
+        .args(["-p", &st.project])
+        .args(args);
     proc::run(c, &format!("docker-compose {}", args.join(" ")))
 }
 
 /// `docker-compose up -d --scale hapi=N`, then waits until every replica is healthy and the
 /// metadata answers through the proxy.
 pub async fn compose_up(st: &State) -> anyhow::Result<()> {
-    compose(st, &["up", "-d", "--scale", &format!("hapi={}", st.replicas)])?;
+    compose(
+        st,
+        &["up", "-d", "--scale", &format!("hapi={}", st.replicas)],
+    )?;
     let t = Instant::now();
     loop {
         let (replicas, version) = observe(st).await;
@@ -78,7 +107,10 @@ pub async fn compose_up(st: &State) -> anyhow::Result<()> {
             return Ok(());
         }
         if t.elapsed() > Duration::from_secs(90) {
-            bail!("the sandbox's hapi replicas did not become healthy within 90s: {}", replicas.join(", "));
+            bail!(
+                "the sandbox's hapi replicas did not become healthy within 90s: {}",
+                replicas.join(", ")
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -90,13 +122,21 @@ pub async fn observe(st: &State) -> (Vec<String>, Option<String>) {
         Ok(e) => e.replicas(&st.project, "hapi").await.unwrap_or_default(),
         Err(_) => vec![],
     };
-    let list = replicas.iter().map(|r| format!("{} {}", r.name, r.status)).collect();
+    let list = replicas
+        .iter()
+        .map(|r| format!("{} {}", r.name, r.status))
+        .collect();
     (list, metadata_version(&st.base_url()).await)
 }
 
 pub async fn metadata_version(base_url: &str) -> Option<String> {
     let client = crate::infra::http::client(Duration::from_secs(3)).ok()?;
-    let resp = client.get(format!("{base_url}/metadata")).header("Accept", "application/fhir+json").send().await.ok()?;
+    let resp = client
+        .get(format!("{base_url}/metadata"))
+        .header("Accept", "application/fhir+json")
+        .send()
+        .await
+        .ok()?;
     let v: serde_json::Value = resp.error_for_status().ok()?.json().await.ok()?;
     v["software"]["version"].as_str().map(str::to_owned)
 }
@@ -106,12 +146,16 @@ pub async fn remove(st: &State) -> anyhow::Result<Vec<String>> {
     let mut done = vec![];
     if files_root(st).join("docker-compose.yml").exists() {
         compose(st, &["down", "--remove-orphans", "--timeout", "5"])?;
-        done.push(format!("removed the compose project {} (containers, network)", st.project));
+        done.push(format!(
+            "removed the compose project {} (containers, network)",
+            st.project
+        ));
     }
     let engine = engine().await?;
     let registry = format!("127.0.0.1:{}/", st.registry_port);
     for image in engine.list_images().await? {
-        let ours = image.labels.get(LABEL) == Some(&st.id) || image.repo_tags.iter().any(|t| t.starts_with(&registry));
+        let ours = image.labels.get(LABEL) == Some(&st.id)
+            || image.repo_tags.iter().any(|t| t.starts_with(&registry));
         if ours {
             for tag in &image.repo_tags {
                 engine.remove_image(tag).await?;
@@ -119,7 +163,10 @@ pub async fn remove(st: &State) -> anyhow::Result<Vec<String>> {
             if image.repo_tags.is_empty() {
                 engine.remove_image(&image.id).await?;
             }
-            done.push(format!("removed image {}", image.repo_tags.first().unwrap_or(&image.id)));
+            done.push(format!(
+                "removed image {}",
+                image.repo_tags.first().unwrap_or(&image.id)
+            ));
         }
     }
     Ok(done)

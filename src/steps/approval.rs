@@ -43,7 +43,10 @@ impl Step for Approval {
     async fn check(&self, cx: &StepCx) -> anyhow::Result<Vec<Check>> {
         let how = format!("pass --approve {}", cx.step_id);
         if self.open(cx) {
-            return Ok(vec![Check::pass("approval", "not a production target: no approval needed")]);
+            return Ok(vec![Check::pass(
+                "approval",
+                "not a production target: no approval needed",
+            )]);
         }
         Ok(vec![match cx.approvals.approved(&cx.step_id) {
             Some(by) => Check::pass("approval", format!("approved by {by}")),

@@ -8,20 +8,38 @@ use super::StepCx;
 use crate::infra::docker::{self, Engine, Replica};
 
 pub async fn engine(cx: &StepCx) -> anyhow::Result<Engine> {
-    let host = cx.target.as_deref().and_then(|t| t.docker.as_ref()).and_then(|d| d.host.as_deref());
+    let host = cx
+        .target
+        .as_deref()
+        .and_then(|t| t.docker.as_ref())
+        .and_then(|d| d.host.as_deref());
     Engine::connect(&docker::host(host)).await
 }
 
 /// (compose project, service): the step's `service` overrides the target's.
 pub fn project_service(cx: &StepCx, service: Option<&str>) -> anyhow::Result<(String, String)> {
-    let d = cx.target()?.docker.as_ref().context("the target has no [docker] section")?;
-    let project = d.compose_project.clone().context("the target's [docker] has no compose_project")?;
-    let service = service.map(str::to_owned).or_else(|| d.service.clone()).context("no service: set `service` or the target's docker.service")?;
+    let d = cx
+        .target()?
+        .docker
+        .as_ref()
+        .context("the target has no [docker] section")?;
+    let project = d
+        .compose_project
+        .clone()
+        .context("the target's [docker] has no compose_project")?;
+    let service = service
+        .map(str::to_owned)
+        .or_else(|| d.service.clone())
+        .context("no service: set `service` or the target's docker.service")?;
     Ok((project, service))
 }
 
 /// Running replicas, without the temporary clones of a replacement in progress.
-pub async fn running_replicas(engine: &Engine, project: &str, service: &str) -> anyhow::Result<Vec<Replica>> {
+pub async fn running_replicas(
+    engine: &Engine,
+    project: &str,
+    service: &str,
+) -> anyhow::Result<Vec<Replica>> {
     Ok(engine
         .replicas(project, service)
         .await?
@@ -32,7 +50,9 @@ pub async fn running_replicas(engine: &Engine, project: &str, service: &str) -> 
 
 pub async fn current_replicas(cx: &StepCx) -> anyhow::Result<u32> {
     let (project, service) = project_service(cx, None)?;
-    Ok(running_replicas(&engine(cx).await?, &project, &service).await?.len() as u32)
+    Ok(running_replicas(&engine(cx).await?, &project, &service)
+        .await?
+        .len() as u32)
 }
 
 /// The path part of the target's FHIR base URL (`/fhir`), to address a replica directly.
@@ -41,7 +61,10 @@ pub fn fhir_path(cx: &StepCx) -> String {
         .as_deref()
         .and_then(|t| t.fhir.as_ref())
         .and_then(|f| reqwest::Url::parse(&f.base_url).ok())
-        .map_or_else(|| "/fhir".into(), |u| u.path().trim_end_matches('/').to_owned())
+        .map_or_else(
+            || "/fhir".into(),
+            |u| u.path().trim_end_matches('/').to_owned(),
+        )
 }
 
 /// A replica's base URL on its published loopback port.
@@ -62,7 +85,10 @@ pub async fn replica_urls(cx: &StepCx) -> anyhow::Result<Vec<(String, String)>> 
     let path = fhir_path(cx);
     let mut out = vec![];
     for r in running_replicas(&engine, &project, &service).await? {
-        let info = engine.inspect_container(&r.id).await?.with_context(|| format!("replica {} vanished", r.name))?;
+        let info = engine
+            .inspect_container(&r.id)
+            .await?
+            .with_context(|| format!("replica {} vanished", r.name))?;
         out.push((r.name.clone(), replica_url(&info, &path)?));
     }
     Ok(out)

@@ -39,9 +39,17 @@ pub async fn fetch(base_url: &str) -> anyhow::Result<(String, String)> {
     if !status.is_success() {
         bail!("GET {url}: HTTP {status}");
     }
-    let v: serde_json::Value = resp.json().await.map_err(|e| anyhow!("GET {url}: not JSON: {e}"))?;
-    let sw = v["software"]["version"].as_str().ok_or_else(|| anyhow!("GET {url}: no software.version in the CapabilityStatement"))?;
-    Ok((sw.to_owned(), v["fhirVersion"].as_str().unwrap_or("").to_owned()))
+    let v: serde_json::Value = resp
+        .json()
+        .await
+        .map_err(|e| anyhow!("GET {url}: not JSON: {e}"))?;
+    let sw = v["software"]["version"]
+        .as_str()
+        .ok_or_else(|| anyhow!("GET {url}: no software.version in the CapabilityStatement"))?;
+    Ok((
+        sw.to_owned(),
+        v["fhirVersion"].as_str().unwrap_or("").to_owned(),
+    ))
 }
 
 impl MetadataCheck {
@@ -49,7 +57,13 @@ impl MetadataCheck {
         if let Some(b) = &self.base_url {
             return Ok(b.clone());
         }
-        Ok(cx.target()?.fhir.as_ref().ok_or_else(|| anyhow!("the target has no [fhir] base_url"))?.base_url.clone())
+        Ok(cx
+            .target()?
+            .fhir
+            .as_ref()
+            .ok_or_else(|| anyhow!("the target has no [fhir] base_url"))?
+            .base_url
+            .clone())
     }
 
     /// Every endpoint to ask: ("the service", base url) and each replica's own.
@@ -78,7 +92,11 @@ impl MetadataCheck {
 
 impl Step for MetadataCheck {
     fn describe(&self) -> String {
-        let each = if self.per_replica { " (and each replica)" } else { "" };
+        let each = if self.per_replica {
+            " (and each replica)"
+        } else {
+            ""
+        };
         match &self.expect_version {
             Some(v) => format!("GET /metadata reports software.version {v}{each}"),
             None => format!("GET /metadata answers{each}"),
@@ -96,9 +114,16 @@ impl Step for MetadataCheck {
         };
         Ok(vec![match fetch(&base).await {
             Ok((sw, fv)) => match self.wrong(&sw, &fv) {
-                None => Check::pass("metadata", format!("{base}/metadata: software.version {sw}, fhirVersion {fv}")),
+                None => Check::pass(
+                    "metadata",
+                    format!("{base}/metadata: software.version {sw}, fhirVersion {fv}"),
+                ),
                 // Before the redeploy the old version answering is expected.
-                Some(w) if cx.preflight && cx.after_changes => Check::new("metadata", CheckStatus::Deferred, format!("now {w}; judged after the earlier steps")),
+                Some(w) if cx.preflight && cx.after_changes => Check::new(
+                    "metadata",
+                    CheckStatus::Deferred,
+                    format!("now {w}; judged after the earlier steps"),
+                ),
                 Some(w) => Check::fail("metadata", format!("{base}/metadata: {w}")),
             },
             Err(e) => Check::fail("metadata", format!("{e:#}")),

@@ -16,13 +16,13 @@ pub mod env_set;
 pub mod exec;
 pub mod explain_seqscan;
 pub mod ig_package_swap;
+pub mod image_build;
+pub mod image_push;
 pub mod metadata_check;
 pub mod pool_capacity;
 pub mod replace;
 pub mod rolling_redeploy;
 pub mod scale;
-pub mod image_build;
-pub mod image_push;
 pub mod sql;
 pub mod wait;
 

@@ -13,7 +13,13 @@ use tokio_postgres::SimpleQueryMessage;
 use super::{Check, Reversibility, Step, StepCx};
 use crate::infra::postgres;
 
-pub const KEYS: &[&str] = &["replicas", "surge", "hikari_pool_size", "headroom", "database"];
+pub const KEYS: &[&str] = &[
+    "replicas",
+    "surge",
+    "hikari_pool_size",
+    "headroom",
+    "database",
+];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,14 +61,19 @@ impl PoolCapacity {
             toml::Value::Integer(n) if *n >= 0 => vec![],
             toml::Value::String(s) if s == "current" || s.parse::<u32>().is_ok() => vec![],
             toml::Value::String(s) if crate::playbook::interpolate::is_placeholder(s) => vec![],
-            _ => vec![(Some("replicas"), "`replicas` must be a number or \"current\"".into())],
+            _ => vec![(
+                Some("replicas"),
+                "`replicas` must be a number or \"current\"".into(),
+            )],
         }
     }
 
     async fn replicas(&self, cx: &StepCx) -> anyhow::Result<u32> {
         match &self.replicas {
             toml::Value::Integer(n) => Ok(*n as u32),
-            toml::Value::String(s) if s == "current" => crate::steps::docker_util::current_replicas(cx).await,
+            toml::Value::String(s) if s == "current" => {
+                crate::steps::docker_util::current_replicas(cx).await
+            }
             toml::Value::String(s) => Ok(s.parse()?),
             _ => bail!("`replicas` must be a number or \"current\""),
         }
@@ -71,10 +82,25 @@ impl PoolCapacity {
     pub async fn numbers(&self, cx: &StepCx) -> anyhow::Result<Numbers> {
         let t = cx.target()?;
         let pg = t.postgres(&self.database).map_err(|e| anyhow!(e))?;
-        let dbname = pg.url.rsplit('/').next().unwrap_or("").split('?').next().unwrap_or("").to_owned();
-        let bouncer = t.pgbouncer.as_ref().context("the target has no [pgbouncer] admin_url")?;
-        let bpw = t.secret(&bouncer.password_env, &bouncer.password_file).map_err(|e| anyhow!(e))?;
-        let admin = postgres::connect(&bouncer.admin_url, bpw.as_deref()).await.context("pgBouncer admin console")?;
+        let dbname = pg
+            .url
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .split('?')
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        let bouncer = t
+            .pgbouncer
+            .as_ref()
+            .context("the target has no [pgbouncer] admin_url")?;
+        let bpw = t
+            .secret(&bouncer.password_env, &bouncer.password_file)
+            .map_err(|e| anyhow!(e))?;
+        let admin = postgres::connect(&bouncer.admin_url, bpw.as_deref())
+            .await
+            .context("pgBouncer admin console")?;
         let dbs = rows(&admin, "SHOW DATABASES").await?;
         let config = rows(&admin, "SHOW CONFIG").await?;
         let default_pool: u32 = config
@@ -88,7 +114,9 @@ impl PoolCapacity {
             .and_then(|r| r.get("pool_size")?.parse().ok())
             .filter(|p: &u32| *p > 0)
             .unwrap_or(default_pool);
-        let pw = t.secret(&pg.password_env, &pg.password_file).map_err(|e| anyhow!(e))?;
+        let pw = t
+            .secret(&pg.password_env, &pg.password_file)
+            .map_err(|e| anyhow!(e))?;
         let client = postgres::connect(&pg.url, pw.as_deref()).await?;
         let row = client
             .query_one(
@@ -138,16 +166,28 @@ impl PoolCapacity {
         );
         if !fits_bouncer {
             let want = need + self.headroom;
-            s += &format!("; raise pgBouncer's default_pool_size to at least {want} (and max_connections to at least {})", want + n.reserved);
+            s += &format!(
+                "; raise pgBouncer's default_pool_size to at least {want} (and max_connections to at least {})",
+                want + n.reserved
+            );
         } else if !fits_pg {
-            s += &format!("; raise max_connections to at least {}", n.bouncer_pool + n.reserved);
+            s += &format!(
+                "; raise max_connections to at least {}",
+                n.bouncer_pool + n.reserved
+            );
         }
         (fits_bouncer && fits_pg, s)
     }
 }
 
-async fn rows(client: &tokio_postgres::Client, q: &str) -> anyhow::Result<Vec<std::collections::HashMap<String, String>>> {
-    let msgs = client.simple_query(q).await.map_err(|e| anyhow!("pgBouncer `{q}`: {}", postgres::describe(&e)))?;
+async fn rows(
+    client: &tokio_postgres::Client,
+    q: &str,
+) -> anyhow::Result<Vec<std::collections::HashMap<String, String>>> {
+    let msgs = client
+        .simple_query(q)
+        .await
+        .map_err(|e| anyhow!("pgBouncer `{q}`: {}", postgres::describe(&e)))?;
     Ok(msgs
         .into_iter()
         .filter_map(|m| match m {
@@ -169,8 +209,15 @@ impl Step for PoolCapacity {
             toml::Value::Integer(n) => n.to_string(),
             v => v.as_str().unwrap_or("?").to_owned(),
         };
-        let surge = if self.surge > 0 { format!(" (+{} surge)", self.surge) } else { String::new() };
-        format!("pool capacity for {r} replicas{surge} × {} connections", self.hikari_pool_size)
+        let surge = if self.surge > 0 {
+            format!(" (+{} surge)", self.surge)
+        } else {
+            String::new()
+        };
+        format!(
+            "pool capacity for {r} replicas{surge} × {} connections",
+            self.hikari_pool_size
+        )
     }
 
     fn reversibility(&self) -> Reversibility {
@@ -183,7 +230,11 @@ impl Step for PoolCapacity {
             Err(e) => return Ok(vec![Check::fail("pools", format!("{e:#}"))]),
         };
         let (ok, s) = self.judge(&n);
-        Ok(vec![if ok { Check::pass("pools", s) } else { Check::fail("pools", s) }])
+        Ok(vec![if ok {
+            Check::pass("pools", s)
+        } else {
+            Check::fail("pools", s)
+        }])
     }
 
     async fn apply(&self, cx: &StepCx) -> anyhow::Result<()> {

@@ -33,7 +33,13 @@ pub fn temp_name(name: &str) -> String {
 
 /// Clones whose original is already gone (ferry died between removing the old replica and
 /// renaming its successor): each is gated and given its name.
-pub async fn finish_orphans(engine: &Engine, cx: &StepCx, project: &str, service: &str, g: &Gate<'_>) -> anyhow::Result<()> {
+pub async fn finish_orphans(
+    engine: &Engine,
+    cx: &StepCx,
+    project: &str,
+    service: &str,
+    g: &Gate<'_>,
+) -> anyhow::Result<()> {
     for r in engine.replicas(project, service).await? {
         if let Some(base) = r.name.strip_suffix(TEMP_SUFFIX)
             && engine.inspect_container(base).await?.is_none()
@@ -49,15 +55,30 @@ pub async fn finish_orphans(engine: &Engine, cx: &StepCx, project: &str, service
 }
 
 /// What to create: `old` run on `image`, its own settings kept, the old image's dropped.
-pub async fn clone_body(engine: &Engine, old: &ContainerInfo, image: &str, config_hash: Option<&str>) -> anyhow::Result<(ContainerCreateBody, Vec<(String, EndpointSettings)>)> {
-    let old_img = engine.image_config(&old.image_id).await?.unwrap_or_default();
-    let new_id = engine.inspect_image(image).await?.with_context(|| format!("image {image} is not on this Docker host"))?.id;
+pub async fn clone_body(
+    engine: &Engine,
+    old: &ContainerInfo,
+    image: &str,
+    config_hash: Option<&str>,
+) -> anyhow::Result<(ContainerCreateBody, Vec<(String, EndpointSettings)>)> {
+    let old_img = engine
+        .image_config(&old.image_id)
+        .await?
+        .unwrap_or_default();
+    let new_id = engine
+        .inspect_image(image)
+        .await?
+        .with_context(|| format!("image {image} is not on this Docker host"))?
+        .id;
     let c = &old.config;
     let minus = |mine: &Option<Vec<String>>, theirs: &Option<Vec<String>>| -> Option<Vec<String>> {
         let theirs = theirs.clone().unwrap_or_default();
-        mine.as_ref().map(|m| m.iter().filter(|e| !theirs.contains(e)).cloned().collect())
+        mine.as_ref()
+            .map(|m| m.iter().filter(|e| !theirs.contains(e)).cloned().collect())
     };
-    let own = |mine: &Option<Vec<String>>, theirs: &Option<Vec<String>>| if mine == theirs { None } else { mine.clone() };
+    let own = |mine: &Option<Vec<String>>, theirs: &Option<Vec<String>>| {
+        if mine == theirs { None } else { mine.clone() }
+    };
     let mut labels: std::collections::HashMap<String, String> = c
         .labels
         .clone()
@@ -74,8 +95,19 @@ pub async fn clone_body(engine: &Engine, old: &ContainerInfo, image: &str, confi
         .networks
         .iter()
         .map(|(n, e)| {
-            let aliases = e.aliases.as_ref().map(|a| a.iter().filter(|x| x.as_str() != short).cloned().collect());
-            (n.clone(), EndpointSettings { aliases, links: e.links.clone(), driver_opts: e.driver_opts.clone(), ..Default::default() })
+            let aliases = e
+                .aliases
+                .as_ref()
+                .map(|a| a.iter().filter(|x| x.as_str() != short).cloned().collect());
+            (
+                n.clone(),
+                EndpointSettings {
+                    aliases,
+                    links: e.links.clone(),
+                    driver_opts: e.driver_opts.clone(),
+                    ..Default::default()
+                },
+            )
         })
         .collect();
     nets.sort_by(|a, b| a.0.cmp(&b.0));
@@ -85,14 +117,29 @@ pub async fn clone_body(engine: &Engine, old: &ContainerInfo, image: &str, confi
         env: minus(&c.env, &old_img.env),
         cmd: own(&c.cmd, &old_img.cmd),
         entrypoint: own(&c.entrypoint, &old_img.entrypoint),
-        healthcheck: if c.healthcheck == old_img.healthcheck { None } else { c.healthcheck.clone() },
-        working_dir: c.working_dir.clone().filter(|w| Some(w) != old_img.working_dir.as_ref() && !w.is_empty()),
-        user: c.user.clone().filter(|u| Some(u) != old_img.user.as_ref() && !u.is_empty()),
-        stop_signal: c.stop_signal.clone().filter(|s| Some(s) != old_img.stop_signal.as_ref()),
+        healthcheck: if c.healthcheck == old_img.healthcheck {
+            None
+        } else {
+            c.healthcheck.clone()
+        },
+        working_dir: c
+            .working_dir
+            .clone()
+            .filter(|w| Some(w) != old_img.working_dir.as_ref() && !w.is_empty()),
+        user: c
+            .user
+            .clone()
+            .filter(|u| Some(u) != old_img.user.as_ref() && !u.is_empty()),
+        stop_signal: c
+            .stop_signal
+            .clone()
+            .filter(|s| Some(s) != old_img.stop_signal.as_ref()),
         exposed_ports: c.exposed_ports.clone(),
         labels: Some(labels),
         host_config: Some(old.host_config.clone()),
-        networking_config: first.map(|(n, e)| NetworkingConfig { endpoints_config: Some([(n, e)].into_iter().collect()) }),
+        networking_config: first.map(|(n, e)| NetworkingConfig {
+            endpoints_config: Some([(n, e)].into_iter().collect()),
+        }),
         ..Default::default()
     };
     Ok((body, nets.into_iter().skip(1).collect()))
@@ -104,28 +151,48 @@ pub async fn gate(engine: &Engine, cx: &StepCx, name: &str, g: &Gate<'_>) -> any
     let start = Instant::now();
     let mut seen = String::from("not started");
     loop {
-        let info = engine.inspect_container(name).await?.with_context(|| format!("{name} vanished"))?;
+        let info = engine
+            .inspect_container(name)
+            .await?
+            .with_context(|| format!("{name} vanished"))?;
         if !info.running {
-            bail!("{name} exited (code {}) before turning healthy", info.exit_code.unwrap_or(-1));
+            bail!(
+                "{name} exited (code {}) before turning healthy",
+                info.exit_code.unwrap_or(-1)
+            );
         }
         let ready = match info.health.as_deref() {
             Some("healthy") | None => true,
             Some(h) => {
-                seen = format!("health {h}{}", info.health_log.as_deref().map(|l| format!(": {l}")).unwrap_or_default());
+                seen = format!(
+                    "health {h}{}",
+                    info.health_log
+                        .as_deref()
+                        .map(|l| format!(": {l}"))
+                        .unwrap_or_default()
+                );
                 false
             }
         };
         if ready {
-            let Some(want) = g.verify_version else { return Ok(()) };
+            let Some(want) = g.verify_version else {
+                return Ok(());
+            };
             let url = replica_url(&info, g.fhir_path)?;
             match super::metadata_check::fetch(&url).await {
                 Ok((v, _)) if v == want => return Ok(()),
-                Ok((v, _)) => seen = format!("{url}/metadata reports software.version {v:?}, expected {want:?}"),
+                Ok((v, _)) => {
+                    seen =
+                        format!("{url}/metadata reports software.version {v:?}, expected {want:?}")
+                }
                 Err(e) => seen = format!("{e:#}"),
             }
         }
         if start.elapsed() > g.health_timeout {
-            bail!("{name} did not pass its gate within {:.0?} (last seen: {seen})", g.health_timeout);
+            bail!(
+                "{name} did not pass its gate within {:.0?} (last seen: {seen})",
+                g.health_timeout
+            );
         }
         cx.cancel.sleep(Duration::from_millis(300)).await?;
     }
@@ -133,7 +200,15 @@ pub async fn gate(engine: &Engine, cx: &StepCx, name: &str, g: &Gate<'_>) -> any
 
 /// Replaces `old_name` by a container of `image`. Safe to re-enter: a clone left by an
 /// interrupted attempt is finished (old already gone) or discarded (old still there).
-pub async fn replace(engine: &Engine, cx: &StepCx, old_name: &str, image: &str, config_hash: Option<&str>, surge: bool, g: &Gate<'_>) -> anyhow::Result<()> {
+pub async fn replace(
+    engine: &Engine,
+    cx: &StepCx,
+    old_name: &str,
+    image: &str,
+    config_hash: Option<&str>,
+    surge: bool,
+    g: &Gate<'_>,
+) -> anyhow::Result<()> {
     let tmp = temp_name(old_name);
     let old = engine.inspect_container(old_name).await?;
     let leftover = engine.inspect_container(&tmp).await?;
@@ -183,5 +258,8 @@ pub fn compose_hash(dir: &std::path::Path, project: &str, service: &str) -> Opti
     if !out.status.success() {
         return None;
     }
-    String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).map(str::to_owned)
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .map(str::to_owned)
 }

@@ -23,7 +23,15 @@ use crate::playbook::model::parse_duration;
 use crate::report::CheckStatus;
 
 pub const KEYS: &[&str] = &[
-    "service", "image", "max_unavailable", "max_surge", "health_timeout", "verify_version", "env_key", "env_file", "stop_timeout",
+    "service",
+    "image",
+    "max_unavailable",
+    "max_surge",
+    "health_timeout",
+    "verify_version",
+    "env_key",
+    "env_file",
+    "stop_timeout",
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -70,8 +78,15 @@ struct Rollout {
 impl RollingRedeploy {
     pub fn validate(&self) -> Vec<(Option<&'static str>, String)> {
         let mut out = vec![];
-        if self.max_surge > 1 || self.max_unavailable > 1 || self.max_surge + self.max_unavailable == 0 {
-            out.push((Some("max_surge"), "one replica at a time: max_surge and max_unavailable are 0 or 1, not both 0".into()));
+        if self.max_surge > 1
+            || self.max_unavailable > 1
+            || self.max_surge + self.max_unavailable == 0
+        {
+            out.push((
+                Some("max_surge"),
+                "one replica at a time: max_surge and max_unavailable are 0 or 1, not both 0"
+                    .into(),
+            ));
         }
         if let Err(e) = parse_duration(&self.health_timeout) {
             out.push((Some("health_timeout"), e));
@@ -80,7 +95,9 @@ impl RollingRedeploy {
     }
 
     fn compose_dir(&self, cx: &StepCx) -> anyhow::Result<PathBuf> {
-        cx.target()?.files_root().context("the target has no [files] root (where docker-compose.yml and .env are)")
+        cx.target()?
+            .files_root()
+            .context("the target has no [files] root (where docker-compose.yml and .env are)")
     }
 
     fn env_path(&self, cx: &StepCx) -> anyhow::Result<PathBuf> {
@@ -89,13 +106,19 @@ impl RollingRedeploy {
         Ok(match &self.env_file {
             Some(f) if f.is_absolute() => f.clone(),
             Some(f) => root.join(f),
-            None => root.join(&t.files.as_ref().map(|f| f.env_file.clone()).unwrap_or_else(|| ".env".into())),
+            None => root.join(
+                t.files
+                    .as_ref()
+                    .map(|f| f.env_file.clone())
+                    .unwrap_or_else(|| ".env".into()),
+            ),
         })
     }
 
     fn gate<'a>(&'a self, path: &'a str, version: Option<&'a str>) -> Gate<'a> {
         Gate {
-            health_timeout: parse_duration(&self.health_timeout).unwrap_or(Duration::from_secs(120)),
+            health_timeout: parse_duration(&self.health_timeout)
+                .unwrap_or(Duration::from_secs(120)),
             verify_version: version,
             fhir_path: path,
             stop_timeout: self.stop_timeout,
@@ -105,12 +128,23 @@ impl RollingRedeploy {
 
 impl Step for RollingRedeploy {
     fn describe(&self) -> String {
-        let v = self.verify_version.as_deref().map(|v| format!(", each must report {v}")).unwrap_or_default();
-        format!("replace {} replicas one at a time with {}{v}", self.service.as_deref().unwrap_or("the service's"), self.image)
+        let v = self
+            .verify_version
+            .as_deref()
+            .map(|v| format!(", each must report {v}"))
+            .unwrap_or_default();
+        format!(
+            "replace {} replicas one at a time with {}{v}",
+            self.service.as_deref().unwrap_or("the service's"),
+            self.image
+        )
     }
 
     fn reversibility(&self) -> Reversibility {
-        Reversibility::Reversible(format!("put every replaced replica back on its previous image, restore {}", self.env_key))
+        Reversibility::Reversible(format!(
+            "put every replaced replica back on its previous image, restore {}",
+            self.env_key
+        ))
     }
 
     async fn check(&self, cx: &StepCx) -> anyhow::Result<Vec<Check>> {
@@ -122,20 +156,49 @@ impl Step for RollingRedeploy {
         match project_service(cx, self.service.as_deref()) {
             Err(err) => checks.push(Check::fail("service", format!("{err:#}"))),
             Ok((p, s)) => match running_replicas(&e, &p, &s).await {
-                Ok(r) if r.is_empty() => checks.push(Check::fail("service", format!("no running replica of service `{s}` in compose project `{p}`"))),
-                Ok(r) => checks.push(Check::pass("service", format!("{} running replicas of {p}/{s}: {}", r.len(), r.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(", ")))),
+                Ok(r) if r.is_empty() => checks.push(Check::fail(
+                    "service",
+                    format!("no running replica of service `{s}` in compose project `{p}`"),
+                )),
+                Ok(r) => checks.push(Check::pass(
+                    "service",
+                    format!(
+                        "{} running replicas of {p}/{s}: {}",
+                        r.len(),
+                        r.iter()
+                            .map(|x| x.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )),
                 Err(err) => checks.push(Check::fail("service", format!("{err:#}"))),
             },
         }
         checks.push(match e.inspect_image(&self.image).await {
-            Ok(Some(i)) => Check::pass("image", format!("{} is here ({})", self.image, &i.id[..i.id.len().min(19)])),
-            Ok(None) if cx.preflight && cx.after_changes => Check::new("image", CheckStatus::Deferred, format!("{} is built by an earlier step", self.image)),
-            Ok(None) => Check::fail("image", format!("image {} is not on this Docker host", self.image)),
+            Ok(Some(i)) => Check::pass(
+                "image",
+                format!("{} is here ({})", self.image, &i.id[..i.id.len().min(19)]),
+            ),
+            Ok(None) if cx.preflight && cx.after_changes => Check::new(
+                "image",
+                CheckStatus::Deferred,
+                format!("{} is built by an earlier step", self.image),
+            ),
+            Ok(None) => Check::fail(
+                "image",
+                format!("image {} is not on this Docker host", self.image),
+            ),
             Err(err) => Check::fail("image", format!("{err:#}")),
         });
         match self.env_path(cx) {
-            Ok(p) if p.is_file() => checks.push(Check::pass("env", format!("{} sets {}", p.display(), self.env_key))),
-            Ok(p) => checks.push(Check::fail("env", format!("{} does not exist", p.display()))),
+            Ok(p) if p.is_file() => checks.push(Check::pass(
+                "env",
+                format!("{} sets {}", p.display(), self.env_key),
+            )),
+            Ok(p) => checks.push(Check::fail(
+                "env",
+                format!("{} does not exist", p.display()),
+            )),
             Err(err) => checks.push(Check::fail("env", format!("{err:#}"))),
         }
         Ok(checks)
@@ -148,16 +211,26 @@ impl Step for RollingRedeploy {
         if replicas.is_empty() {
             bail!("no running replica of service `{service}` in compose project `{project}`");
         }
-        let new_id = e.inspect_image(&self.image).await?.ok_or_else(|| anyhow!("image {} is not on this Docker host", self.image))?.id;
+        let new_id = e
+            .inspect_image(&self.image)
+            .await?
+            .ok_or_else(|| anyhow!("image {} is not on this Docker host", self.image))?
+            .id;
         let mut cp: Rollout = cx.checkpoint()?.unwrap_or_default();
         if cp.previous_image.is_empty() {
-            cp.previous_image = replicas.iter().find(|r| r.image_id != new_id).map_or_else(|| replicas[0].image.clone(), |r| r.image.clone());
+            cp.previous_image = replicas
+                .iter()
+                .find(|r| r.image_id != new_id)
+                .map_or_else(|| replicas[0].image.clone(), |r| r.image.clone());
             cx.save_checkpoint(&cp)?;
         }
         let env = self.env_path(cx)?;
         if cp.env_edit.is_none() {
-            let text = std::fs::read_to_string(&env).with_context(|| format!("reading {}", env.display()))?;
-            let vars = [(self.env_key.clone(), self.image.clone())].into_iter().collect();
+            let text = std::fs::read_to_string(&env)
+                .with_context(|| format!("reading {}", env.display()))?;
+            let vars = [(self.env_key.clone(), self.image.clone())]
+                .into_iter()
+                .collect();
             let (edit, new) = dotenv::plan_set(&text, &vars);
             cp.env_edit = Some(edit);
             cx.save_checkpoint(&cp)?;
@@ -183,8 +256,20 @@ impl Step for RollingRedeploy {
                 }
                 continue;
             }
-            cx.log("info", format!("replacing {} ({} → {})", r.name, r.image, self.image));
-            replace::replace(&e, cx, &r.name, &self.image, hash.as_deref(), self.max_surge > 0, &gate).await?;
+            cx.log(
+                "info",
+                format!("replacing {} ({} → {})", r.name, r.image, self.image),
+            );
+            replace::replace(
+                &e,
+                cx,
+                &r.name,
+                &self.image,
+                hash.as_deref(),
+                self.max_surge > 0,
+                &gate,
+            )
+            .await?;
             cp.done.push(r.number);
             cx.save_checkpoint(&cp)?;
         }
@@ -195,8 +280,17 @@ impl Step for RollingRedeploy {
     async fn verify(&self, cx: &StepCx) -> anyhow::Result<()> {
         let e = engine(cx).await?;
         let (project, service) = project_service(cx, self.service.as_deref())?;
-        let new_id = e.inspect_image(&self.image).await?.map(|i| i.id).unwrap_or_default();
-        let stale: Vec<String> = running_replicas(&e, &project, &service).await?.into_iter().filter(|r| r.image_id != new_id).map(|r| r.name).collect();
+        let new_id = e
+            .inspect_image(&self.image)
+            .await?
+            .map(|i| i.id)
+            .unwrap_or_default();
+        let stale: Vec<String> = running_replicas(&e, &project, &service)
+            .await?
+            .into_iter()
+            .filter(|r| r.image_id != new_id)
+            .map(|r| r.name)
+            .collect();
         if !stale.is_empty() {
             bail!("replicas still on another image: {}", stale.join(", "));
         }
@@ -204,28 +298,62 @@ impl Step for RollingRedeploy {
     }
 
     async fn rollback(&self, cx: &StepCx) -> anyhow::Result<()> {
-        let Some(cp) = cx.checkpoint::<Rollout>()? else { return Ok(()) };
+        let Some(cp) = cx.checkpoint::<Rollout>()? else {
+            return Ok(());
+        };
         let e = engine(cx).await?;
         let (project, service) = project_service(cx, self.service.as_deref())?;
         if let Some(edit) = &cp.env_edit {
             dotenv::revert(&self.env_path(cx)?, edit)?;
         }
         let hash = compose_hash(&self.compose_dir(cx)?, &project, &service);
-        let prev_id = e.inspect_image(&cp.previous_image).await?.ok_or_else(|| anyhow!("the previous image {} is gone from this Docker host: cannot roll back", cp.previous_image))?.id;
+        let prev_id = e
+            .inspect_image(&cp.previous_image)
+            .await?
+            .ok_or_else(|| {
+                anyhow!(
+                    "the previous image {} is gone from this Docker host: cannot roll back",
+                    cp.previous_image
+                )
+            })?
+            .id;
         let path = fhir_path(cx);
         let gate = self.gate(&path, None);
         let all = e.replicas(&project, &service).await?;
         replace::finish_orphans(&e, cx, &project, &service, &gate).await?;
-        for r in all.iter().filter(|r| r.name.ends_with(replace::TEMP_SUFFIX)) {
-            if e.inspect_container(r.name.trim_end_matches(replace::TEMP_SUFFIX)).await?.is_some() {
+        for r in all
+            .iter()
+            .filter(|r| r.name.ends_with(replace::TEMP_SUFFIX))
+        {
+            if e.inspect_container(r.name.trim_end_matches(replace::TEMP_SUFFIX))
+                .await?
+                .is_some()
+            {
                 e.remove_container(&r.name).await?;
             }
         }
         // Every replica not on the previous image, newest first: also one replaced just
         // before ferry died, whose number the checkpoint never got.
-        for r in running_replicas(&e, &project, &service).await?.iter().rev().filter(|r| r.image_id != prev_id) {
-            cx.log("info", format!("restoring {} to {}", r.name, cp.previous_image));
-            replace::replace(&e, cx, &r.name, &cp.previous_image, hash.as_deref(), self.max_surge > 0, &gate).await?;
+        for r in running_replicas(&e, &project, &service)
+            .await?
+            .iter()
+            .rev()
+            .filter(|r| r.image_id != prev_id)
+        {
+            cx.log(
+                "info",
+                format!("restoring {} to {}", r.name, cp.previous_image),
+            );
+            replace::replace(
+                &e,
+                cx,
+                &r.name,
+                &cp.previous_image,
+                hash.as_deref(),
+                self.max_surge > 0,
+                &gate,
+            )
+            .await?;
         }
         Ok(())
     }

@@ -31,8 +31,12 @@ fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     match toml::Value::deserialize(d)? {
         toml::Value::Integer(n) if n >= 0 => Ok(n as u32),
         toml::Value::String(s) if crate::playbook::interpolate::is_placeholder(&s) => Ok(1),
-        toml::Value::String(s) => s.trim().parse().map_err(|_| serde::de::Error::custom(format!("`replicas` must be a number, not `{s}`"))),
-        other => Err(serde::de::Error::custom(format!("`replicas` must be a number, not {other}"))),
+        toml::Value::String(s) => s.trim().parse().map_err(|_| {
+            serde::de::Error::custom(format!("`replicas` must be a number, not `{s}`"))
+        }),
+        other => Err(serde::de::Error::custom(format!(
+            "`replicas` must be a number, not {other}"
+        ))),
     }
 }
 
@@ -57,7 +61,10 @@ impl Scale {
     pub fn validate(&self) -> Vec<(Option<&'static str>, String)> {
         let mut out = vec![];
         if self.replicas == 0 {
-            out.push((Some("replicas"), "`replicas` must be at least 1 (stopping a service is not scaling)".into()));
+            out.push((
+                Some("replicas"),
+                "`replicas` must be at least 1 (stopping a service is not scaling)".into(),
+            ));
         }
         if let Err(e) = parse_duration(&self.health_timeout) {
             out.push((Some("health_timeout"), e));
@@ -70,7 +77,8 @@ impl Scale {
         let (project, service) = project_service(cx, self.service.as_deref())?;
         let path = fhir_path(cx);
         let g = Gate {
-            health_timeout: parse_duration(&self.health_timeout).unwrap_or(Duration::from_secs(120)),
+            health_timeout: parse_duration(&self.health_timeout)
+                .unwrap_or(Duration::from_secs(120)),
             verify_version: None,
             fhir_path: &path,
             stop_timeout: 10,
@@ -82,14 +90,35 @@ impl Scale {
             if n == want {
                 return Ok(());
             }
-            let newest = now.last().with_context(|| format!("service `{service}` has no running replica to clone"))?.clone();
+            let newest = now
+                .last()
+                .with_context(|| format!("service `{service}` has no running replica to clone"))?
+                .clone();
             if n < want {
                 // Any container (even stopped) holding a number is skipped, as compose does.
-                let taken: Vec<u32> = e.replicas(&project, &service).await?.iter().map(|r| r.number).collect();
+                let taken: Vec<u32> = e
+                    .replicas(&project, &service)
+                    .await?
+                    .iter()
+                    .map(|r| r.number)
+                    .collect();
                 let number = (1..).find(|k| !taken.contains(k)).unwrap_or(n + 1);
                 let name = name_for(&newest, number);
-                let old = e.inspect_container(&newest.id).await?.context("the replica to clone vanished")?;
-                let (mut body, nets) = clone_body(e, &old, &newest.image, old.config.labels.as_ref().and_then(|l| l.get(super::replace::CONFIG_HASH)).map(String::as_str)).await?;
+                let old = e
+                    .inspect_container(&newest.id)
+                    .await?
+                    .context("the replica to clone vanished")?;
+                let (mut body, nets) = clone_body(
+                    e,
+                    &old,
+                    &newest.image,
+                    old.config
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(super::replace::CONFIG_HASH))
+                        .map(String::as_str),
+                )
+                .await?;
                 if let Some(l) = body.labels.as_mut() {
                     l.insert(NUMBER.into(), number.to_string());
                 }
@@ -114,7 +143,11 @@ impl Scale {
 
 impl Step for Scale {
     fn describe(&self) -> String {
-        format!("scale {} to {} replicas", self.service.as_deref().unwrap_or("the service"), self.replicas)
+        format!(
+            "scale {} to {} replicas",
+            self.service.as_deref().unwrap_or("the service"),
+            self.replicas
+        )
     }
 
     fn reversibility(&self) -> Reversibility {
@@ -131,8 +164,18 @@ impl Step for Scale {
             Err(err) => return Ok(vec![Check::fail("service", format!("{err:#}"))]),
         };
         Ok(vec![match running_replicas(&e, &project, &service).await {
-            Ok(r) if r.is_empty() => Check::fail("service", format!("no running replica of `{service}` in `{project}` to scale from")),
-            Ok(r) => Check::pass("service", format!("{project}/{service}: {} → {} replicas", r.len(), self.replicas)),
+            Ok(r) if r.is_empty() => Check::fail(
+                "service",
+                format!("no running replica of `{service}` in `{project}` to scale from"),
+            ),
+            Ok(r) => Check::pass(
+                "service",
+                format!(
+                    "{project}/{service}: {} → {} replicas",
+                    r.len(),
+                    self.replicas
+                ),
+            ),
             Err(err) => Check::fail("service", format!("{err:#}")),
         }])
     }
@@ -142,7 +185,10 @@ impl Step for Scale {
             return Ok(false);
         }
         let (project, service) = project_service(cx, self.service.as_deref())?;
-        Ok(running_replicas(&engine(cx).await?, &project, &service).await?.len() as u32 == self.replicas)
+        Ok(running_replicas(&engine(cx).await?, &project, &service)
+            .await?
+            .len() as u32
+            == self.replicas)
     }
 
     async fn apply(&self, cx: &StepCx) -> anyhow::Result<()> {
@@ -159,7 +205,9 @@ impl Step for Scale {
     }
 
     async fn rollback(&self, cx: &StepCx) -> anyhow::Result<()> {
-        let Some(s) = cx.checkpoint::<Scaled>()? else { return Ok(()) };
+        let Some(s) = cx.checkpoint::<Scaled>()? else {
+            return Ok(());
+        };
         self.converge(&engine(cx).await?, cx, s.previous).await
     }
 }

@@ -8,5 +8,6 @@ mod harness;
 mod ig;
 mod prometheus;
 mod registry;
+mod sandbox;
 mod sql;
 mod validate;

@@ -5,10 +5,13 @@
 use std::collections::HashMap;
 
 use anyhow::Context;
-use bollard::models::{ContainerConfig, ContainerCreateBody, EndpointSettings, HostConfig, ImageConfig, NetworkConnectRequest};
+use bollard::models::{
+    ContainerConfig, ContainerCreateBody, EndpointSettings, HostConfig, ImageConfig,
+    NetworkConnectRequest,
+};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListImagesOptionsBuilder, RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, ListImagesOptionsBuilder, RemoveContainerOptionsBuilder,
+    RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 
 use super::{Engine, ImageInfo, describe, not_found};
@@ -44,19 +47,30 @@ impl Engine {
         let net = c.network_settings.unwrap_or_default();
         let mut host_ports = HashMap::new();
         for (port, bindings) in net.ports.unwrap_or_default() {
-            if let Some(p) = bindings.into_iter().flatten().find_map(|b| b.host_port.and_then(|p| p.parse::<u16>().ok())) {
+            if let Some(p) = bindings
+                .into_iter()
+                .flatten()
+                .find_map(|b| b.host_port.and_then(|p| p.parse::<u16>().ok()))
+            {
                 host_ports.insert(port, p);
             }
         }
         Ok(Some(ContainerInfo {
             id: c.id.unwrap_or_default(),
-            name: c.name.unwrap_or_default().trim_start_matches('/').to_owned(),
+            name: c
+                .name
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_owned(),
             image_id: c.image.unwrap_or_default(),
             config: c.config.unwrap_or_default(),
             host_config: c.host_config.unwrap_or_default(),
             networks: net.networks.unwrap_or_default(),
             running: state.running.unwrap_or(false),
-            health: health.and_then(|h| h.status).map(|s| s.to_string()).filter(|s| !s.is_empty() && s != "none"),
+            health: health
+                .and_then(|h| h.status)
+                .map(|s| s.to_string())
+                .filter(|s| !s.is_empty() && s != "none"),
             health_log: health
                 .and_then(|h| h.log.as_ref())
                 .and_then(|l| l.last())
@@ -76,19 +90,44 @@ impl Engine {
         }
     }
 
-    pub async fn create_container(&self, name: &str, body: ContainerCreateBody) -> anyhow::Result<String> {
+    pub async fn create_container(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> anyhow::Result<String> {
         let opts = CreateContainerOptionsBuilder::default().name(name).build();
-        let r = self.docker.create_container(Some(opts), body).await.map_err(describe).with_context(|| format!("create container {name}"))?;
+        let r = self
+            .docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(describe)
+            .with_context(|| format!("create container {name}"))?;
         Ok(r.id)
     }
 
-    pub async fn connect_network(&self, network: &str, container: &str, endpoint: EndpointSettings) -> anyhow::Result<()> {
-        let req = NetworkConnectRequest { container: container.to_owned(), endpoint_config: Some(endpoint) };
-        self.docker.connect_network(network, req).await.map_err(describe).with_context(|| format!("connect {container} to {network}"))
+    pub async fn connect_network(
+        &self,
+        network: &str,
+        container: &str,
+        endpoint: EndpointSettings,
+    ) -> anyhow::Result<()> {
+        let req = NetworkConnectRequest {
+            container: container.to_owned(),
+            endpoint_config: Some(endpoint),
+        };
+        self.docker
+            .connect_network(network, req)
+            .await
+            .map_err(describe)
+            .with_context(|| format!("connect {container} to {network}"))
     }
 
     pub async fn start_container(&self, name: &str) -> anyhow::Result<()> {
-        self.docker.start_container(name, None).await.map_err(describe).with_context(|| format!("start container {name}"))
+        self.docker
+            .start_container(name, None)
+            .await
+            .map_err(describe)
+            .with_context(|| format!("start container {name}"))
     }
 
     /// Graceful stop (SIGTERM, then SIGKILL after `timeout_s`); a stopped one is fine.
@@ -97,7 +136,9 @@ impl Engine {
         match self.docker.stop_container(name, Some(opts)).await {
             Ok(()) => Ok(()),
             Err(e) if not_found(&e) => Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
             Err(e) => Err(describe(e)).with_context(|| format!("stop container {name}")),
         }
     }
@@ -113,19 +154,34 @@ impl Engine {
     }
 
     pub async fn rename_container(&self, name: &str, new_name: &str) -> anyhow::Result<()> {
-        let opts = RenameContainerOptionsBuilder::default().name(new_name).build();
-        self.docker.rename_container(name, opts).await.map_err(describe).with_context(|| format!("rename {name} to {new_name}"))
+        let opts = RenameContainerOptionsBuilder::default()
+            .name(new_name)
+            .build();
+        self.docker
+            .rename_container(name, opts)
+            .await
+            .map_err(describe)
+            .with_context(|| format!("rename {name} to {new_name}"))
     }
 
     pub async fn list_images(&self) -> anyhow::Result<Vec<ImageInfo>> {
         let opts = ListImagesOptionsBuilder::default().all(false).build();
-        let list = self.docker.list_images(Some(opts)).await.map_err(describe).context("list images")?;
+        let list = self
+            .docker
+            .list_images(Some(opts))
+            .await
+            .map_err(describe)
+            .context("list images")?;
         Ok(list
             .into_iter()
             .map(|i| ImageInfo {
                 id: i.id,
                 labels: i.labels,
-                repo_tags: i.repo_tags.into_iter().filter(|t| t != "<none>:<none>").collect(),
+                repo_tags: i
+                    .repo_tags
+                    .into_iter()
+                    .filter(|t| t != "<none>:<none>")
+                    .collect(),
                 repo_digests: i.repo_digests,
             })
             .collect())

@@ -1,0 +1,423 @@
+//! `ferry sandbox` and the release engineers' procedures on it, for real: PostgreSQL,
+//! pgBouncer, Debian's docker-registry, the Docker engine and docker-compose v1. Each test
+//! starts its own sandbox (labelled `ferry.test=1`) and takes it down again.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::harness::{Out, Sandbox, repo, require};
+
+struct Sbx {
+    sb: Sandbox,
+    dir: PathBuf,
+}
+
+fn engine_up() -> bool {
+    Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+impl Sbx {
+    fn up(replicas: u32) -> Option<Sbx> {
+        if !require("a running Docker engine", engine_up()) {
+            return None;
+        }
+        let sb = Sandbox::new();
+        let dir = sb.path("sbx");
+        let standin = crate::docker::standin_bin();
+        let out = sb.run(&[
+            "sandbox",
+            "up",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--replicas",
+            &replicas.to_string(),
+            "--standin",
+            standin.to_str().unwrap(),
+            "--label",
+            "ferry.test=1",
+        ]);
+        out.expect(0);
+        Some(Sbx { sb, dir })
+    }
+
+    fn target(&self) -> String {
+        self.dir.join("target.toml").display().to_string()
+    }
+
+    fn project(&self) -> String {
+        let t = std::fs::read_to_string(self.dir.join("target.toml")).unwrap();
+        t.lines()
+            .find_map(|l| l.strip_prefix("compose_project = "))
+            .unwrap()
+            .trim_matches('"')
+            .to_owned()
+    }
+
+    fn compose(&self, args: &[&str]) -> (bool, String) {
+        let o = Command::new("docker-compose")
+            .current_dir(self.dir.join("files"))
+            .args(["-p", &self.project()])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    }
+
+    fn base_url(&self) -> String {
+        let t = std::fs::read_to_string(self.dir.join("target.toml")).unwrap();
+        t.lines()
+            .find_map(|l| l.strip_prefix("base_url = "))
+            .unwrap()
+            .trim_matches('"')
+            .to_owned()
+    }
+
+    fn run(&self, args: &[&str]) -> Out {
+        let mut a: Vec<&str> = args.to_vec();
+        let t = self.target();
+        a.extend_from_slice(&["--target", &t]);
+        self.sb.run(&a)
+    }
+
+    /// (container name, image id, container id) of each hapi replica.
+    fn replicas(&self) -> Vec<(String, String, String)> {
+        let o = Command::new("docker")
+            .args([
+                "ps",
+                "--filter",
+                &format!("label=com.docker.compose.project={}", self.project()),
+                "--filter",
+                "label=com.docker.compose.service=hapi",
+            ])
+            .args(["--format", "{{.Names}} {{.ID}}"])
+            .output()
+            .unwrap();
+        let mut v: Vec<(String, String, String)> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| {
+                let (name, id) = l.split_once(' ').unwrap();
+                let img = Command::new("docker")
+                    .args(["inspect", "--format", "{{.Image}}", id])
+                    .output()
+                    .unwrap();
+                (
+                    name.to_owned(),
+                    String::from_utf8_lossy(&img.stdout).trim().to_owned(),
+                    id.to_owned(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn version(&self) -> String {
+        metadata(&self.base_url())
+    }
+}
+
+impl Drop for Sbx {
+    fn drop(&mut self) {
+        let out = self
+            .sb
+            .run(&["sandbox", "down", "--dir", self.dir.to_str().unwrap()]);
+        if out.code != Some(0) {
+            eprintln!("sandbox down failed: {}", out.stderr);
+        }
+    }
+}
+
+fn metadata(base: &str) -> String {
+    let o = Command::new("curl")
+        .args([
+            "-sf",
+            "-H",
+            "Accept: application/fhir+json",
+            &format!("{base}/metadata"),
+        ])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    v["software"]["version"].as_str().unwrap_or("").to_owned()
+}
+
+fn ig(name: &str) -> String {
+    repo().join("fixtures/ig").join(name).display().to_string()
+}
+
+fn leftovers(label: &str) -> String {
+    let mut out = String::new();
+    for args in [
+        vec!["ps", "-aq", "--filter", label],
+        vec!["image", "ls", "-q", "--filter", label],
+        vec!["network", "ls", "-q", "--filter", label],
+    ] {
+        let o = Command::new("docker").args(&args).output().unwrap();
+        out += String::from_utf8_lossy(&o.stdout).trim();
+    }
+    out
+}
+
+#[test]
+fn sandbox_up_twice_status_then_down_leaves_nothing_behind() {
+    let Some(s) = Sbx::up(1) else { return };
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.dir.join("sandbox.json")).unwrap()).unwrap();
+    let id = state["id"].as_str().unwrap().to_owned();
+    let st =
+        s.sb.run(&["sandbox", "status", "--dir", s.dir.to_str().unwrap()]);
+    st.expect(0);
+    assert!(
+        st.stdout.contains("software.version 0.2.1"),
+        "{}",
+        st.stdout
+    );
+    let again =
+        s.sb.run(&["sandbox", "up", "--dir", s.dir.to_str().unwrap()]);
+    again.expect(0);
+    assert!(again.stdout.contains("already set up"), "{}", again.stdout);
+    // The target it wrote works: the database, pgBouncer and the registry answer.
+    let out = s.run(&[
+        "run",
+        "--dry-run",
+        &repo()
+            .join("playbooks/scale-replicas.toml")
+            .display()
+            .to_string(),
+        "--var",
+        "replicas=1",
+    ]);
+    out.expect(0);
+    let pids: Vec<u32> = ["bouncer_pid", "registry_pid"]
+        .iter()
+        .map(|k| state[*k].as_u64().unwrap() as u32)
+        .collect();
+    let dir = s.dir.clone();
+    drop(s);
+    assert!(!dir.exists(), "the sandbox dir is removed");
+    assert_eq!(
+        leftovers(&format!("label=ferry.sandbox={id}")),
+        "",
+        "containers, images or networks left"
+    );
+    for pid in pids {
+        assert!(
+            !crate::harness::pid_alive(pid),
+            "process {pid} left running"
+        );
+    }
+}
+
+#[test]
+fn ig_upgrade_end_to_end_replica_by_replica() {
+    let Some(s) = Sbx::up(3) else { return };
+    assert_eq!(s.version(), "0.2.1");
+    let before = s.replicas();
+    let pb = repo()
+        .join("playbooks/ig-upgrade.toml")
+        .display()
+        .to_string();
+    let out = s.run(&[
+        "run",
+        &pb,
+        "--var",
+        &format!("ig_package={}", ig("bd.gov.dghs.core-0.2.2.tgz")),
+        "--var",
+        "build_version=1.1.0",
+    ]);
+    out.expect(0);
+    assert_eq!(s.version(), "0.2.2");
+    let after = s.replicas();
+    assert_eq!(after.len(), 3);
+    for ((n0, img0, id0), (n1, img1, id1)) in before.iter().zip(&after) {
+        assert_eq!(n0, n1, "replicas keep their names");
+        assert_ne!(img0, img1, "{n1} runs the new image");
+        assert_ne!(id0, id1, "{n1} is a new container");
+    }
+    let env = std::fs::read_to_string(s.dir.join("files/.env")).unwrap();
+    assert!(
+        env.contains("/bd-fhir-hapi:1.1.0") && env.contains("HAPI_IG_VERSION=0.2.2"),
+        "{env}"
+    );
+    let (ok, ps) = s.compose(&["ps"]);
+    assert!(ok && ps.matches("Up (healthy)").count() == 3, "{ps}");
+    // compose agrees with what ferry did: nothing to recreate.
+    let (ok, up) = s.compose(&["up", "-d", "--scale", "hapi=3"]);
+    assert!(ok, "{up}");
+    assert_eq!(
+        up.matches("is up-to-date").count(),
+        4,
+        "3 hapi + lb up to date:\n{up}"
+    );
+    assert!(!up.contains("Recreating"), "{up}");
+}
+
+#[test]
+fn killed_between_two_replicas_then_resumed() {
+    let Some(s) = Sbx::up(3) else { return };
+    let pb = repo()
+        .join("playbooks/ig-upgrade.toml")
+        .display()
+        .to_string();
+    let t = s.target();
+    let pkg = format!("ig_package={}", ig("bd.gov.dghs.core-0.2.2.tgz"));
+    // Checkpoints of `rollout`: previous image, env edit, then one per replaced replica.
+    let out = s.sb.run_env(
+        &[
+            "run",
+            &pb,
+            "--target",
+            &t,
+            "--var",
+            &pkg,
+            "--var",
+            "build_version=1.1.0",
+        ],
+        &[("FERRY_FAILPOINT", "checkpoint:rollout#3")],
+    );
+    assert_eq!(out.signal, Some(9), "{}", out.stderr);
+    let imgs: Vec<String> = s.replicas().into_iter().map(|r| r.1).collect();
+    assert_eq!(imgs.len(), 3);
+    assert_ne!(imgs[0], imgs[1], "replica 1 replaced, 2 not yet: {imgs:?}");
+    assert_eq!(imgs[1], imgs[2]);
+    let out = s.sb.run(&["resume"]);
+    out.expect(0);
+    assert!(
+        out.stderr.contains("replacing")
+            && !out
+                .stderr
+                .contains(&format!("replacing {}_hapi_1 ", s.project())),
+        "replica 1 is not replaced twice:\n{}",
+        out.stderr
+    );
+    let imgs: Vec<String> = s.replicas().into_iter().map(|r| r.1).collect();
+    assert!(imgs.iter().all(|i| *i == imgs[0]), "{imgs:?}");
+    assert_eq!(s.version(), "0.2.2");
+}
+
+#[test]
+fn an_image_that_never_turns_healthy_or_reports_the_wrong_version_is_rolled_back() {
+    let Some(s) = Sbx::up(2) else { return };
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.dir.join("sandbox.json")).unwrap()).unwrap();
+    let current = state["image"].as_str().unwrap().to_owned();
+    let env_before = std::fs::read_to_string(s.dir.join("files/.env")).unwrap();
+    let ctx = s.sb.path("bad");
+    std::fs::create_dir_all(&ctx).unwrap();
+    for (tag, extra) in [
+        ("never-healthy", "ENV STANDIN_FAIL=1"),
+        ("same-ig", "LABEL variant=same-ig"),
+    ] {
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            format!("FROM {current}\nLABEL ferry.test=1\n{extra}\n"),
+        )
+        .unwrap();
+        let o = Command::new("docker")
+            .args(["build", "-q", "-t", &format!("ferry-test-{tag}:1")])
+            .arg(&ctx)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let before = s.replicas();
+    s.sb.write(
+        "bad.toml",
+        "name = \"bad\"\n[[steps]]\nid = \"rollout\"\nkind = \"rolling_redeploy\"\nimage = \"ferry-test-never-healthy:1\"\nhealth_timeout = \"6s\"\n",
+    );
+    let out = s.run(&["run", "bad.toml"]);
+    out.expect(1);
+    let first = format!("{}_hapi_1", s.project());
+    assert!(
+        out.stderr.contains(&format!(
+            "{first}-ferry-next did not pass its gate within 6s"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("replica {first} kept on its old image")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        s.replicas(),
+        before,
+        "the old replicas are untouched (same containers)"
+    );
+    assert_eq!(
+        std::fs::read_to_string(s.dir.join("files/.env")).unwrap(),
+        env_before
+    );
+    // An image that is healthy but serves the old IG: the version gate stops it.
+    s.sb.write(
+        "wrong.toml",
+        "name = \"wrong\"\n[[steps]]\nid = \"rollout\"\nkind = \"rolling_redeploy\"\nimage = \"ferry-test-same-ig:1\"\nverify_version = \"0.3.0\"\nhealth_timeout = \"8s\"\n",
+    );
+    let out = s.run(&["run", "wrong.toml"]);
+    out.expect(1);
+    assert!(
+        out.stderr
+            .contains("reports software.version \"0.2.1\", expected \"0.3.0\""),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(s.replicas(), before);
+    assert_eq!(s.version(), "0.2.1");
+    for tag in ["never-healthy", "same-ig"] {
+        let _ = Command::new("docker")
+            .args(["rmi", "-f", &format!("ferry-test-{tag}:1")])
+            .output();
+    }
+}
+
+#[test]
+fn scaling_1_to_3_passes_and_to_5_is_refused_by_the_pools() {
+    let Some(s) = Sbx::up(1) else { return };
+    let pb = repo()
+        .join("playbooks/scale-replicas.toml")
+        .display()
+        .to_string();
+    let out = s.run(&["run", &pb, "--var", "replicas=5"]);
+    out.expect(3);
+    assert!(
+        out.stderr.contains("5 × 5 = 25 > 20 (pgBouncer pool)"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("raise pgBouncer's default_pool_size to at least 25"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(s.replicas().len(), 1, "nothing changed");
+    let out = s.run(&["run", &pb, "--var", "replicas=3"]);
+    out.expect(0);
+    assert!(
+        out.stderr
+            .contains("3 × 5 = 15 ≤ 20 (pgBouncer pool), 5 headroom"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(s.replicas().len(), 3);
+    let (ok, up) = s.compose(&["up", "-d", "--scale", "hapi=3"]);
+    assert!(
+        ok && !up.contains("Creating") && !up.contains("Recreating"),
+        "compose sees the scaled service as its own:\n{up}"
+    );
+    let id = s.sb.run_ids().pop().unwrap();
+    s.sb.run(&["rollback", &id]).expect(0);
+    assert_eq!(s.replicas().len(), 1);
+}
