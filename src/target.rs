@@ -280,7 +280,10 @@ impl Target {
         file: &Option<PathBuf>,
     ) -> Result<Option<String>, String> {
         let v = match (env, file) {
-            (Some(e), _) => match std::env::var(e).ok().or_else(|| self.lookup_secrets_file(e)) {
+            (Some(e), _) => match std::env::var(e)
+                .ok()
+                .or_else(|| self.lookup_secrets_file(e))
+            {
                 Some(v) => Some(v),
                 None if file.is_none() => {
                     return Err(format!("environment variable {e} is not set"));

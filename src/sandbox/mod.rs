@@ -101,6 +101,18 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<String> {
     }
     let standin = standin_binary(opts.standin.as_deref())?;
     std::fs::create_dir_all(&dir)?;
+    if proc::is_root() {
+        // PostgreSQL and pgBouncer run as `postgres`: it must be able to reach the directory.
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--", "test", "-x"]).arg(&dir);
+        if proc::run(c, "access check").is_err() {
+            bail!(
+                "the `postgres` user cannot reach {} (a parent directory is not searchable by others); \
+                 choose a --dir under a world-searchable directory",
+                dir.display()
+            );
+        }
+    }
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
     let id = proc::password()[4..14].to_owned();
