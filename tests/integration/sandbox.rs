@@ -375,6 +375,35 @@ fn an_image_that_never_turns_healthy_or_reports_the_wrong_version_is_rolled_back
     );
     assert_eq!(s.replicas(), before);
     assert_eq!(s.version(), "0.2.1");
+    // An unknown service and an image that does not exist: refused before anything changes.
+    let wrong = std::fs::read_to_string(s.sb.path("wrong.toml")).unwrap();
+    s.sb.write(
+        "nosvc.toml",
+        &wrong.replace(
+            "kind = \"rolling_redeploy\"",
+            "kind = \"rolling_redeploy\"\nservice = \"hapy\"",
+        ),
+    );
+    let out = s.run(&["run", "nosvc.toml"]);
+    out.expect(3);
+    let want = format!(
+        "no running replica of service `hapy` in compose project `{}`",
+        s.project()
+    );
+    assert!(out.stderr.contains(&want), "{}", out.stderr);
+    s.sb.write(
+        "noimg.toml",
+        &wrong.replace("ferry-test-same-ig:1", "ferry-test-missing:9"),
+    );
+    let out = s.run(&["run", "noimg.toml"]);
+    out.expect(3);
+    assert!(
+        out.stderr
+            .contains("image ferry-test-missing:9 is not on this Docker host"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(s.replicas(), before);
     for tag in ["never-healthy", "same-ig"] {
         let _ = Command::new("docker")
             .args(["rmi", "-f", &format!("ferry-test-{tag}:1")])
