@@ -174,6 +174,13 @@ impl RunState {
         self.steps.iter_mut().find(|s| s.id == id)
     }
 
+    /// A finished step's children have exited (its command returned): nothing to reap.
+    fn clear_children(&mut self, id: &str) {
+        if let Some(s) = self.step_mut(id) {
+            s.children.clear();
+        }
+    }
+
     fn set(&mut self, id: &str, state: StepState) {
         if let Some(s) = self.step_mut(id) {
             s.state = state;
@@ -201,7 +208,10 @@ impl RunState {
                     s.children.remove(pid);
                 }
             }
-            Record::StepDone { step } => self.set(step, StepState::Done),
+            Record::StepDone { step } => {
+                self.set(step, StepState::Done);
+                self.clear_children(step);
+            }
             Record::StepFailed { step, error } => {
                 self.set(step, StepState::Failed);
                 if let Some(s) = self.step_mut(step) {

@@ -134,7 +134,8 @@ impl StepCx {
             after_changes: false,
             target,
             vars,
-            workdir: std::env::current_dir().unwrap_or_else(|_| ".".into()),
+            // The engine sets the run's directory; "." is the same place until it does.
+            workdir: PathBuf::from("."),
             state_dir: ".ferry".into(),
             timeout: None,
             approvals,
