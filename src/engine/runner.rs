@@ -155,6 +155,13 @@ impl Engine {
         });
     }
 
+    /// Reports a run that ended before its first step (lock, preflight) and returns why.
+    fn ended_early(&self, run_id: &str, started: Instant, e: Error) -> Result<(), Error> {
+        let r = Err(e);
+        self.finished(run_id, started, &r, "");
+        r
+    }
+
     /// Every step's `check`, for real; nothing applied, nothing journaled, no lock taken.
     pub async fn dry_run(&self, req: RunRequest) -> Result<(), Error> {
         let started = Instant::now();
@@ -248,20 +255,15 @@ impl Engine {
     ) -> Result<(), Error> {
         let lock = match self.lock(&req, &run_id).await {
             Ok(l) => l,
-            Err(e) => {
-                let r = Err(e);
-                self.finished(&run_id, started, &r, "");
-                return r;
-            }
+            Err(e) => return self.ended_early(&run_id, started, e),
         };
         let (failed, deferred) = self.preflight(&req, false).await;
         if !failed.is_empty() {
-            let r = Err(Error::Precondition(format!(
+            let why = format!(
                 "precondition failed for {}; nothing was changed",
                 failed.join(", ")
-            )));
-            self.finished(&run_id, started, &r, "");
-            return r;
+            );
+            return self.ended_early(&run_id, started, Error::Precondition(why));
         }
         let dir = super::runs_dir(&self.state_dir).join(&run_id);
         let mk = || -> anyhow::Result<Journal> {
@@ -353,11 +355,7 @@ impl Engine {
         self.started(&req, if undo { "rollback" } else { "resume" });
         let lock = match self.lock(&req, &run_id).await {
             Ok(l) => l,
-            Err(e) => {
-                let r = Err(e);
-                self.finished(&run_id, started, &r, "");
-                return r;
-            }
+            Err(e) => return self.ended_early(&run_id, started, e),
         };
         let path = super::runs_dir(&self.state_dir)
             .join(&run_id)

@@ -56,12 +56,7 @@ impl AuditPartitions {
     }
 
     async fn client(&self, cx: &StepCx) -> anyhow::Result<tokio_postgres::Client> {
-        let t = cx.target()?;
-        let pg = t.postgres(&self.database).map_err(|e| anyhow!(e))?;
-        let pw = t
-            .secret(&pg.password_env, &pg.password_file)
-            .map_err(|e| anyhow!(e))?;
-        postgres::connect(&pg.url, pw.as_deref()).await
+        cx.postgres(&self.database).await
     }
 
     /// Conventional names of the months not covered by any partition.

@@ -177,6 +177,16 @@ impl StepCx {
         Ok(())
     }
 
+    /// A connection to the target's `[postgres.NAME]`, its password read at use.
+    pub async fn postgres(&self, name: &str) -> anyhow::Result<tokio_postgres::Client> {
+        let t = self.target()?;
+        let pg = t.postgres(name).map_err(anyhow::Error::msg)?;
+        let pw = t
+            .secret(&pg.password_env, &pg.password_file)
+            .map_err(anyhow::Error::msg)?;
+        crate::infra::postgres::connect(&pg.url, pw.as_deref()).await
+    }
+
     pub fn target(&self) -> anyhow::Result<&Target> {
         self.target
             .as_deref()

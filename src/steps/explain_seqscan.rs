@@ -8,7 +8,6 @@ use serde::Deserialize;
 
 use super::{Check, Reversibility, Step, StepCx};
 use crate::checks::explain::{explain, on_tables, only_select};
-use crate::infra::postgres;
 use crate::report::CheckStatus;
 
 pub const KEYS: &[&str] = &["database", "query", "tables", "expect"];
@@ -48,12 +47,7 @@ impl ExplainSeqscan {
     /// Ok(detail) when the plan matches `expect`, Err(detail) when it does not.
     async fn judge(&self, cx: &StepCx) -> anyhow::Result<Result<String, String>> {
         only_select(&self.query).map_err(|e| anyhow!(e))?;
-        let t = cx.target()?;
-        let pg = t.postgres(&self.database).map_err(|e| anyhow!(e))?;
-        let pw = t
-            .secret(&pg.password_env, &pg.password_file)
-            .map_err(|e| anyhow!(e))?;
-        let mut client = postgres::connect(&pg.url, pw.as_deref()).await?;
+        let mut client = cx.postgres(&self.database).await?;
         let limit = cx.timeout.unwrap_or(std::time::Duration::from_secs(300));
         let (scans, _) = explain(&mut client, &self.query, limit).await?;
         let hits = on_tables(&scans, &self.tables);

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{Check, Reversibility, Step, StepCx};
-use crate::infra::docker::{self, BuildRequest, Engine, dockerfile_args};
+use crate::infra::docker::{BuildRequest, Engine, dockerfile_args};
 use crate::report::{CheckStatus, Stream};
 
 pub const KEYS: &[&str] = &[
@@ -118,15 +118,6 @@ impl ImageBuild {
         ))
     }
 
-    async fn engine(cx: &StepCx) -> anyhow::Result<Engine> {
-        let host = cx
-            .target
-            .as_deref()
-            .and_then(|t| t.docker.as_ref())
-            .and_then(|d| d.host.as_deref());
-        Engine::connect(&docker::host(host)).await
-    }
-
     /// Every label the image must carry: the playbook's, the OCI ones, the IG's, ours.
     fn labels(&self, cx: &StepCx) -> anyhow::Result<BTreeMap<String, String>> {
         let mut l = self.labels.clone();
@@ -178,7 +169,7 @@ impl Step for ImageBuild {
 
     async fn check(&self, cx: &StepCx) -> anyhow::Result<Vec<Check>> {
         let mut checks = vec![];
-        match Self::engine(cx).await {
+        match super::docker_util::engine(cx).await {
             Ok(eng) => {
                 let v = eng.version().await?;
                 checks.push(Check::pass(
@@ -215,7 +206,7 @@ impl Step for ImageBuild {
     }
 
     async fn done(&self, cx: &StepCx) -> anyhow::Result<bool> {
-        let eng = Self::engine(cx).await?;
+        let eng = super::docker_util::engine(cx).await?;
         let want = self.labels(cx)?;
         let mut id = None;
         for t in &self.tags {
@@ -232,7 +223,7 @@ impl Step for ImageBuild {
     }
 
     async fn apply(&self, cx: &StepCx) -> anyhow::Result<()> {
-        let eng = Self::engine(cx).await?;
+        let eng = super::docker_util::engine(cx).await?;
         let mut cp = match cx.checkpoint::<Cp>()? {
             Some(cp) => cp,
             None => {
@@ -271,7 +262,7 @@ impl Step for ImageBuild {
         let Some(cp) = cx.checkpoint::<Cp>()? else {
             return Ok(()); // nothing was recorded, so nothing was built
         };
-        let eng = Self::engine(cx).await?;
+        let eng = super::docker_util::engine(cx).await?;
         for (tag, before) in &cp.before {
             let now = eng.inspect_image(tag).await?.map(|i| i.id);
             match before {

@@ -17,7 +17,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use super::{Check, Reversibility, Step, StepCx};
-use crate::infra::docker::{self, Credentials, Engine, split_reference};
+use crate::infra::docker::{Credentials, split_reference};
 use crate::infra::registry::{Delete, Ping, Registry, host_of};
 use crate::report::{CheckStatus, Stream};
 
@@ -80,15 +80,6 @@ impl ImagePush {
             tag.to_owned(),
         ))
     }
-
-    async fn engine(cx: &StepCx) -> anyhow::Result<Engine> {
-        let host = cx
-            .target
-            .as_deref()
-            .and_then(|t| t.docker.as_ref())
-            .and_then(|d| d.host.as_deref());
-        Engine::connect(&docker::host(host)).await
-    }
 }
 
 /// `auths.<host>.auth` (base64 `user:password`) from `~/.docker/config.json`.
@@ -121,7 +112,7 @@ impl Step for ImagePush {
 
     async fn check(&self, cx: &StepCx) -> anyhow::Result<Vec<Check>> {
         let mut checks = vec![];
-        match Self::engine(cx).await {
+        match super::docker_util::engine(cx).await {
             Ok(eng) => checks.push(match eng.inspect_image(&self.image).await? {
                 Some(i) => Check::pass("image", format!("{} is {}", self.image, i.id)),
                 None if cx.preflight => Check::new(
@@ -163,7 +154,7 @@ impl Step for ImagePush {
     }
 
     async fn done(&self, cx: &StepCx) -> anyhow::Result<bool> {
-        let eng = Self::engine(cx).await?;
+        let eng = super::docker_util::engine(cx).await?;
         let Some(img) = eng.inspect_image(&self.image).await? else {
             return Ok(false);
         };
@@ -191,7 +182,7 @@ impl Step for ImagePush {
                 cp
             }
         };
-        let eng = Self::engine(cx).await?;
+        let eng = super::docker_util::engine(cx).await?;
         let creds = reg.auth().map(|(u, p)| Credentials {
             username: u.to_owned(),
             password: p.to_owned(),

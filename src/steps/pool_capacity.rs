@@ -114,10 +114,7 @@ impl PoolCapacity {
             .and_then(|r| r.get("pool_size")?.parse().ok())
             .filter(|p: &u32| *p > 0)
             .unwrap_or(default_pool);
-        let pw = t
-            .secret(&pg.password_env, &pg.password_file)
-            .map_err(|e| anyhow!(e))?;
-        let client = postgres::connect(&pg.url, pw.as_deref()).await?;
+        let client = cx.postgres(&self.database).await?;
         let row = client
             .query_one(
                 "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int",

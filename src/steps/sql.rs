@@ -40,12 +40,7 @@ fn yes() -> bool {
 
 impl Sql {
     async fn connect(&self, cx: &StepCx) -> anyhow::Result<Client> {
-        let t = cx.target()?;
-        let pg = t.postgres(&self.database).map_err(|e| anyhow!(e))?;
-        let pw = t
-            .secret(&pg.password_env, &pg.password_file)
-            .map_err(|e| anyhow!(e))?;
-        postgres::connect(&pg.url, pw.as_deref()).await
+        cx.postgres(&self.database).await
     }
 
     async fn exec(&self, cx: &StepCx, sql: &str, what: &str) -> anyhow::Result<()> {

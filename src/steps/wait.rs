@@ -81,12 +81,7 @@ impl Wait {
             bail!("HTTP {}", resp.status());
         }
         if let (Some(q), Some(db)) = (&self.sql, &self.database) {
-            let t = cx.target()?;
-            let pg = t.postgres(db).map_err(|e| anyhow!(e))?;
-            let pw = t
-                .secret(&pg.password_env, &pg.password_file)
-                .map_err(|e| anyhow!(e))?;
-            let mut client = postgres::connect(&pg.url, pw.as_deref()).await?;
+            let mut client = cx.postgres(db).await?;
             return postgres::query_bool_read_only(&mut client, q).await;
         }
         Ok(true)
