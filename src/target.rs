@@ -304,11 +304,20 @@ impl Target {
     }
 }
 
+/// `password_env`, `token_file`, …: references to secret values. A user name (`username_env`)
+/// is not one: masking a common word like "admin" everywhere would garble every message.
+fn names_a_secret(key: &str) -> bool {
+    (key.ends_with("_env") || key.ends_with("_file"))
+        && !key.starts_with("user")
+        && key != "env_file"
+        && key != "secrets_file"
+}
+
 fn walk_secret_refs(v: &toml::Value, f: &mut dyn FnMut(&str, &str)) {
     if let toml::Value::Table(t) = v {
         for (k, v) in t {
             match v {
-                toml::Value::String(s) if k.ends_with("_env") || k.ends_with("_file") => f(k, s),
+                toml::Value::String(s) if names_a_secret(k) => f(k, s),
                 _ => walk_secret_refs(v, f),
             }
         }

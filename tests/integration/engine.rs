@@ -434,3 +434,26 @@ fn completions_are_generated() {
         assert!(out.stdout.contains("resume"), "{sh}");
     }
 }
+
+#[test]
+fn secrets_file_values_are_masked_but_user_names_are_not() {
+    let sb = Sandbox::new();
+    sb.write(
+        "secrets.env",
+        "REG_USER=sandbox\nREG_PASSWORD=topsecret-pw-1\n",
+    );
+    sb.write(
+        "t.toml",
+        "name = \"t\"\nsecrets_file = \"secrets.env\"\n[registry]\nurl = \"127.0.0.1:1\"\nusername_env = \"REG_USER\"\npassword_env = \"REG_PASSWORD\"\n",
+    );
+    sb.write("pb.toml", "name = \"s\"\n[[steps]]\nid = \"say\"\nkind = \"exec\"\nrun = \"echo user sandbox pass topsecret-pw-1\"\n");
+    let out = sb.run(&["run", "pb.toml", "--target", "t.toml", "-v"]);
+    out.expect(0);
+    assert!(
+        out.stderr.contains("user sandbox pass ***"),
+        "{}",
+        out.stderr
+    );
+    let id = sb.run_ids().pop().unwrap();
+    assert!(!sb.journal(&id).contains("topsecret-pw-1"));
+}
