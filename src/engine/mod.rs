@@ -2,8 +2,10 @@
 //! interrupted run from its last checkpoint, and rolls back completed steps in reverse.
 //! It reports only through events; it never prints.
 
+mod forward;
 pub mod journal;
 pub mod lock;
+mod preflight;
 pub mod records;
 pub mod rollback;
 pub mod runner;

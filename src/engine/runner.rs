@@ -1,10 +1,9 @@
-//! The step loop: preflight checks, then for each step check → probe → apply → verify, with
-//! journal records written before each effect and after it. On failure the completed steps
-//! are undone in reverse (see `rollback.rs`); on a stop request the run ends at the next
-//! checkpoint or step boundary and can be resumed.
+//! Runs, resumes and rollbacks from the outside: lock (state dir, then the deployment's
+//! database), preflight, the journal's first record, then the step loop (`forward.rs`) or the
+//! rollback (`rollback.rs`); and the run-level events (`run_started`, `run_finished`).
+//! A resumed run's journal state is lined up with the (possibly changed, accepted) playbook.
 
 use std::collections::{BTreeMap, HashSet};
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,15 +12,14 @@ use anyhow::anyhow;
 
 use super::journal::Journal;
 use super::lock::{Owner, PgLock, StateLock, acquire_pg};
+use super::preflight::NoStore;
 use super::records::{Outcome, Phase, Record, RunMeta, RunState, StepMeta, StepRun, StepState};
 use super::signal::Stop;
 use super::store::JournalStore;
 use crate::error::{Error, code};
-use crate::infra::process;
-use crate::playbook::model::fmt_duration;
-use crate::playbook::{OnFailure, Playbook, StepDef};
-use crate::report::{CheckStatus, Event, Sink, StepStatus};
-use crate::steps::{Approvals, Check, Interrupted, Prompter, Step, StepCx};
+use crate::playbook::{Playbook, StepDef};
+use crate::report::{Event, Sink};
+use crate::steps::{Approvals, Interrupted, Prompter, StepCx};
 use crate::target::Target;
 
 pub struct Engine {
@@ -113,7 +111,7 @@ impl Engine {
         cx
     }
 
-    fn started(&self, req: &RunRequest, mode: &str) {
+    pub(super) fn started(&self, req: &RunRequest, mode: &str) {
         self.sink.emit(Event::RunStarted {
             run_id: req.run_id.clone(),
             playbook: req.playbook.name.clone(),
@@ -160,84 +158,6 @@ impl Engine {
         let r = Err(e);
         self.finished(run_id, started, &r, "");
         r
-    }
-
-    /// Every step's `check`, for real; nothing applied, nothing journaled, no lock taken.
-    pub async fn dry_run(&self, req: RunRequest) -> Result<(), Error> {
-        let started = Instant::now();
-        self.started(&req, "dry-run");
-        let (failed, _) = self.preflight(&req, true).await;
-        let r = if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Precondition(format!(
-                "{} check(s) failed: {}; nothing was changed",
-                failed.len(),
-                failed.join(", ")
-            )))
-        };
-        self.finished(&req.run_id, started, &r, "checks_passed");
-        r
-    }
-
-    /// Runs every step's checks in order, reporting each; returns failed step ids and the
-    /// ids whose checks were deferred.
-    async fn preflight(&self, req: &RunRequest, dry_run: bool) -> (Vec<String>, HashSet<String>) {
-        let mut failed = vec![];
-        let mut deferred = HashSet::new();
-        let total = req.playbook.steps.len();
-        let mut changes_before = false;
-        for (i, step) in req.playbook.steps.iter().enumerate() {
-            let mut cx = self.cx(req, step, None, None, None);
-            cx.dry_run = dry_run;
-            cx.preflight = true;
-            cx.after_changes = changes_before;
-            changes_before |=
-                step.spec.reversibility() != crate::steps::Reversibility::NothingToUndo;
-            let t0 = Instant::now();
-            if dry_run {
-                self.sink.emit(Event::StepStarted {
-                    step: step.id.clone(),
-                    kind: step.kind.clone(),
-                    index: i,
-                    total,
-                    description: step
-                        .description
-                        .clone()
-                        .unwrap_or_else(|| step.spec.describe()),
-                    phase: "check".into(),
-                });
-            }
-            let checks = run_checks(&cx, &step.spec).await;
-            let bad = checks.iter().any(|c| c.status == CheckStatus::Fail);
-            if checks.iter().any(|c| c.status == CheckStatus::Deferred) {
-                deferred.insert(step.id.clone());
-            }
-            for c in checks {
-                self.sink.emit(Event::Check {
-                    step: step.id.clone(),
-                    check: c.name,
-                    status: c.status,
-                    detail: c.detail,
-                });
-            }
-            if bad {
-                failed.push(step.id.clone());
-            }
-            if dry_run {
-                self.sink.emit(Event::StepFinished {
-                    step: step.id.clone(),
-                    status: if bad {
-                        StepStatus::Failed
-                    } else {
-                        StepStatus::Checked
-                    },
-                    elapsed_ms: t0.elapsed().as_millis() as u64,
-                    error: bad.then(|| "a check failed".to_owned()),
-                });
-            }
-        }
-        (failed, deferred)
     }
 
     /// A new run: lock, preflight, journal, steps.
@@ -420,294 +340,4 @@ fn align(mut state: RunState, pb: &Playbook) -> RunState {
         })
         .collect();
     state
-}
-
-/// Checks never abort a run by erroring: an error is a failed check with its message.
-pub(super) async fn run_checks(cx: &StepCx, step: &impl Step) -> Vec<Check> {
-    match step.check(cx).await {
-        Ok(c) => c,
-        Err(e) => vec![Check::fail("check", format!("{e:#}"))],
-    }
-}
-
-struct NoStore;
-impl crate::steps::CheckpointStore for NoStore {
-    fn save(&self, _: &str, _: &serde_json::Value) -> anyhow::Result<()> {
-        Err(anyhow!("checks must not save checkpoints"))
-    }
-    fn child_started(&self, _: &str, _: u32, _: u64) -> anyhow::Result<()> {
-        Ok(())
-    }
-    fn child_exited(&self, _: &str, _: u32) -> anyhow::Result<()> {
-        Ok(())
-    }
-}
-
-impl Run<'_> {
-    pub(super) fn rec(&mut self, r: Record, durable: bool) -> Result<(), Error> {
-        self.store.write(&r, durable).map_err(Error::Other)?;
-        self.state.apply(&r);
-        Ok(())
-    }
-
-    pub(super) fn step_cx(&self, i: usize) -> StepCx {
-        let def = &self.req.playbook.steps[i];
-        let cp = self
-            .store
-            .checkpoint(&def.id)
-            .or_else(|| self.state.steps[i].checkpoint.clone());
-        self.e.cx(
-            &self.req,
-            def,
-            Some(self.store.clone()),
-            cp,
-            Some(&self.state.meta.workdir),
-        )
-    }
-
-    /// Runs `fut` under the step's timeout (unless the step enforces it itself) and the hard
-    /// stop; dropping `fut` kills any child process group it started.
-    pub(super) async fn guarded<T>(
-        &self,
-        i: usize,
-        fut: impl Future<Output = anyhow::Result<T>>,
-    ) -> anyhow::Result<T> {
-        let def = &self.req.playbook.steps[i];
-        let timeout = def.timeout.filter(|_| !def.spec.owns_timeout());
-        let hard = self.e.stop.hard.clone();
-        let timed = async {
-            match timeout {
-                Some(t) => tokio::time::timeout(t, fut)
-                    .await
-                    .map_err(|_| anyhow!("timed out after {}", fmt_duration(t)))?,
-                None => fut.await,
-            }
-        };
-        tokio::select! {
-            r = timed => r,
-            _ = hard.cancelled() => Err(Interrupted.into()),
-        }
-    }
-
-    /// Kills child process groups left by an earlier, killed ferry for step `i`.
-    pub(super) fn reap_leftovers(&mut self, i: usize) -> Result<(), Error> {
-        let id = self.state.steps[i].id.clone();
-        let children: Vec<(u32, u64)> = self.state.steps[i]
-            .children
-            .iter()
-            .map(|(p, t)| (*p, *t))
-            .collect();
-        for (pid, ticks) in children {
-            let killed = process::kill_leftover_group(pid, ticks);
-            if !killed.is_empty() {
-                self.e.sink.emit(Event::log(
-                    Some(&id),
-                    "warn",
-                    format!(
-                        "killed {} leftover process(es) of an earlier attempt (group {pid})",
-                        killed.len()
-                    ),
-                ));
-            }
-            self.rec(
-                Record::ChildExited {
-                    step: id.clone(),
-                    pid,
-                },
-                false,
-            )?;
-        }
-        Ok(())
-    }
-
-    fn emit_start(&self, i: usize, phase: &str) {
-        let def = &self.req.playbook.steps[i];
-        self.e.sink.emit(Event::StepStarted {
-            step: def.id.clone(),
-            kind: def.kind.clone(),
-            index: i,
-            total: self.req.playbook.steps.len(),
-            description: def
-                .description
-                .clone()
-                .unwrap_or_else(|| def.spec.describe()),
-            phase: phase.into(),
-        });
-    }
-
-    pub(super) fn emit_end(
-        &self,
-        i: usize,
-        status: StepStatus,
-        t0: Instant,
-        error: Option<String>,
-    ) {
-        self.e.sink.emit(Event::StepFinished {
-            step: self.req.playbook.steps[i].id.clone(),
-            status,
-            elapsed_ms: t0.elapsed().as_millis() as u64,
-            error,
-        });
-    }
-
-    pub(super) async fn forward(&mut self) -> Result<(), Error> {
-        for i in 0..self.req.playbook.steps.len() {
-            if matches!(
-                self.state.steps[i].state,
-                StepState::Done | StepState::Skipped
-            ) {
-                continue;
-            }
-            if self.e.stop.soft.is_cancelled() {
-                self.rec(Record::Interrupted { step: None }, true)?;
-                return Err(Error::Interrupted {
-                    run_id: self.req.run_id.clone(),
-                });
-            }
-            let t0 = Instant::now();
-            self.emit_start(i, "apply");
-            match self.forward_step(i).await {
-                Ok(status) => self.emit_end(i, status, t0, None),
-                Err(e) if is_interrupted(&e) => {
-                    let id = self.req.playbook.steps[i].id.clone();
-                    self.rec(Record::Interrupted { step: Some(id) }, true)?;
-                    self.emit_end(i, StepStatus::Interrupted, t0, None);
-                    return Err(Error::Interrupted {
-                        run_id: self.req.run_id.clone(),
-                    });
-                }
-                Err(e) => return self.fail(i, t0, e).await,
-            }
-        }
-        self.rec(
-            Record::RunFinished {
-                outcome: Outcome::Done,
-            },
-            true,
-        )?;
-        Ok(())
-    }
-
-    async fn forward_step(&mut self, i: usize) -> anyhow::Result<StepStatus> {
-        let def = self.req.playbook.steps[i].clone();
-        let resumed = matches!(
-            self.state.steps[i].state,
-            StepState::Started | StepState::Failed
-        );
-        if resumed {
-            self.reap_leftovers(i)?;
-        }
-        // Checks ran in preflight for a fresh run; a resumed step or a deferred check runs
-        // them now, against the world as the earlier steps left it.
-        if resumed || !self.checked_upfront || self.recheck.contains(&def.id) {
-            let cx = self.step_cx(i);
-            let checks = run_checks(&cx, &def.spec).await;
-            let failed: Vec<String> = checks
-                .iter()
-                .filter(|c| c.status == CheckStatus::Fail)
-                .map(|c| format!("{}: {}", c.name, c.detail))
-                .collect();
-            for c in checks {
-                self.e.sink.emit(Event::Check {
-                    step: def.id.clone(),
-                    check: c.name,
-                    status: c.status,
-                    detail: c.detail,
-                });
-            }
-            if !failed.is_empty() {
-                return Err(anyhow!("precondition failed: {}", failed.join("; ")));
-            }
-        }
-        let cx = self.step_cx(i);
-        if self.guarded(i, def.spec.done(&cx)).await? {
-            // Applied by this run before an interruption: done (and undone on rollback).
-            // Applied before this run: skipped, and never undone by it.
-            let (rec, status) = if resumed {
-                (
-                    Record::StepDone {
-                        step: def.id.clone(),
-                    },
-                    StepStatus::Done,
-                )
-            } else {
-                (
-                    Record::StepSkipped {
-                        step: def.id.clone(),
-                    },
-                    StepStatus::Skipped,
-                )
-            };
-            self.rec(rec, false)?;
-            return Ok(status);
-        }
-        self.rec(
-            Record::StepStarted {
-                step: def.id.clone(),
-            },
-            true,
-        )?;
-        let mut attempt = 0;
-        loop {
-            let cx = self.step_cx(i);
-            let r = async {
-                self.guarded(i, def.spec.apply(&cx)).await?;
-                self.guarded(i, def.spec.verify(&cx)).await
-            }
-            .await;
-            match r {
-                Ok(()) => break,
-                Err(e) if !is_interrupted(&e) && attempt < def.retries => {
-                    attempt += 1;
-                    self.e.sink.emit(Event::log(
-                        Some(&def.id),
-                        "warn",
-                        format!(
-                            "attempt {attempt} failed: {e:#}; retrying in {}",
-                            fmt_duration(def.retry_delay)
-                        ),
-                    ));
-                    self.e.stop.soft.sleep(def.retry_delay).await?;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        self.rec(
-            Record::StepDone {
-                step: def.id.clone(),
-            },
-            false,
-        )?;
-        Ok(StepStatus::Done)
-    }
-
-    async fn fail(&mut self, i: usize, t0: Instant, e: anyhow::Error) -> Result<(), Error> {
-        let def = self.req.playbook.steps[i].clone();
-        let msg = crate::report::redact::redact(&format!("{e:#}")).into_owned();
-        self.rec(
-            Record::StepFailed {
-                step: def.id.clone(),
-                error: msg.clone(),
-            },
-            true,
-        )?;
-        self.emit_end(i, StepStatus::Failed, t0, Some(msg.clone()));
-        let run_id = self.req.run_id.clone();
-        if def.on_failure == OnFailure::Stop {
-            return Err(Error::StepFailed {
-                message: format!("step `{}` failed: {msg}", def.id),
-                hint: Some(format!(
-                    "the run stopped there (on_failure = \"stop\"): fix the cause and `ferry resume {run_id}`, or undo it with `ferry rollback {run_id}`"
-                )),
-            });
-        }
-        let reason = format!("step `{}` failed: {msg}", def.id);
-        self.rollback_all(&reason).await?;
-        Err(Error::StepFailed {
-            message: reason,
-            hint: Some(format!(
-                "the completed steps were rolled back; `ferry status {run_id}` shows each one"
-            )),
-        })
-    }
 }

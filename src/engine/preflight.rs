@@ -1,0 +1,118 @@
+//! Preflight and dry-run: every step's read-only `check`, run for real and reported, before
+//! anything changes (a run) or instead of changing anything (`--dry-run`). Checks whose
+//! inputs come from earlier steps answer "deferred" and are checked again when reached.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use anyhow::anyhow;
+
+use super::runner::{Engine, RunRequest};
+use crate::error::Error;
+use crate::report::{CheckStatus, Event, StepStatus};
+use crate::steps::{Check, Step, StepCx};
+
+impl Engine {
+    /// Every step's `check`, for real; nothing applied, nothing journaled, no lock taken.
+    pub async fn dry_run(&self, req: RunRequest) -> Result<(), Error> {
+        let started = Instant::now();
+        self.started(&req, "dry-run");
+        let (failed, _) = self.preflight(&req, true).await;
+        let r = if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Precondition(format!(
+                "{} check(s) failed: {}; nothing was changed",
+                failed.len(),
+                failed.join(", ")
+            )))
+        };
+        self.finished(&req.run_id, started, &r, "checks_passed");
+        r
+    }
+
+    /// Runs every step's checks in order, reporting each; returns failed step ids and the
+    /// ids whose checks were deferred.
+    pub(super) async fn preflight(
+        &self,
+        req: &RunRequest,
+        dry_run: bool,
+    ) -> (Vec<String>, HashSet<String>) {
+        let mut failed = vec![];
+        let mut deferred = HashSet::new();
+        let total = req.playbook.steps.len();
+        let mut changes_before = false;
+        for (i, step) in req.playbook.steps.iter().enumerate() {
+            let mut cx = self.cx(req, step, None, None, None);
+            cx.dry_run = dry_run;
+            cx.preflight = true;
+            cx.after_changes = changes_before;
+            changes_before |=
+                step.spec.reversibility() != crate::steps::Reversibility::NothingToUndo;
+            let t0 = Instant::now();
+            if dry_run {
+                self.sink.emit(Event::StepStarted {
+                    step: step.id.clone(),
+                    kind: step.kind.clone(),
+                    index: i,
+                    total,
+                    description: step
+                        .description
+                        .clone()
+                        .unwrap_or_else(|| step.spec.describe()),
+                    phase: "check".into(),
+                });
+            }
+            let checks = run_checks(&cx, &step.spec).await;
+            let bad = checks.iter().any(|c| c.status == CheckStatus::Fail);
+            if checks.iter().any(|c| c.status == CheckStatus::Deferred) {
+                deferred.insert(step.id.clone());
+            }
+            for c in checks {
+                self.sink.emit(Event::Check {
+                    step: step.id.clone(),
+                    check: c.name,
+                    status: c.status,
+                    detail: c.detail,
+                });
+            }
+            if bad {
+                failed.push(step.id.clone());
+            }
+            if dry_run {
+                self.sink.emit(Event::StepFinished {
+                    step: step.id.clone(),
+                    status: if bad {
+                        StepStatus::Failed
+                    } else {
+                        StepStatus::Checked
+                    },
+                    elapsed_ms: t0.elapsed().as_millis() as u64,
+                    error: bad.then(|| "a check failed".to_owned()),
+                });
+            }
+        }
+        (failed, deferred)
+    }
+}
+
+/// Checks never abort a run by erroring: an error is a failed check with its message.
+pub(super) async fn run_checks(cx: &StepCx, step: &impl Step) -> Vec<Check> {
+    match step.check(cx).await {
+        Ok(c) => c,
+        Err(e) => vec![Check::fail("check", format!("{e:#}"))],
+    }
+}
+
+pub(super) struct NoStore;
+impl crate::steps::CheckpointStore for NoStore {
+    fn save(&self, _: &str, _: &serde_json::Value) -> anyhow::Result<()> {
+        Err(anyhow!("checks must not save checkpoints"))
+    }
+    fn child_started(&self, _: &str, _: u32, _: u64) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn child_exited(&self, _: &str, _: u32) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
