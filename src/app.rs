@@ -475,10 +475,12 @@ impl Prompter for TermPrompter {
         if !self.interactive() {
             return None;
         }
-        eprint!("{question} [y/N] ");
-        let _ = std::io::stderr().flush();
-        let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line).ok()?;
-        Some(matches!(line.trim(), "y" | "Y" | "yes" | "YES"))
+        crate::report::human::suspend(|| {
+            eprint!("{question} [y/N] ");
+            let _ = std::io::stderr().flush();
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).ok()?;
+            Some(matches!(line.trim(), "y" | "Y" | "yes" | "YES"))
+        })
     }
 }

@@ -10,6 +10,18 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{CheckStatus, Event, Reporter, StepStatus, Stream};
 
+/// The live progress display, so a prompt can hide it while a person types.
+static LIVE: std::sync::Mutex<Option<MultiProgress>> = std::sync::Mutex::new(None);
+
+/// Runs `f` with the progress display hidden (and redrawn after).
+pub fn suspend<R>(f: impl FnOnce() -> R) -> R {
+    let mp = LIVE.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match mp {
+        Some(mp) => mp.suspend(f),
+        None => f(),
+    }
+}
+
 pub struct HumanReporter {
     mp: Option<MultiProgress>,
     bars: HashMap<String, ProgressBar>,
@@ -22,6 +34,7 @@ impl HumanReporter {
     pub fn new(quiet: bool, verbose: bool) -> Self {
         let tty = Term::stderr().is_term() && !quiet;
         let mp = tty.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        *LIVE.lock().unwrap_or_else(|e| e.into_inner()) = mp.clone();
         HumanReporter {
             mp,
             bars: HashMap::new(),
