@@ -277,6 +277,14 @@ impl Engine {
             Ok(l) => l,
             Err(e) => return self.ended_early(&run_id, started, e),
         };
+        // What the run is now: read again under the lock (the caller's copy may be stale).
+        let state = match super::status::load(&self.state_dir, &run_id) {
+            Ok(fresh) => fresh,
+            Err(_) => state,
+        };
+        if !undo && let Err(e) = resumable(&state, &run_id) {
+            return self.ended_early(&run_id, started, e);
+        }
         let path = super::runs_dir(&self.state_dir)
             .join(&run_id)
             .join("journal.jsonl");
@@ -301,10 +309,9 @@ impl Engine {
             true,
         )?;
         let r = match (run.state.phase, undo) {
-            (Phase::Finished(Outcome::RolledBack), _) => Ok(()),
-            (Phase::Finished(_), false) => Err(Error::invalid(format!(
-                "run {run_id} has finished; nothing to resume"
-            ))),
+            // Rolling back a rolled-back run again is harmless; resuming it is not a thing.
+            (Phase::Finished(Outcome::RolledBack), true) => Ok(()),
+            (Phase::Finished(_), false) => resumable(&run.state, &run_id),
             (Phase::RollingBack, _) | (_, true) => {
                 let reason = run
                     .state
@@ -319,6 +326,26 @@ impl Engine {
         self.finished(&run_id, started, &r, ok);
         drop(lock);
         r
+    }
+}
+
+/// Whether `resume` can continue a run; the error says what it was and what to run instead.
+fn resumable(state: &RunState, run_id: &str) -> Result<(), Error> {
+    match state.phase {
+        Phase::Finished(Outcome::RollbackIncomplete) => Err(Error::invalid(format!(
+            "run {run_id} stopped in the middle of its rollback; finish it with `ferry rollback {run_id}`"
+        ))),
+        Phase::Finished(o) => {
+            let how = if o == Outcome::Done {
+                "finished"
+            } else {
+                "was rolled back"
+            };
+            Err(Error::invalid(format!(
+                "run {run_id} {how}; nothing to resume"
+            )))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -457,3 +457,27 @@ fn secrets_file_values_are_masked_but_user_names_are_not() {
     let id = sb.run_ids().pop().unwrap();
     assert!(!sb.journal(&id).contains("topsecret-pw-1"));
 }
+
+#[test]
+fn resuming_a_finished_run_is_refused_with_what_it_was() {
+    let sb = Sandbox::new();
+    sb.write("pb.toml", MARKERS);
+    sb.run(&["run", "pb.toml"]).expect(0);
+    let id = sb.run_ids().pop().unwrap();
+    let out = sb.run(&["resume", &id]);
+    out.expect(2);
+    assert!(
+        out.stderr
+            .contains(&format!("run {id} finished; nothing to resume")),
+        "{}",
+        out.stderr
+    );
+    sb.run(&["rollback", &id]).expect(0);
+    let out = sb.run(&["resume", &id]);
+    out.expect(2);
+    assert!(out.stderr.contains("was rolled back"), "{}", out.stderr);
+    // Without an id, resume looks for an unfinished run and says there is none.
+    let out = sb.run(&["resume"]);
+    out.expect(2);
+    assert!(out.stderr.contains("no unfinished run"), "{}", out.stderr);
+}
