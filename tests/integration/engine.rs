@@ -464,6 +464,7 @@ fn resuming_a_finished_run_is_refused_with_what_it_was() {
     sb.write("pb.toml", MARKERS);
     sb.run(&["run", "pb.toml"]).expect(0);
     let id = sb.run_ids().pop().unwrap();
+    let journal = sb.journal(&id);
     let out = sb.run(&["resume", &id]);
     out.expect(2);
     assert!(
@@ -472,6 +473,7 @@ fn resuming_a_finished_run_is_refused_with_what_it_was() {
         "{}",
         out.stderr
     );
+    assert_eq!(sb.journal(&id), journal, "a refused resume writes nothing");
     sb.run(&["rollback", &id]).expect(0);
     let out = sb.run(&["resume", &id]);
     out.expect(2);
