@@ -207,9 +207,10 @@ async fn ensure_running(st: &State) -> anyhow::Result<()> {
         c.arg("-d").arg(st.dir.join("pgbouncer/pgbouncer.ini"));
         proc::run(c, "pgbouncer")?;
         proc::wait_port(st.bouncer_port, Duration::from_secs(10))?;
-        st.bouncer_pid = std::fs::read_to_string(st.dir.join("pgbouncer/pgbouncer.pid"))?
-            .trim()
-            .parse()?;
+        st.bouncer_pid = proc::read_pidfile(
+            &st.dir.join("pgbouncer/pgbouncer.pid"),
+            Duration::from_secs(10),
+        )?;
     }
     if !proc::alive(st.registry_pid) {
         let mut c = std::process::Command::new("docker-registry");

@@ -168,8 +168,5 @@ pub fn start_bouncer(dir: &Path, pg_port: u16, port: u16, s: &Secrets) -> anyhow
     c.arg("-d").arg(dir.join("pgbouncer.ini"));
     proc::run(c, "pgbouncer")?;
     proc::wait_port(port, Duration::from_secs(10))?;
-    let pid = std::fs::read_to_string(dir.join("pgbouncer.pid"))?
-        .trim()
-        .parse()?;
-    Ok(pid)
+    proc::read_pidfile(&dir.join("pgbouncer.pid"), Duration::from_secs(10))
 }

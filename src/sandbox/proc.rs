@@ -97,6 +97,24 @@ pub fn stop_pid(pid: u32, grace: Duration) {
     }
 }
 
+/// The PID a daemon wrote to its pidfile. It may be listening before the file is written
+/// (pgBouncer daemonizes, then writes it), so wait for a whole number.
+pub fn read_pidfile(path: &Path, limit: Duration) -> anyhow::Result<u32> {
+    let t = Instant::now();
+    loop {
+        if let Some(pid) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            return Ok(pid);
+        }
+        if t.elapsed() > limit {
+            bail!("{} holds no PID after {limit:?}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
