@@ -299,17 +299,22 @@ fn warn_secrets(fan: &Fanout, target: Option<&Target>) {
     }
 }
 
-async fn run(
+/// What `run`, `resume` and `rollback` share: `--approve` names real approval steps, the
+/// reporters, the secrets' warnings, and the request itself.
+struct Prepared {
+    fan: Arc<Fanout>,
+    req: RunRequest,
+}
+
+fn prepare(
     g: &Global,
-    a: &PlaybookArgs,
-    dry_run: bool,
+    pb: Playbook,
+    target: Option<Arc<Target>>,
+    run_id: &str,
+    vars: Vec<(String, String)>,
     yes: bool,
     approve: &[String],
-) -> Result<i32> {
-    let target = load_target(a.target.as_deref())?;
-    let vars = parse_vars(&a.vars)?;
-    let run_id = engine::new_run_id();
-    let pb = load_playbook(&a.playbook, &vars, target.as_deref(), Some(&run_id), false)?;
+) -> Result<Prepared> {
     for id in approve {
         if !pb.steps.iter().any(|s| &s.id == id && s.kind == "approval") {
             return Err(Error::invalid(format!(
@@ -324,17 +329,37 @@ async fn run(
         playbook: pb,
         target,
         approvals,
-        run_id,
+        run_id: run_id.into(),
         cli_vars: vars,
     };
+    Ok(Prepared { fan, req })
+}
+
+/// Flushes the reporters (the JUnit file is written here) and maps the outcome to its code.
+fn conclude(fan: &Fanout, r: Result<()>) -> Result<i32> {
+    fan.finish().map_err(|e| Error::Other(e.into()))?;
+    Ok(r.map_or_else(|e| e.exit_code(), |_| code::DONE))
+}
+
+async fn run(
+    g: &Global,
+    a: &PlaybookArgs,
+    dry_run: bool,
+    yes: bool,
+    approve: &[String],
+) -> Result<i32> {
+    let target = load_target(a.target.as_deref())?;
+    let vars = parse_vars(&a.vars)?;
+    let run_id = engine::new_run_id();
+    let pb = load_playbook(&a.playbook, &vars, target.as_deref(), Some(&run_id), false)?;
+    let Prepared { fan, req } = prepare(g, pb, target, &run_id, vars, yes, approve)?;
     let r = if dry_run {
         engine(g, &fan, "run --dry-run")?.dry_run(req).await
     } else {
         ensure_state_dir(&g.state_dir)?;
         engine(g, &fan, "run")?.run(req).await
     };
-    fan.finish().map_err(|e| Error::Other(e.into()))?;
-    Ok(r.map_or_else(|e| e.exit_code(), |_| code::DONE))
+    conclude(&fan, r)
 }
 
 async fn continue_run(
@@ -355,21 +380,13 @@ async fn continue_run(
     }
     let pb = load_playbook(&path, &m.cli_vars, target.as_deref(), Some(id), false)?;
     check_unchanged(&state, &pb, accept, id)?;
-    let fan = sink(g);
-    warn_secrets(&fan, target.as_deref());
-    let approvals = approvals(target.as_deref(), yes, approve);
-    let req = RunRequest {
-        playbook: pb,
-        target,
-        approvals,
-        run_id: id.into(),
-        cli_vars: m.cli_vars.clone(),
-    };
+    let workdir = m.workdir.clone();
+    let Prepared { fan, req } = prepare(g, pb, target, id, m.cli_vars.clone(), yes, approve)?;
     // Children of the run inherit this directory, as they did when it started.
-    if let Err(e) = std::env::set_current_dir(&m.workdir) {
+    if let Err(e) = std::env::set_current_dir(&workdir) {
         return Err(Error::invalid(format!(
             "cannot enter the run's directory {}: {e}",
-            m.workdir.display()
+            workdir.display()
         )));
     }
     let eng = engine(g, &fan, if undo { "rollback" } else { "resume" })?;
@@ -378,8 +395,7 @@ async fn continue_run(
     } else {
         eng.resume(req, state, accept).await
     };
-    fan.finish().map_err(|e| Error::Other(e.into()))?;
-    Ok(r.map_or_else(|e| e.exit_code(), |_| code::DONE))
+    conclude(&fan, r)
 }
 
 fn check_unchanged(state: &RunState, pb: &Playbook, accept: bool, id: &str) -> Result<()> {

@@ -43,6 +43,21 @@ pub struct Package {
     pub uncompressed_bytes: u64,
 }
 
+impl Package {
+    /// The FHIR releases (major.minor, e.g. "4.0") the package is for: what must match
+    /// between an installed IG and its replacement.
+    pub fn fhir_releases(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .fhir_versions
+            .iter()
+            .map(|s| s.splitn(3, '.').take(2).collect::<Vec<_>>().join("."))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
 /// Read and validate the package at `path` within `limits`.
 pub fn read_package(path: &Path, limits: &Limits) -> Result<Package, IgError> {
     let file = display_name(path);

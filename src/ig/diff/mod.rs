@@ -228,17 +228,7 @@ pub fn check_upgrade(old: &Package, new: &Package) -> Result<(), IgError> {
             new.file_name, new.version, old.version, old.file_name
         ));
     }
-    let release = |p: &Package| -> Vec<String> {
-        let mut v: Vec<String> = p
-            .fhir_versions
-            .iter()
-            .map(|s| s.splitn(3, '.').take(2).collect::<Vec<_>>().join("."))
-            .collect();
-        v.sort();
-        v.dedup();
-        v
-    };
-    if release(old) != release(new) {
+    if old.fhir_releases() != new.fhir_releases() {
         return not(format!(
             "{} is for FHIR {:?} but {} is for FHIR {:?}",
             old.file_name, old.fhir_versions, new.file_name, new.fhir_versions

@@ -5,25 +5,13 @@
 use anyhow::Context;
 
 use super::{IgPackageSwap, Swap, VERSION_KEY, files, notice, yaml};
-use crate::ig::{self, Class, Package};
+use crate::ig::{self, Class};
 use crate::infra::dotenv;
 use crate::report::CheckStatus;
 use crate::steps::{Check, StepCx};
 
 /// Tightenings listed in a failed check before "and N more".
 const LIST_CAP: usize = 20;
-
-/// FHIR releases (major.minor) a package is for.
-fn releases(p: &Package) -> Vec<String> {
-    let mut v: Vec<String> = p
-        .fhir_versions
-        .iter()
-        .map(|s| s.splitn(3, '.').take(2).collect::<Vec<_>>().join("."))
-        .collect();
-    v.sort();
-    v.dedup();
-    v
-}
 
 impl IgPackageSwap {
     pub(super) fn checks(&self, cx: &StepCx) -> anyhow::Result<Vec<Check>> {
@@ -185,7 +173,7 @@ impl IgPackageSwap {
                 ),
             )
         });
-        if releases(&cur) != releases(&new) {
+        if cur.fhir_releases() != new.fhir_releases() {
             out.push(Check::fail(
                 "fhir",
                 format!(
