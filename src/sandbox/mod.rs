@@ -37,6 +37,10 @@ pub struct State {
     pub lb_image: String,
     #[serde(default)]
     pub labels: Vec<(String, String)>,
+    /// Where PostgreSQL and pgBouncer keep their files when `dir` is out of the `postgres`
+    /// user's reach (e.g. under a 0700 home): a world-searchable temp dir, removed by `down`.
+    #[serde(default)]
+    pub service_dir: Option<PathBuf>,
 }
 
 pub struct UpOptions {
@@ -64,9 +68,21 @@ impl State {
         Ok(())
     }
 
+    /// The directory holding `pg/` and `pgbouncer/`.
+    pub fn services(&self) -> PathBuf {
+        self.service_dir.clone().unwrap_or_else(|| self.dir.clone())
+    }
+
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}/fhir", self.http_port)
     }
+}
+
+/// Whether the `postgres` user can search `dir` (every parent included).
+fn postgres_reaches(dir: &Path) -> bool {
+    let mut c = std::process::Command::new("runuser");
+    c.args(["-u", "postgres", "--", "test", "-x"]).arg(dir);
+    proc::run(c, "access check").is_ok()
 }
 
 fn standin_binary(opt: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -101,18 +117,6 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<String> {
     }
     let standin = standin_binary(opts.standin.as_deref())?;
     std::fs::create_dir_all(&dir)?;
-    if proc::is_root() {
-        // PostgreSQL and pgBouncer run as `postgres`: it must be able to reach the directory.
-        let mut c = std::process::Command::new("runuser");
-        c.args(["-u", "postgres", "--", "test", "-x"]).arg(&dir);
-        if proc::run(c, "access check").is_err() {
-            bail!(
-                "the `postgres` user cannot reach {} (a parent directory is not searchable by others); \
-                 choose a --dir under a world-searchable directory",
-                dir.display()
-            );
-        }
-    }
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
     let id = proc::password()[4..14].to_owned();
@@ -151,7 +155,16 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<String> {
         image: format!("127.0.0.1:{registry_port}/bd-fhir-hapi:1.0.0"),
         lb_image: format!("ferry-sandbox-lb:{id}"),
         labels: opts.labels.clone(),
+        service_dir: None,
     };
+    if proc::is_root() && !postgres_reaches(&dir) {
+        // PostgreSQL and pgBouncer run as `postgres`, which cannot reach `dir`: keep their
+        // files in a world-searchable temp dir instead (recorded, and removed by `down`).
+        let d = std::env::temp_dir().join(format!("ferry-sandbox-{id}"));
+        std::fs::create_dir_all(&d)?;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
+        state.service_dir = Some(d);
+    }
     // Recorded first, so that `down` can clean up after a failed `up`.
     state.save()?;
     let s = pg::Secrets {
@@ -160,8 +173,9 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<String> {
         audit: &secrets[2].1,
         bouncer_admin: &secrets[3].1,
     };
-    pg::init(&dir.join("pg"), pg_port, &s).context("PostgreSQL")?;
-    state.bouncer_pid = pg::start_bouncer(&dir.join("pgbouncer"), pg_port, bouncer_port, &s)
+    let svc = state.services();
+    pg::init(&svc.join("pg"), pg_port, &s).context("PostgreSQL")?;
+    state.bouncer_pid = pg::start_bouncer(&svc.join("pgbouncer"), pg_port, bouncer_port, &s)
         .context("pgBouncer")?;
     state.save()?;
     state.registry_pid = registry::start(
@@ -197,18 +211,19 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<String> {
 
 /// Restarts whatever of a recorded sandbox is not running (a reboot, a killed process).
 async fn ensure_running(st: &State) -> anyhow::Result<()> {
-    let pgdir = st.dir.join("pg");
+    let pgdir = st.services().join("pg");
     if !pg::running(&pgdir) {
         pg::start(&pgdir, st.pg_port)?;
     }
     let mut st = st.clone();
     if !proc::alive(st.bouncer_pid) {
         let mut c = proc::as_service_user("/usr/sbin/pgbouncer");
-        c.arg("-d").arg(st.dir.join("pgbouncer/pgbouncer.ini"));
+        c.arg("-d")
+            .arg(st.services().join("pgbouncer/pgbouncer.ini"));
         proc::run(c, "pgbouncer")?;
         proc::wait_port(st.bouncer_port, Duration::from_secs(10))?;
         st.bouncer_pid = proc::read_pidfile(
-            &st.dir.join("pgbouncer/pgbouncer.pid"),
+            &st.services().join("pgbouncer/pgbouncer.pid"),
             Duration::from_secs(10),
         )?;
     }
@@ -238,8 +253,12 @@ pub async fn down(dir: &Path) -> anyhow::Result<String> {
         proc::stop_pid(st.bouncer_pid, Duration::from_secs(5));
         done.push(format!("stopped pgbouncer (pid {})", st.bouncer_pid));
     }
-    pg::stop(&dir.join("pg"))?;
+    pg::stop(&st.services().join("pg"))?;
     done.push("stopped PostgreSQL".into());
+    if let Some(svc) = &st.service_dir {
+        std::fs::remove_dir_all(svc).with_context(|| format!("removing {}", svc.display()))?;
+        done.push(format!("removed {}", svc.display()));
+    }
     std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     done.push(format!("removed {}", dir.display()));
     Ok(done.join("\n"))
@@ -263,7 +282,7 @@ pub async fn status(dir: &Path) -> anyhow::Result<(String, bool)> {
     let mut out = vec![format!("sandbox {} in {}", st.id, dir.display())];
     out.push(line(
         "postgresql",
-        pg::running(&dir.join("pg")),
+        pg::running(&st.services().join("pg")),
         format!("127.0.0.1:{} (fhirdb, auditdb)", st.pg_port),
     ));
     out.push(line(

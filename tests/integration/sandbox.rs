@@ -21,11 +21,29 @@ fn engine_up() -> bool {
 
 impl Sbx {
     fn up(replicas: u32) -> Option<Sbx> {
+        Self::up_in(replicas, "sbx")
+    }
+
+    fn up_private(replicas: u32) -> Option<Sbx> {
+        use std::os::unix::fs::PermissionsExt;
+        Self::up_in_with(replicas, "private/sbx", |sb| {
+            std::fs::create_dir_all(sb.path("private")).unwrap();
+            std::fs::set_permissions(sb.path("private"), std::fs::Permissions::from_mode(0o700))
+                .unwrap();
+        })
+    }
+
+    fn up_in(replicas: u32, rel: &str) -> Option<Sbx> {
+        Self::up_in_with(replicas, rel, |_| {})
+    }
+
+    fn up_in_with(replicas: u32, rel: &str, prepare: impl FnOnce(&Sandbox)) -> Option<Sbx> {
         if !require("a running Docker engine", engine_up()) {
             return None;
         }
         let sb = Sandbox::new();
-        let dir = sb.path("sbx");
+        prepare(&sb);
+        let dir = sb.path(rel);
         let standin = crate::docker::standin_bin();
         let out = sb.run(&[
             "sandbox",
@@ -170,7 +188,9 @@ fn leftovers(label: &str) -> String {
 
 #[test]
 fn sandbox_up_twice_status_then_down_leaves_nothing_behind() {
-    let Some(s) = Sbx::up(1) else { return };
+    // Under a directory only root may search (like /root): PostgreSQL, which runs as
+    // `postgres`, then keeps its files in a temp dir that `down` removes as well.
+    let Some(s) = Sbx::up_private(1) else { return };
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(s.dir.join("sandbox.json")).unwrap()).unwrap();
     let id = state["id"].as_str().unwrap().to_owned();
@@ -198,6 +218,12 @@ fn sandbox_up_twice_status_then_down_leaves_nothing_behind() {
         "replicas=1",
     ]);
     out.expect(0);
+    let service_dir = std::path::PathBuf::from(
+        state["service_dir"]
+            .as_str()
+            .expect("a service dir outside the private one"),
+    );
+    assert!(service_dir.join("pg/data").is_dir());
     let pids: Vec<u32> = ["bouncer_pid", "registry_pid"]
         .iter()
         .map(|k| state[*k].as_u64().unwrap() as u32)
@@ -205,6 +231,7 @@ fn sandbox_up_twice_status_then_down_leaves_nothing_behind() {
     let dir = s.dir.clone();
     drop(s);
     assert!(!dir.exists(), "the sandbox dir is removed");
+    assert!(!service_dir.exists(), "the service dir is removed");
     assert_eq!(
         leftovers(&format!("label=ferry.sandbox={id}")),
         "",
