@@ -28,6 +28,7 @@ pub struct Global {
     /// Also write a JUnit XML report (one testcase per step and per check).
     #[arg(long, global = true)]
     pub junit: Option<PathBuf>,
+    /// When to colour human output (auto: when stderr is a terminal).
     #[arg(long, global = true, value_enum, default_value_t = Color::Auto)]
     pub color: Color,
     /// Only errors and the summary.
