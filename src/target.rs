@@ -228,6 +228,13 @@ impl Target {
         self.files.as_ref().map(|f| self.resolve_path(&f.root))
     }
 
+    /// The deployment's env file (`files.root`/`files.env_file`), if the target has [files].
+    pub fn env_file(&self) -> Option<PathBuf> {
+        self.files
+            .as_ref()
+            .map(|f| self.resolve_path(&f.root).join(&f.env_file))
+    }
+
     pub fn postgres(&self, name: &str) -> Result<&Postgres, String> {
         self.postgres.get(name).ok_or_else(|| {
             let help = did_you_mean(name, self.postgres.keys().map(String::as_str))

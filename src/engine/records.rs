@@ -130,6 +130,18 @@ pub struct StepRun {
     pub children: BTreeMap<u32, u64>,
 }
 
+impl StepRun {
+    pub fn pending(id: &str) -> StepRun {
+        StepRun {
+            id: id.into(),
+            state: StepState::Pending,
+            checkpoint: None,
+            error: None,
+            children: BTreeMap::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RunState {
     pub meta: RunMeta,
@@ -145,17 +157,7 @@ impl RunState {
         let Some(Record::RunStarted(meta)) = records.first() else {
             return None;
         };
-        let steps = meta
-            .steps
-            .iter()
-            .map(|s| StepRun {
-                id: s.id.clone(),
-                state: StepState::Pending,
-                checkpoint: None,
-                error: None,
-                children: BTreeMap::new(),
-            })
-            .collect();
+        let steps = meta.steps.iter().map(|s| StepRun::pending(&s.id)).collect();
         let mut st = RunState {
             meta: meta.clone(),
             steps,

@@ -13,7 +13,7 @@ use anyhow::anyhow;
 use super::journal::Journal;
 use super::lock::{Owner, PgLock, StateLock, acquire_pg};
 use super::preflight::NoStore;
-use super::records::{Outcome, Phase, Record, RunMeta, RunState, StepMeta, StepRun, StepState};
+use super::records::{Outcome, Phase, Record, RunMeta, RunState, StepMeta, StepRun};
 use super::signal::Stop;
 use super::store::JournalStore;
 use crate::error::{Error, code};
@@ -356,15 +356,7 @@ fn align(mut state: RunState, pb: &Playbook) -> RunState {
     state.steps = pb
         .steps
         .iter()
-        .map(|s| {
-            old.remove(&s.id).unwrap_or(StepRun {
-                id: s.id.clone(),
-                state: StepState::Pending,
-                checkpoint: None,
-                error: None,
-                children: BTreeMap::new(),
-            })
-        })
+        .map(|s| old.remove(&s.id).unwrap_or_else(|| StepRun::pending(&s.id)))
         .collect();
     state
 }

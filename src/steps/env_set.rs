@@ -48,14 +48,10 @@ impl EnvSet {
                 Some(root) => Ok(root.join(f)),
                 None => Ok(cx.path(f)),
             },
-            None => {
-                let t = cx.target()?;
-                let files = t
-                    .files
-                    .as_ref()
-                    .ok_or_else(|| anyhow!("no `file` given and the target has no [files]"))?;
-                Ok(t.resolve_path(&files.root).join(&files.env_file))
-            }
+            None => cx
+                .target()?
+                .env_file()
+                .ok_or_else(|| anyhow!("no `file` given and the target has no [files]")),
         }
     }
 }

@@ -123,14 +123,10 @@ impl IgPackageSwap {
     fn env_file(&self, cx: &StepCx) -> anyhow::Result<PathBuf> {
         match &self.env_file {
             Some(f) => self.under_root(cx, f, "env_file"),
-            None => {
-                let t = cx.target()?;
-                let files = t
-                    .files
-                    .as_ref()
-                    .ok_or_else(|| anyhow!("no `env_file` given and the target has no [files]"))?;
-                Ok(t.resolve_path(&files.root).join(&files.env_file))
-            }
+            None => cx
+                .target()?
+                .env_file()
+                .ok_or_else(|| anyhow!("no `env_file` given and the target has no [files]")),
         }
     }
 

@@ -101,18 +101,14 @@ impl RollingRedeploy {
     }
 
     fn env_path(&self, cx: &StepCx) -> anyhow::Result<PathBuf> {
-        let t = cx.target()?;
-        let root = self.compose_dir(cx)?;
-        Ok(match &self.env_file {
-            Some(f) if f.is_absolute() => f.clone(),
-            Some(f) => root.join(f),
-            None => root.join(
-                t.files
-                    .as_ref()
-                    .map(|f| f.env_file.clone())
-                    .unwrap_or_else(|| ".env".into()),
-            ),
-        })
+        match &self.env_file {
+            Some(f) if f.is_absolute() => Ok(f.clone()),
+            Some(f) => Ok(self.compose_dir(cx)?.join(f)),
+            None => cx
+                .target()?
+                .env_file()
+                .context("the target has no [files] root (where docker-compose.yml and .env are)"),
+        }
     }
 
     fn gate<'a>(&'a self, path: &'a str, version: Option<&'a str>) -> Gate<'a> {

@@ -291,19 +291,26 @@ impl Pg {
         })
     }
 
+    /// psql as the superuser over the cluster's Unix socket.
+    fn psql_cmd(&self, db: &str) -> Command {
+        let mut c = Command::new("psql");
+        c.args([
+            "-h",
+            self.dir.path().to_str().unwrap(),
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+        ]);
+        c
+    }
+
     /// Runs SQL as the superuser over the Unix socket; panics on error.
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        let out = Command::new("psql")
-            .args([
-                "-h",
-                self.dir.path().to_str().unwrap(),
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                db,
-            ])
+        let out = self
+            .psql_cmd(db)
             .args(["-v", "ON_ERROR_STOP=1", "-XAtq", "-c", sql])
             .output()
             .expect("psql");
@@ -342,17 +349,8 @@ pub const AUDIT_PW: &str = "audit-maint-pw-5b7e";
 impl Pg {
     /// Runs a SQL file from the repository as the superuser.
     pub fn psql_file(&self, db: &str, rel: &str) {
-        let out = Command::new("psql")
-            .args([
-                "-h",
-                self.dir.path().to_str().unwrap(),
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                db,
-            ])
+        let out = self
+            .psql_cmd(db)
             .args(["-v", "ON_ERROR_STOP=1", "-Xq", "-f"])
             .arg(repo().join(rel))
             .output()
