@@ -1,7 +1,6 @@
 //! Subcommand → validated request → engine and reporters. The only module that knows about
 //! both the command line and the engine.
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -9,7 +8,6 @@ use std::sync::Arc;
 use clap::CommandFactory;
 
 use crate::cli::{Cli, Color, Command, Format, Global, IgCommand, PlaybookArgs, SandboxCommand};
-use crate::engine::records::RunState;
 use crate::engine::signal::{self, Stop};
 use crate::engine::{self, Engine, RunRequest, status};
 use crate::error::{Error, Result, code};
@@ -17,8 +15,14 @@ use crate::playbook::{self, Playbook};
 use crate::report::human::HumanReporter;
 use crate::report::json::JsonReporter;
 use crate::report::junit::JunitReporter;
+use crate::report::prompt::TermPrompter;
+use crate::report::view::{self, View};
+use crate::report::views::check::{CheckInfo, CheckList, CheckView};
+use crate::report::views::status::StatusView;
+use crate::report::views::unlock::UnlockView;
+use crate::report::views::validate::{ValidTarget, ValidateView};
 use crate::report::{Event, Fanout, Reporter, Sink};
-use crate::steps::{Approvals, Prompter};
+use crate::steps::Approvals;
 use crate::target::Target;
 
 pub async fn main(cli: Cli) -> Result<i32> {
@@ -57,15 +61,25 @@ pub async fn main(cli: Cli) -> Result<i32> {
         } => continue_run(g, run_id, *accept_changes, true, false, &[]).await,
         Command::Status { run_id } => show_status(g, run_id.as_deref()),
         Command::Unlock { target, force } => {
-            println!("{}", engine::lock::unlock(&g.state_dir)?);
-            if let Some(t) = load_target(target.as_deref())? {
-                t.register_secrets();
-                println!("{}", engine::lock::unlock_pg(&t, *force).await?);
-            }
+            let state_dir = engine::lock::unlock(&g.state_dir)?;
+            let database = match load_target(target.as_deref())? {
+                Some(t) => {
+                    t.register_secrets();
+                    Some(engine::lock::unlock_pg(&t, *force).await?)
+                }
+                None => None,
+            };
+            show(
+                g,
+                &UnlockView {
+                    state_dir,
+                    database,
+                },
+            )?;
             Ok(code::DONE)
         }
         Command::Ig(cmd) => ig(g, cmd),
-        Command::Sandbox(cmd) => sandbox(cmd).await,
+        Command::Sandbox(cmd) => sandbox(g, cmd).await,
         Command::Check { name, target, set } => {
             check_cmd(g, name.as_deref(), target.as_deref(), set).await
         }
@@ -76,30 +90,37 @@ pub async fn main(cli: Cli) -> Result<i32> {
     }
 }
 
+/// Prints a command's answer in the chosen `--format`.
+fn show(g: &Global, v: &impl View) -> Result<()> {
+    let format = match g.format {
+        Format::Human => view::Format::Human,
+        Format::Json => view::Format::Json,
+    };
+    view::print(v, format).map_err(|e| Error::Other(e.into()))
+}
+
 fn ig(g: &Global, cmd: &IgCommand) -> Result<i32> {
-    let json = g.format == Format::Json;
-    let out = &mut std::io::stdout().lock();
-    let r = match cmd {
+    use crate::ig::{Limits, diff_files, read_package};
+    use crate::report::views::ig::{DiffView, InspectView};
+    let limits = |max_bytes: u64| Limits {
+        max_bytes,
+        ..Default::default()
+    };
+    match cmd {
         IgCommand::Inspect { package, max_bytes } => {
-            let limits = crate::ig::Limits {
-                max_bytes: *max_bytes,
-                ..Default::default()
-            };
-            crate::ig::inspect_cmd(package, &limits, json, out)
+            let p = read_package(package, &limits(*max_bytes)).map_err(Error::invalid)?;
+            show(g, &InspectView(&p))?;
         }
         IgCommand::Diff {
             old,
             new,
             max_bytes,
         } => {
-            let limits = crate::ig::Limits {
-                max_bytes: *max_bytes,
-                ..Default::default()
-            };
-            crate::ig::diff_cmd(old, new, &limits, json, out)
+            let d = diff_files(old, new, &limits(*max_bytes)).map_err(Error::invalid)?;
+            show(g, &DiffView(&d))?;
         }
-    };
-    r.map(|()| code::DONE).map_err(Error::invalid)
+    }
+    Ok(code::DONE)
 }
 
 async fn check_cmd(
@@ -108,11 +129,17 @@ async fn check_cmd(
     target: Option<&Path>,
     set: &[String],
 ) -> Result<i32> {
-    use crate::checks::{self, CheckCx, Params, Status};
+    use crate::checks::{self, CheckCx, Params};
     let Some(name) = name else {
-        for (n, _, what) in checks::CHECKS {
-            println!("{n:<22} {what}");
-        }
+        let list = checks::CHECKS
+            .iter()
+            .map(|&(name, keys, description)| CheckInfo {
+                name,
+                keys,
+                description,
+            })
+            .collect();
+        show(g, &CheckList(list))?;
         return Ok(code::DONE);
     };
     let keys = checks::keys(name).ok_or_else(|| {
@@ -146,23 +173,18 @@ async fn check_cmd(
         state_dir: g.state_dir.clone(),
     };
     let report = checks::run(name, &cx).await;
-    if g.format == Format::Json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).map_err(|e| Error::Other(e.into()))?
-        );
-    } else {
-        println!("{}", crate::report::redact::redact(&report.line()));
-        if g.verbose || report.status != Status::Ok {
-            for d in &report.details {
-                println!("  {}", crate::report::redact::redact(d));
-            }
-        }
-    }
-    Ok(report.status.exit_code())
+    let code = report.status.exit_code();
+    show(
+        g,
+        &CheckView {
+            report,
+            verbose: g.verbose,
+        },
+    )?;
+    Ok(code)
 }
 
-async fn sandbox(cmd: &SandboxCommand) -> Result<i32> {
+async fn sandbox(g: &Global, cmd: &SandboxCommand) -> Result<i32> {
     use crate::sandbox;
     let fail = |e: anyhow::Error| {
         Error::Other(anyhow::anyhow!(
@@ -183,21 +205,17 @@ async fn sandbox(cmd: &SandboxCommand) -> Result<i32> {
                 standin: standin.clone(),
                 labels,
             };
-            println!("{}", sandbox::up(&opts).await.map_err(fail)?);
-            println!(
-                "  use it: ferry run PLAYBOOK --target {}",
-                dir.join("target.toml").display()
-            );
+            show(g, &sandbox::up(&opts).await.map_err(fail)?)?;
             Ok(code::DONE)
         }
         SandboxCommand::Down { dir } => {
-            println!("{}", sandbox::down(dir).await.map_err(fail)?);
+            show(g, &sandbox::down(dir).await.map_err(fail)?)?;
             Ok(code::DONE)
         }
         SandboxCommand::Status { dir } => {
-            let (report, ok) = sandbox::status(dir).await.map_err(fail)?;
-            println!("{report}");
-            Ok(if ok { code::DONE } else { code::FAILED })
+            let status = sandbox::status(dir).await.map_err(fail)?;
+            show(g, &status)?;
+            Ok(if status.ok { code::DONE } else { code::FAILED })
         }
     }
 }
@@ -231,24 +249,30 @@ fn load_playbook(
     })
 }
 
-fn validate(_g: &Global, a: &PlaybookArgs) -> Result<i32> {
+fn validate(g: &Global, a: &PlaybookArgs) -> Result<i32> {
     let target = load_target(a.target.as_deref())?;
     let vars = parse_vars(&a.vars)?;
     let pb = load_playbook(&a.playbook, &vars, target.as_deref(), None, true)?;
-    println!("{}: ok ({} steps)", a.playbook.display(), pb.steps.len());
-    if let Some(t) = &target {
-        println!("{}: ok ({})", t.path.display(), t.summary());
-    }
-    Ok(0)
+    show(
+        g,
+        &ValidateView {
+            playbook: a.playbook.display().to_string(),
+            steps: pb.steps.len(),
+            target: target.as_ref().map(|t| ValidTarget {
+                path: t.path.display().to_string(),
+                summary: t.summary(),
+            }),
+        },
+    )?;
+    Ok(code::DONE)
 }
 
 fn plan(g: &Global, a: &PlaybookArgs) -> Result<i32> {
     let target = load_target(a.target.as_deref())?;
     let vars = parse_vars(&a.vars)?;
     let pb = load_playbook(&a.playbook, &vars, target.as_deref(), None, false)?;
-    let out = crate::plan::render(&pb, target.as_deref(), g.format == Format::Json);
-    print!("{out}");
-    Ok(0)
+    show(g, &crate::plan::view(&pb, target.as_deref()))?;
+    Ok(code::DONE)
 }
 
 fn sink(g: &Global) -> Arc<Fanout> {
@@ -379,7 +403,7 @@ async fn continue_run(
         path = g.state_dir.join("runs").join(id).join("playbook.toml");
     }
     let pb = load_playbook(&path, &m.cli_vars, target.as_deref(), Some(id), false)?;
-    check_unchanged(&state, &pb, accept, id)?;
+    engine::check_unchanged(&state, &pb, accept)?;
     let workdir = m.workdir.clone();
     let Prepared { fan, req } = prepare(g, pb, target, id, m.cli_vars.clone(), yes, approve)?;
     // Children of the run inherit this directory, as they did when it started.
@@ -398,38 +422,6 @@ async fn continue_run(
     conclude(&fan, r)
 }
 
-fn check_unchanged(state: &RunState, pb: &Playbook, accept: bool, id: &str) -> Result<()> {
-    if pb.hash == state.meta.playbook_hash {
-        return Ok(());
-    }
-    let old = &state.meta.steps;
-    let mut diffs = vec![];
-    for s in &pb.steps {
-        match old.iter().find(|o| o.id == s.id) {
-            None => diffs.push(format!("added `{}`", s.id)),
-            Some(o) if o.fingerprint != s.fingerprint => diffs.push(format!("changed `{}`", s.id)),
-            _ => {}
-        }
-    }
-    for o in old {
-        if !pb.steps.iter().any(|s| s.id == o.id) {
-            diffs.push(format!("removed `{}`", o.id));
-        }
-    }
-    if accept {
-        return Ok(());
-    }
-    let what = if diffs.is_empty() {
-        "text changed, steps identical".into()
-    } else {
-        diffs.join(", ")
-    };
-    Err(Error::invalid(format!(
-        "the playbook {} changed since run {id} started ({what}); refusing to continue.\n  hint: pass --accept-changes to continue with the new text",
-        state.meta.playbook.display()
-    )))
-}
-
 fn show_status(g: &Global, run_id: Option<&str>) -> Result<i32> {
     let ids = match run_id {
         Some(id) => vec![id.to_owned()],
@@ -440,63 +432,13 @@ fn show_status(g: &Global, run_id: Option<&str>) -> Result<i32> {
         let st = status::load(&g.state_dir, &id).map_err(|e| Error::invalid(format!("{e:#}")))?;
         runs.push(status::summarize(&g.state_dir, &st));
     }
-    if g.format == Format::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&runs).map_err(|e| Error::Other(e.into()))?
-        );
-        return Ok(0);
-    }
-    if runs.is_empty() {
-        println!("no runs in {}", g.state_dir.display());
-    }
-    let detail = run_id.is_some();
-    for r in runs {
-        let cur = r
-            .current_step
-            .as_deref()
-            .map(|s| format!(" at {s}"))
-            .unwrap_or_default();
-        println!(
-            "{}  {:<20} {}{cur}  ({})",
-            r.run_id, r.state, r.playbook, r.started_at
-        );
-        if let Some(e) = &r.last_error {
-            println!("    error: {e}");
-        }
-        if let Some(n) = &r.next {
-            println!("    next:  {n}");
-        }
-        if detail {
-            for s in &r.steps {
-                let st = serde_json::to_value(s.state)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                println!("    {:<12} {}", st, s.id);
-            }
-        }
-    }
-    Ok(0)
-}
-
-struct TermPrompter;
-
-impl Prompter for TermPrompter {
-    fn interactive(&self) -> bool {
-        std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
-    }
-
-    fn confirm(&self, question: &str) -> Option<bool> {
-        if !self.interactive() {
-            return None;
-        }
-        crate::report::human::suspend(|| {
-            eprint!("{question} [y/N] ");
-            let _ = std::io::stderr().flush();
-            let mut line = String::new();
-            std::io::stdin().lock().read_line(&mut line).ok()?;
-            Some(matches!(line.trim(), "y" | "Y" | "yes" | "YES"))
-        })
-    }
+    show(
+        g,
+        &StatusView {
+            state_dir: g.state_dir.display().to_string(),
+            runs,
+            detail: run_id.is_some(),
+        },
+    )?;
+    Ok(code::DONE)
 }

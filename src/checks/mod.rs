@@ -20,77 +20,12 @@ pub mod unused_indexes;
 use std::path::PathBuf;
 
 use anyhow::anyhow;
-use serde::Serialize;
 
+/// What a check answers; the vocabulary lives with its rendering in `report`.
+pub use crate::report::views::check::{Report, Status};
 pub use params::Params;
 
 use crate::target::Target;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Ok,
-    Alert,
-    Unknown,
-}
-
-impl Status {
-    pub fn exit_code(self) -> i32 {
-        match self {
-            Status::Ok => 0,
-            Status::Alert => 1,
-            Status::Unknown => 3,
-        }
-    }
-    pub fn label(self) -> &'static str {
-        match self {
-            Status::Ok => "OK",
-            Status::Alert => "ALERT",
-            Status::Unknown => "UNKNOWN",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub check: String,
-    pub status: Status,
-    /// One line, as cron mails and pagers show it.
-    pub summary: String,
-    pub details: Vec<String>,
-    /// Measured values, for `--format json` consumers.
-    pub data: serde_json::Value,
-}
-
-impl Report {
-    pub fn new(status: Status, summary: impl Into<String>) -> Self {
-        Report {
-            check: String::new(),
-            status,
-            summary: summary.into(),
-            details: vec![],
-            data: serde_json::Value::Null,
-        }
-    }
-    pub fn ok(summary: impl Into<String>) -> Self {
-        Self::new(Status::Ok, summary)
-    }
-    pub fn alert(summary: impl Into<String>) -> Self {
-        Self::new(Status::Alert, summary)
-    }
-    pub fn details(mut self, d: Vec<String>) -> Self {
-        self.details = d;
-        self
-    }
-    pub fn data(mut self, d: serde_json::Value) -> Self {
-        self.data = d;
-        self
-    }
-    /// `ALERT: Missing audit partition for next month: audit_events_2026_12`
-    pub fn line(&self) -> String {
-        format!("{}: {}", self.status.label(), self.summary)
-    }
-}
 
 pub struct CheckCx<'a> {
     pub target: &'a Target,

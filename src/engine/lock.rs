@@ -10,6 +10,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::report::views::unlock::{DatabaseUnlock, StateDirUnlock};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Owner {
@@ -91,7 +92,7 @@ impl Drop for StateLock {
 
 /// `ferry unlock`: clears the owner record when nobody holds the lock; refuses a live owner
 /// (an flock is only ever held by a live process: the kernel drops it when its owner dies).
-pub fn unlock(state_dir: &Path) -> Result<String, Error> {
+pub fn unlock(state_dir: &Path) -> Result<StateDirUnlock, Error> {
     let file = open(state_dir).map_err(|e| Error::Other(e.into()))?;
     let owner = read_owner(state_dir);
     match file.try_lock() {
@@ -99,8 +100,10 @@ pub fn unlock(state_dir: &Path) -> Result<String, Error> {
             file.set_len(0).map_err(|e| Error::Other(e.into()))?;
             let _ = file.unlock();
             Ok(match owner {
-                Some(o) => format!("cleared a stale lock: {o} is no longer running"),
-                None => "the state dir was not locked".into(),
+                Some(o) => StateDirUnlock::ClearedStale {
+                    owner: o.to_string(),
+                },
+                None => StateDirUnlock::NotLocked,
             })
         }
         Err(_) => {
@@ -196,9 +199,12 @@ async fn pg_holder(
 /// `ferry unlock --target T`: ends the database session holding ferry's lock when its ferry
 /// is dead (same host, pid gone) or, with `--force`, when it runs on another host that the
 /// operator says is gone (a lost machine's TCP session can linger for hours).
-pub async fn unlock_pg(target: &crate::target::Target, force: bool) -> Result<String, Error> {
+pub async fn unlock_pg(
+    target: &crate::target::Target,
+    force: bool,
+) -> Result<DatabaseUnlock, Error> {
     let Ok(pg) = target.postgres("fhir") else {
-        return Ok("the target has no [postgres.fhir]: no database lock".into());
+        return Ok(DatabaseUnlock::NoDatabase);
     };
     let pw = target
         .secret(&pg.password_env, &pg.password_file)
@@ -207,7 +213,7 @@ pub async fn unlock_pg(target: &crate::target::Target, force: bool) -> Result<St
         .await
         .map_err(|e| Error::Precondition(format!("{e:#}")))?;
     let Some((backend, name, addr)) = pg_holder(&client).await? else {
-        return Ok("the database lock is free".into());
+        return Ok(DatabaseUnlock::Free);
     };
     let words: Vec<&str> = name.split_whitespace().collect();
     let (pid, host) = match words.as_slice() {
@@ -239,12 +245,9 @@ pub async fn unlock_pg(target: &crate::target::Target, force: bool) -> Result<St
             ))
         })?
         .get(0);
-    let how = if ended {
-        "terminated"
-    } else {
-        "was already gone"
-    };
-    Ok(format!(
-        "released the database lock of {name}: backend {backend} {how}"
-    ))
+    Ok(DatabaseUnlock::Released {
+        holder: name,
+        backend,
+        terminated: ended,
+    })
 }

@@ -2,6 +2,7 @@
 //! interrupted run from its last checkpoint, and rolls back completed steps in reverse.
 //! It reports only through events; it never prints.
 
+mod changes;
 mod forward;
 pub mod journal;
 pub mod lock;
@@ -13,6 +14,7 @@ pub mod signal;
 pub mod status;
 mod store;
 
+pub use changes::check_unchanged;
 pub use runner::{Engine, RunRequest};
 
 pub fn hostname() -> String {

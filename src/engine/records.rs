@@ -98,19 +98,8 @@ pub enum Record {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepState {
-    Pending,
-    /// Apply began and did not finish: resume re-enters it with its checkpoint.
-    Started,
-    Skipped,
-    Done,
-    Failed,
-    Undoing,
-    Undone,
-    UndoFailed,
-}
+/// Where a step stands; the same vocabulary `ferry status` shows.
+pub use crate::report::views::status::StepState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

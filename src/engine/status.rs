@@ -3,33 +3,10 @@
 
 use std::path::Path;
 
-use serde::Serialize;
-
 use super::journal;
 use super::lock::read_owner;
-use super::records::{Outcome, Phase, RunState, StepState};
-
-#[derive(Debug, Serialize)]
-pub struct RunSummary {
-    pub run_id: String,
-    pub playbook: String,
-    pub playbook_path: String,
-    pub target: Option<String>,
-    pub started_at: String,
-    /// running | interrupted | stopped | rolling_back | done | rolled_back | rollback_incomplete
-    pub state: String,
-    pub current_step: Option<String>,
-    pub last_error: Option<String>,
-    pub next: Option<String>,
-    pub steps: Vec<StepSummary>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct StepSummary {
-    pub id: String,
-    pub state: StepState,
-    pub error: Option<String>,
-}
+use super::records::{Outcome, Phase, RunState};
+use crate::report::views::status::{RunStatus, RunSummary, StepSummary};
 
 pub fn load(state_dir: &Path, run_id: &str) -> anyhow::Result<RunState> {
     let p = super::runs_dir(state_dir)
@@ -61,22 +38,22 @@ pub fn summarize(state_dir: &Path, st: &RunState) -> RunSummary {
     let live = read_owner(state_dir)
         .is_some_and(|o| &o.run_id == id && pid_alive(o.pid) && o.host == super::hostname());
     let state = match st.phase {
-        Phase::Finished(Outcome::Done) => "done",
-        Phase::Finished(Outcome::RolledBack) => "rolled_back",
-        Phase::Finished(Outcome::RollbackIncomplete) => "rollback_incomplete",
-        _ if live => "running",
-        Phase::RollingBack => "rolling_back",
-        Phase::Forward if st.is_stopped() => "stopped",
-        Phase::Forward => "interrupted",
+        Phase::Finished(Outcome::Done) => RunStatus::Done,
+        Phase::Finished(Outcome::RolledBack) => RunStatus::RolledBack,
+        Phase::Finished(Outcome::RollbackIncomplete) => RunStatus::RollbackIncomplete,
+        _ if live => RunStatus::Running,
+        Phase::RollingBack => RunStatus::RollingBack,
+        Phase::Forward if st.is_stopped() => RunStatus::Stopped,
+        Phase::Forward => RunStatus::Interrupted,
     };
     let next = match state {
-        "interrupted" | "rolling_back" => Some(format!("ferry resume {id}")),
-        "stopped" => Some(format!("ferry resume {id}   # or: ferry rollback {id}")),
-        "rollback_incomplete" => Some(format!(
+        RunStatus::Interrupted | RunStatus::RollingBack => Some(format!("ferry resume {id}")),
+        RunStatus::Stopped => Some(format!("ferry resume {id}   # or: ferry rollback {id}")),
+        RunStatus::RollbackIncomplete => Some(format!(
             "ferry rollback {id}   # after fixing the step that failed to undo"
         )),
-        "done" => Some(format!("ferry rollback {id}   # to undo it")),
-        _ => None,
+        RunStatus::Done => Some(format!("ferry rollback {id}   # to undo it")),
+        RunStatus::Running | RunStatus::RolledBack => None,
     };
     RunSummary {
         run_id: id.clone(),
@@ -84,7 +61,7 @@ pub fn summarize(state_dir: &Path, st: &RunState) -> RunSummary {
         playbook_path: st.meta.playbook.display().to_string(),
         target: st.meta.target.as_ref().map(|t| t.display().to_string()),
         started_at: st.meta.started_at.clone(),
-        state: state.into(),
+        state,
         current_step: if st.is_finished() {
             None
         } else {

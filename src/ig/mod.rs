@@ -2,16 +2,15 @@
 //!
 //! Role: the only place in ferry that opens IG packages. `read_package` streams the gzip'd
 //! tar through flate2 + tar without ever touching the disk, `diff` compares two packages
-//! and classifies every change as a SHALL tightening, a loosening or plain information,
-//! and `cmd` renders both for the CLI.
+//! and classifies every change as a SHALL tightening, a loosening or plain information.
+//! `report::views::ig` renders both for the CLI.
 //!
 //! Invariants:
 //! - Untrusted input never panics: every defect of a package is an [`IgError`], and each
 //!   message names the file and the cause. All of them are "bad input" (CLI exit 2).
-//! - Nothing here prints except `cmd`, and it writes only to the writer it is given.
+//! - Nothing here prints.
 //! - Resource limits ([`Limits`]) hold for every byte decompressed, read or skipped.
 
-mod cmd;
 mod diff;
 mod index;
 mod manifest;
@@ -20,15 +19,8 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-// Part of the API the CLI and the `ig_package_swap` step code against; not every item
-// is used inside this branch yet.
-#[allow(unused_imports)]
-pub use cmd::{diff_cmd, inspect_cmd};
-#[allow(unused_imports)]
-pub use diff::{Class, Diff, Finding, PkgRef, check_upgrade, diff};
-#[allow(unused_imports)]
+pub use diff::{Class, Diff, Finding, check_upgrade, diff};
 pub use index::Resource;
-#[allow(unused_imports)]
 pub use read::{Package, read_package};
 
 use std::path::Path;
@@ -99,4 +91,12 @@ fn display_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
+}
+
+/// `ferry ig diff OLD NEW`: reads both packages, refuses a pair that is not an upgrade (see
+/// `check_upgrade`), and diffs them.
+pub fn diff_files(old: &Path, new: &Path, limits: &Limits) -> Result<Diff, IgError> {
+    let (a, b) = (read_package(old, limits)?, read_package(new, limits)?);
+    check_upgrade(&a, &b)?;
+    Ok(diff(&a, &b))
 }

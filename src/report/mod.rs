@@ -8,7 +8,10 @@ pub mod event;
 pub mod human;
 pub mod json;
 pub mod junit;
+pub mod prompt;
 pub mod redact;
+pub mod view;
+pub mod views;
 
 use std::sync::Mutex;
 

@@ -21,6 +21,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::report::views::sandbox::{Component, SandboxDown, SandboxStatus, SandboxUp};
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct State {
     pub id: String,
@@ -100,14 +102,16 @@ fn standin_binary(opt: Option<&Path>) -> anyhow::Result<PathBuf> {
     )
 }
 
-/// Starts (or restarts the missing parts of) the sandbox; returns what `status` prints.
-pub async fn up(opts: &UpOptions) -> anyhow::Result<String> {
+/// Starts (or restarts the missing parts of) the sandbox; answers with its status.
+pub async fn up(opts: &UpOptions) -> anyhow::Result<SandboxUp> {
     let dir = std::path::absolute(&opts.dir)?;
     if let Some(state) = State::load(&dir) {
         ensure_running(&state).await?;
-        return status(&dir)
-            .await
-            .map(|(s, _)| format!("sandbox already set up; everything running\n{s}"));
+        let status = status(&dir).await?;
+        return Ok(SandboxUp {
+            already: true,
+            status,
+        });
     }
     if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
         bail!(
@@ -206,7 +210,11 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<String> {
         }),
     )?;
     stack::build_and_start(&state, &standin, &secrets[5].1).await?;
-    status(&dir).await.map(|(s, _)| s)
+    let status = status(&dir).await?;
+    Ok(SandboxUp {
+        already: false,
+        status,
+    })
 }
 
 /// Restarts whatever of a recorded sandbox is not running (a reboot, a killed process).
@@ -238,7 +246,7 @@ async fn ensure_running(st: &State) -> anyhow::Result<()> {
 }
 
 /// Removes everything the sandbox made: containers, networks, images, processes, files.
-pub async fn down(dir: &Path) -> anyhow::Result<String> {
+pub async fn down(dir: &Path) -> anyhow::Result<SandboxDown> {
     let dir = std::path::absolute(dir)?;
     let Some(st) = State::load(&dir) else {
         bail!("no sandbox in {} (no {STATE})", dir.display());
@@ -261,59 +269,59 @@ pub async fn down(dir: &Path) -> anyhow::Result<String> {
     }
     std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     done.push(format!("removed {}", dir.display()));
-    Ok(done.join("\n"))
+    Ok(SandboxDown {
+        dir: dir.display().to_string(),
+        done,
+    })
 }
 
-/// A report of every component and whether all of them are up.
-pub async fn status(dir: &Path) -> anyhow::Result<(String, bool)> {
+/// Every component and whether it is up.
+pub async fn status(dir: &Path) -> anyhow::Result<SandboxStatus> {
     let dir = std::path::absolute(dir)?;
     let Some(st) = State::load(&dir) else {
-        return Ok((format!("no sandbox in {}", dir.display()), false));
+        return Ok(SandboxStatus::missing(dir.display().to_string()));
     };
-    let mut ok = true;
-    let mut line = |name: &str, up: bool, detail: String| {
-        ok &= up;
-        format!(
-            "  {:<12} {:<5} {detail}",
-            name,
-            if up { "up" } else { "DOWN" }
-        )
-    };
-    let mut out = vec![format!("sandbox {} in {}", st.id, dir.display())];
-    out.push(line(
-        "postgresql",
-        pg::running(&st.services().join("pg")),
-        format!("127.0.0.1:{} (fhirdb, auditdb)", st.pg_port),
-    ));
-    out.push(line(
-        "pgbouncer",
-        proc::alive(st.bouncer_pid),
-        format!("127.0.0.1:{} pid {}", st.bouncer_port, st.bouncer_pid),
-    ));
-    out.push(line(
-        "registry",
-        proc::alive(st.registry_pid),
-        format!("127.0.0.1:{} pid {}", st.registry_port, st.registry_pid),
-    ));
+    let c = |name, up, detail| Component { name, up, detail };
     let (replicas, version) = stack::observe(&st).await;
     let healthy = replicas
         .iter()
         .filter(|r| r.contains("healthy") && !r.contains("unhealthy"))
         .count();
-    out.push(line(
-        "hapi",
-        healthy >= st.replicas as usize,
-        format!("{healthy}/{} healthy: {}", st.replicas, replicas.join(", ")),
-    ));
-    out.push(line(
-        "fhir",
-        version.is_some(),
-        format!(
-            "{} software.version {}",
-            st.base_url(),
-            version.as_deref().unwrap_or("unreachable")
+    let components = vec![
+        c(
+            "postgresql",
+            pg::running(&st.services().join("pg")),
+            format!("127.0.0.1:{} (fhirdb, auditdb)", st.pg_port),
         ),
-    ));
-    out.push(format!("  target: {}", dir.join("target.toml").display()));
-    Ok((out.join("\n"), ok))
+        c(
+            "pgbouncer",
+            proc::alive(st.bouncer_pid),
+            format!("127.0.0.1:{} pid {}", st.bouncer_port, st.bouncer_pid),
+        ),
+        c(
+            "registry",
+            proc::alive(st.registry_pid),
+            format!("127.0.0.1:{} pid {}", st.registry_port, st.registry_pid),
+        ),
+        c(
+            "hapi",
+            healthy >= st.replicas as usize,
+            format!("{healthy}/{} healthy: {}", st.replicas, replicas.join(", ")),
+        ),
+        c(
+            "fhir",
+            version.is_some(),
+            format!(
+                "{} software.version {}",
+                st.base_url(),
+                version.as_deref().unwrap_or("unreachable")
+            ),
+        ),
+    ];
+    Ok(SandboxStatus::new(
+        st.id.clone(),
+        dir.display().to_string(),
+        components,
+        dir.join("target.toml").display().to_string(),
+    ))
 }

@@ -22,12 +22,7 @@ pub trait CheckpointStore: Send + Sync {
     fn child_exited(&self, step: &str, pid: u32) -> anyhow::Result<()>;
 }
 
-/// Asks a person a yes/no question (approval steps). None: nobody can be asked.
-pub trait Prompter: Send + Sync {
-    /// Whether there is a person at a terminal to ask.
-    fn interactive(&self) -> bool;
-    fn confirm(&self, question: &str) -> Option<bool>;
-}
+pub use crate::report::prompt::Prompter;
 
 /// Returned (as an anyhow error) by anything that stopped because of a signal.
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,4 @@
-//! Diffing the BD Core fixtures: loosening-only and tightening releases, `diff_cmd`.
+//! Diffing the BD Core fixtures: loosening-only and tightening releases, `ferry ig diff`.
 
 use super::*;
 
@@ -141,29 +141,26 @@ fn diff_refuses_pairs_that_are_not_an_upgrade() {
             "is for FHIR [\"5.0.0\"]",
         ),
     ] {
-        let mut out = Vec::new();
-        let e = diff_cmd(&old, &fixture(bad), &Limits::default(), false, &mut out).expect_err(bad);
+        let e = diff_files(&old, &fixture(bad), &Limits::default()).expect_err(bad);
         assert!(
             matches!(e, IgError::NotAnUpgrade { .. }) && e.to_string().contains(text),
             "{bad}: {e}"
         );
-        assert!(out.is_empty(), "nothing is written on error");
     }
 }
 
 #[test]
-fn diff_cmd_renders_stable_json_and_grouped_text() {
+fn diff_renders_stable_json_and_grouped_text() {
     let (a, b) = (
         fixture("bd.gov.dghs.core-0.2.1.tgz"),
         fixture("bd.gov.dghs.core-0.3.0.tgz"),
     );
-    let run = |json| {
-        let mut out = Vec::new();
-        diff_cmd(&a, &b, &Limits::default(), json, &mut out).unwrap();
-        String::from_utf8(out).unwrap()
+    let run = |format| {
+        let d = diff_files(&a, &b, &Limits::default()).unwrap();
+        render(&DiffView(&d), format)
     };
-    let json = run(true);
-    assert_eq!(json, run(true), "deterministic");
+    let json = run(Format::Json);
+    assert_eq!(json, run(Format::Json), "deterministic");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(
         v["old"],
@@ -177,7 +174,7 @@ fn diff_cmd_renders_stable_json_and_grouped_text() {
         ["after", "before", "class", "element", "kind", "profile"]
     );
     assert_eq!(f["class"], "tightening");
-    let text = run(false);
+    let text = run(Format::Human);
     assert!(
         text.contains("  tightening: 13\n  loosening:  0\n  info:       0\n"),
         "{text}"

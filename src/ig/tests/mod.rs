@@ -1,12 +1,13 @@
 //! Behavioural tests of `ig` on the committed fixtures (`fixtures/ig/`) and the real US
-//! Core packages (`$FERRY_SHARED_DIR`, else `../shared`, else `/work/shared`). They live
-//! here rather than in `tests/integration` because the CLI is wired on another branch.
+//! Core packages (`$FERRY_SHARED_DIR`, else `../shared`, else `/work/shared`).
 
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 use super::*;
+pub(super) use crate::report::view::{Format, render};
+pub(super) use crate::report::views::ig::{DiffView, InspectView};
 
 mod diff_cmds;
 mod read_cmds;

@@ -1,4 +1,4 @@
-//! Reading packages: the good fixtures, every bad one, the limits, and `inspect_cmd`.
+//! Reading packages: the good fixtures, every bad one, the limits, and `ferry ig inspect`'s view.
 
 use super::*;
 
@@ -172,11 +172,10 @@ fn limits_cover_every_decompressed_byte_and_entry() {
 }
 
 #[test]
-fn inspect_cmd_renders_human_and_json() {
-    let path = fixture("bd.gov.dghs.core-0.2.1.tgz");
-    let mut out = Vec::new();
-    inspect_cmd(&path, &Limits::default(), true, &mut out).unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+fn inspect_renders_human_and_json() {
+    let p = read(&fixture("bd.gov.dghs.core-0.2.1.tgz"));
+    let out = render(&InspectView(&p), Format::Json);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["id"], "bd.gov.dghs.core");
     assert_eq!(v["version"], "0.2.1");
     assert_eq!(v["fhirVersions"], serde_json::json!(["4.0.1"]));
@@ -193,9 +192,7 @@ fn inspect_cmd_renders_human_and_json() {
         (profiles[0]["type"].as_str(), profiles[0]["kind"].as_str()),
         (Some("Encounter"), Some("resource"))
     );
-    let mut human = Vec::new();
-    inspect_cmd(&path, &Limits::default(), false, &mut human).unwrap();
-    let human = String::from_utf8(human).unwrap();
+    let human = render(&InspectView(&p), Format::Human);
     assert!(
         human.starts_with("bd.gov.dghs.core 0.2.1  (bd.gov.dghs.core-0.2.1.tgz)\n"),
         "{human}"

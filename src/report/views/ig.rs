@@ -1,78 +1,64 @@
-//! Rendering of `ferry ig inspect` and `ferry ig diff`, human or JSON.
+//! `ferry ig inspect` and `ferry ig diff`. Human output lists tightenings first, then
+//! loosenings, then info.
 //!
-//! Invariants: the only code in `ig` that writes output, and only to the `out` it is
-//! given; JSON output is one document whose shape is documented here (inspect) and in
-//! `diff` (diff); human output lists tightenings first, then loosenings, then info.
+//! JSON of inspect: `{"file","id","version","fhirVersions","type","canonical",
+//! "dependencies":{id: version},"sha256","indexVersion","entries","uncompressedBytes",
+//! "counts":{resourceType: n},"exampleCounts":{resourceType: n},
+//! "profiles":[{"url","version","type","kind"}]}` (absent values are null). JSON of diff:
+//! `Diff`'s documented shape (`ig/diff/mod.rs`).
 
-use std::io::Write;
-use std::path::Path;
-
+use serde::Serialize;
 use serde_json::json;
 
-use super::diff::{Class, Diff, Finding, check_upgrade, diff};
-use super::{IgError, Limits, Package, read_package};
+use crate::ig::{Class, Diff, Finding, Package, Resource};
+use crate::report::view::View;
 
-/// `ferry ig inspect PKG`. JSON shape: `{"file","id","version","fhirVersions","type",
-/// "canonical","dependencies":{id: version},"sha256","indexVersion","entries",
-/// "uncompressedBytes","counts":{resourceType: n},"exampleCounts":{resourceType: n},
-/// "profiles":[{"url","version","type","kind"}]}` (absent values are null).
-pub fn inspect_cmd(
-    path: &Path,
-    limits: &Limits,
-    json: bool,
-    out: &mut dyn Write,
-) -> Result<(), IgError> {
-    let p = read_package(path, limits)?;
-    let text = if json {
-        inspect_json(&p)
-    } else {
-        inspect_human(&p)
-    };
-    write(out, &text)
-}
+pub struct InspectView<'a>(pub &'a Package);
 
-/// `ferry ig diff OLD NEW`: refuses pairs that are not an upgrade (see `check_upgrade`).
-pub fn diff_cmd(
-    old: &Path,
-    new: &Path,
-    limits: &Limits,
-    json: bool,
-    out: &mut dyn Write,
-) -> Result<(), IgError> {
-    let (a, b) = (read_package(old, limits)?, read_package(new, limits)?);
-    check_upgrade(&a, &b)?;
-    let d = diff(&a, &b);
-    let text = if json { diff_json(&d) } else { diff_human(&d) };
-    write(out, &text)
-}
+pub struct DiffView<'a>(pub &'a Diff);
 
-fn write(out: &mut dyn Write, text: &str) -> Result<(), IgError> {
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(|source| IgError::Io {
-            file: "<output>".into(),
-            source,
-        })
-}
-
-fn profiles(p: &Package) -> impl Iterator<Item = &super::Resource> {
+fn profiles(p: &Package) -> impl Iterator<Item = &Resource> {
     p.resources
         .iter()
         .filter(|r| r.resource_type == "StructureDefinition")
 }
 
-fn inspect_json(p: &Package) -> String {
-    let profiles: Vec<_> = profiles(p)
-        .map(|r| json!({"url": r.url, "version": r.version, "type": r.sd_type, "kind": r.kind}))
-        .collect();
-    let doc = json!({
-        "file": p.file_name, "id": p.id, "version": p.version.to_string(),
-        "fhirVersions": p.fhir_versions, "type": p.package_type, "canonical": p.canonical,
-        "dependencies": p.dependencies, "sha256": p.sha256, "indexVersion": p.index_version,
-        "entries": p.entries, "uncompressedBytes": p.uncompressed_bytes,
-        "counts": p.counts, "exampleCounts": p.example_counts, "profiles": profiles,
-    });
-    format!("{doc:#}\n")
+impl Serialize for InspectView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let p = self.0;
+        let profiles: Vec<_> = profiles(p)
+            .map(|r| json!({"url": r.url, "version": r.version, "type": r.sd_type, "kind": r.kind}))
+            .collect();
+        json!({
+            "file": p.file_name, "id": p.id, "version": p.version.to_string(),
+            "fhirVersions": p.fhir_versions, "type": p.package_type, "canonical": p.canonical,
+            "dependencies": p.dependencies, "sha256": p.sha256, "indexVersion": p.index_version,
+            "entries": p.entries, "uncompressedBytes": p.uncompressed_bytes,
+            "counts": p.counts, "exampleCounts": p.example_counts, "profiles": profiles,
+        })
+        .serialize(s)
+    }
+}
+
+impl View for InspectView<'_> {
+    fn human(&self, out: &mut String) {
+        out.push_str(&inspect_human(self.0));
+    }
+}
+
+impl Serialize for DiffView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Through a Value: its keys come out sorted, as the documented examples show them.
+        serde_json::to_value(self.0)
+            .map_err(serde::ser::Error::custom)?
+            .serialize(s)
+    }
+}
+
+impl View for DiffView<'_> {
+    fn human(&self, out: &mut String) {
+        out.push_str(&diff_human(self.0));
+    }
 }
 
 fn inspect_human(p: &Package) -> String {
@@ -124,12 +110,6 @@ fn inspect_human(p: &Package) -> String {
         );
     }
     s
-}
-
-fn diff_json(d: &Diff) -> String {
-    // Diff's Serialize impl is the documented shape; serialising plain data cannot fail.
-    let doc = serde_json::to_value(d).unwrap_or_default();
-    format!("{doc:#}\n")
 }
 
 fn class_name(c: Class) -> &'static str {
