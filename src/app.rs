@@ -403,7 +403,7 @@ async fn continue_run(
         path = g.state_dir.join("runs").join(id).join("playbook.toml");
     }
     let pb = load_playbook(&path, &m.cli_vars, target.as_deref(), Some(id), false)?;
-    engine::check_unchanged(&state, &pb, accept)?;
+    engine::check_unchanged(&state, &pb, target.as_deref(), accept)?;
     let workdir = m.workdir.clone();
     let Prepared { fan, req } = prepare(g, pb, target, id, m.cli_vars.clone(), yes, approve)?;
     // Children of the run inherit this directory, as they did when it started.

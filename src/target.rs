@@ -34,6 +34,9 @@ pub struct Target {
     pub checks: BTreeMap<String, toml::Table>,
     #[serde(skip)]
     pub path: PathBuf,
+    /// sha256 of the file's bytes: a resumed run refuses a changed target by default.
+    #[serde(skip)]
+    pub hash: String,
     #[serde(skip, default = "empty_table")]
     pub raw: toml::Value,
 }
@@ -137,6 +140,10 @@ impl Target {
             .try_into()
             .map_err(|e: toml::de::Error| Error::invalid(format!("{shown}: {}", e.message())))?;
         t.path = path.to_path_buf();
+        t.hash = {
+            use sha2::{Digest, Sha256};
+            hex::encode(Sha256::digest(text.as_bytes()))
+        };
         t.raw = raw;
         // `{{ target.files.root }}` must name the same directory the steps use: relative to
         // the target file, not to wherever ferry happens to run.

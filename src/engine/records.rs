@@ -20,6 +20,10 @@ pub struct RunMeta {
     pub playbook: PathBuf,
     pub playbook_hash: String,
     pub target: Option<PathBuf>,
+    /// sha256 of the target file when the run started (absent in journals written before
+    /// ferry recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_hash: Option<String>,
     /// `--var` values as given (the playbook is re-resolved from them on resume).
     pub cli_vars: Vec<(String, String)>,
     pub steps: Vec<StepMeta>,

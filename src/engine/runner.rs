@@ -208,6 +208,7 @@ impl Engine {
                 .target
                 .as_ref()
                 .map(|t| std::fs::canonicalize(&t.path).unwrap_or(t.path.clone())),
+            target_hash: req.target.as_ref().map(|t| t.hash.clone()),
             cli_vars: req.cli_vars.clone(),
             steps: req
                 .playbook

@@ -1,5 +1,6 @@
 //! Integration tests: one binary that runs the real `ferry`, one submodule per area.
 
+mod changes;
 mod checks;
 mod crash;
 mod docker;
