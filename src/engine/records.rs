@@ -44,7 +44,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
-    RunStarted(RunMeta),
+    RunStarted(Box<RunMeta>),
     Resumed {
         pid: u32,
         host: String,
@@ -152,7 +152,7 @@ impl RunState {
         };
         let steps = meta.steps.iter().map(|s| StepRun::pending(&s.id)).collect();
         let mut st = RunState {
-            meta: meta.clone(),
+            meta: (**meta).clone(),
             steps,
             phase: Phase::Forward,
             interrupted: false,

@@ -225,7 +225,7 @@ impl Engine {
             started_at: crate::report::now_rfc3339(),
             workdir: std::env::current_dir().unwrap_or_default(),
         };
-        let first = Record::RunStarted(meta);
+        let first = Record::RunStarted(Box::new(meta));
         let state = RunState::fold(std::slice::from_ref(&first))
             .ok_or_else(|| Error::Other(anyhow!("bad run record")))?;
         let store = JournalStore::new(journal);
