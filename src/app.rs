@@ -17,7 +17,7 @@ use crate::playbook::{self, Playbook};
 use crate::report::human::HumanReporter;
 use crate::report::json::JsonReporter;
 use crate::report::junit::JunitReporter;
-use crate::report::{Event, Fanout, Reporter, Sink};
+use crate::report::{Event, Fanout, Level, Reporter, Sink};
 use crate::steps::{Approvals, Prompter};
 use crate::target::Target;
 
@@ -295,7 +295,7 @@ fn approvals(target: Option<&Target>, yes: bool, ids: &[String]) -> Approvals {
 
 fn warn_secrets(fan: &Fanout, target: Option<&Target>) {
     for w in target.map(Target::register_secrets).unwrap_or_default() {
-        fan.emit(Event::log(None, "warn", w));
+        fan.emit(Event::log(None, Level::Warn, w));
     }
 }
 
@@ -424,10 +424,13 @@ fn check_unchanged(state: &RunState, pb: &Playbook, accept: bool, id: &str) -> R
     } else {
         diffs.join(", ")
     };
-    Err(Error::invalid(format!(
-        "the playbook {} changed since run {id} started ({what}); refusing to continue.\n  hint: pass --accept-changes to continue with the new text",
-        state.meta.playbook.display()
-    )))
+    Err(Error::invalid_with_hint(
+        format!(
+            "the playbook {} changed since run {id} started ({what}); refusing to continue.",
+            state.meta.playbook.display()
+        ),
+        "pass --accept-changes to continue with the new text",
+    ))
 }
 
 fn show_status(g: &Global, run_id: Option<&str>) -> Result<i32> {

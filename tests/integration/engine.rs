@@ -301,8 +301,15 @@ fn resume_refuses_a_changed_playbook_unless_accepted() {
     sb.write("go", "");
     let out = sb.run(&["resume"]);
     out.expect(2);
-    assert!(out.stderr.contains("changed `b`"), "{}", out.stderr);
-    assert!(out.stderr.contains("--accept-changes"), "{}", out.stderr);
+    let id = sb.run_ids().pop().unwrap();
+    let shown = std::fs::canonicalize(sb.path("pb.toml")).unwrap();
+    assert_eq!(
+        out.stderr,
+        format!(
+            "error: the playbook {} changed since run {id} started (changed `b`); refusing to continue.\n  hint: pass --accept-changes to continue with the new text\n",
+            shown.display()
+        )
+    );
     sb.run(&["resume", "--accept-changes"]).expect(0);
     assert_eq!(sb.read("log"), "a\nB\n");
 }
