@@ -21,7 +21,7 @@ use crate::report::views::check::{CheckInfo, CheckList, CheckView};
 use crate::report::views::status::StatusView;
 use crate::report::views::unlock::UnlockView;
 use crate::report::views::validate::{ValidTarget, ValidateView};
-use crate::report::{Event, Fanout, Reporter, Sink};
+use crate::report::{Event, Fanout, Level, Reporter, Sink};
 use crate::steps::Approvals;
 use crate::target::Target;
 
@@ -319,7 +319,7 @@ fn approvals(target: Option<&Target>, yes: bool, ids: &[String]) -> Approvals {
 
 fn warn_secrets(fan: &Fanout, target: Option<&Target>) {
     for w in target.map(Target::register_secrets).unwrap_or_default() {
-        fan.emit(Event::log(None, "warn", w));
+        fan.emit(Event::log(None, Level::Warn, w));
     }
 }
 

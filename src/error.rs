@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use crate::report::RunOutcome;
+
 /// Exit codes of run/resume/rollback (DESIGN §3). `check` uses 0/1/3 with its own meaning.
 pub mod code {
     pub const DONE: i32 = 0;
@@ -18,17 +20,30 @@ pub mod code {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Bad input: nothing ran. The message is already fully rendered (diagnostics included).
+    /// Bad input: nothing ran. `main` prints it as `error: {message}`, then the hint.
+    #[error("{message}")]
+    Invalid {
+        message: String,
+        hint: Option<String>,
+    },
+    /// Bad input: nothing ran. Diagnostics already rendered for the terminal (each starts
+    /// with `error: `, a summary line ends them): `main` prints them as they are.
     #[error("{0}")]
-    Invalid(String),
+    Diagnostics(String),
     /// A read-only check failed before anything changed.
     #[error("{0}")]
     Precondition(String),
     /// A step failed; the run was rolled back or stopped per `on_failure`.
-    #[error("{message}")]
+    #[error("step `{step}` failed: {error}")]
     StepFailed {
-        message: String,
-        hint: Option<String>,
+        step: String,
+        kind: String,
+        /// The step's `describe()`.
+        describe: String,
+        /// Why it failed (redacted).
+        error: String,
+        /// What the run did about it and what to run next.
+        hint: String,
     },
     /// Another run holds the lock.
     #[error("{0}")]
@@ -47,7 +62,7 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Invalid(_) => code::INVALID,
+            Error::Invalid { .. } | Error::Diagnostics(_) => code::INVALID,
             Error::Precondition(_) => code::PRECONDITION,
             Error::StepFailed { .. } | Error::Other(_) => code::FAILED,
             Error::Locked(_) => code::LOCKED,
@@ -56,10 +71,24 @@ impl Error {
         }
     }
 
+    /// The `run_finished` outcome of a run that ended with this error.
+    pub fn outcome(&self) -> RunOutcome {
+        match self {
+            Error::Invalid { .. } | Error::Diagnostics(_) => RunOutcome::Invalid,
+            Error::Precondition(_) => RunOutcome::PreconditionFailed,
+            Error::StepFailed { .. } | Error::Other(_) => RunOutcome::Failed,
+            Error::Locked(_) => RunOutcome::Locked,
+            Error::Interrupted { .. } => RunOutcome::Interrupted,
+            Error::RollbackIncomplete { .. } => RunOutcome::RollbackIncomplete,
+        }
+    }
+
     pub fn hint(&self) -> Option<String> {
         match self {
-            Error::StepFailed { hint, .. } => hint.clone(),
-            Error::RollbackIncomplete { hint, .. } => Some(hint.clone()),
+            Error::Invalid { hint, .. } => hint.clone(),
+            Error::StepFailed { hint, .. } | Error::RollbackIncomplete { hint, .. } => {
+                Some(hint.clone())
+            }
             Error::Locked(_) => {
                 Some("wait for the other run, or `ferry unlock` if its owner is dead".into())
             }
@@ -67,8 +96,24 @@ impl Error {
         }
     }
 
+    /// Whether the text is printed as it is (rendered diagnostics) rather than after
+    /// `error: `.
+    pub fn is_rendered(&self) -> bool {
+        matches!(self, Error::Diagnostics(_))
+    }
+
     pub fn invalid(msg: impl fmt::Display) -> Self {
-        Error::Invalid(msg.to_string())
+        Error::Invalid {
+            message: msg.to_string(),
+            hint: None,
+        }
+    }
+
+    pub fn invalid_with_hint(msg: impl fmt::Display, hint: impl fmt::Display) -> Self {
+        Error::Invalid {
+            message: msg.to_string(),
+            hint: Some(hint.to_string()),
+        }
     }
 }
 

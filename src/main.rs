@@ -35,16 +35,13 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             let msg = report::redact::redact(&e.to_string()).into_owned();
-            eprint!(
-                "{}",
-                if msg.starts_with("error") {
-                    msg
-                } else {
-                    format!("error: {msg}\n")
-                }
-            );
+            if e.is_rendered() {
+                eprint!("{msg}");
+            } else {
+                eprintln!("error: {msg}");
+            }
             if let Some(h) = e.hint() {
-                eprintln!("  hint: {h}");
+                eprintln!("  hint: {}", report::redact::redact(&h));
             }
             e.exit_code()
         }

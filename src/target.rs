@@ -116,7 +116,7 @@ impl Target {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::invalid(format!("cannot read target {}: {e}", path.display())))?;
         let shown = path.display().to_string();
-        let root = parse(&text).map_err(|ds| Error::Invalid(render_all(&shown, &text, &ds)))?;
+        let root = parse(&text).map_err(|ds| Error::Diagnostics(render_all(&shown, &text, &ds)))?;
         let mut errors = vec![];
         for (k, _) in root.entries() {
             if !TOP_KEYS.contains(&k.name.as_str()) {
@@ -132,7 +132,7 @@ impl Target {
         }
         find_inline_secrets(&root, &mut errors);
         if !errors.is_empty() {
-            return Err(Error::Invalid(render_all(&shown, &text, &errors)));
+            return Err(Error::Diagnostics(render_all(&shown, &text, &errors)));
         }
         let raw = root.to_toml();
         let mut t: Target = raw

@@ -72,8 +72,11 @@ pub fn check_unchanged(
     } else {
         steps.join(", ")
     };
-    Err(Error::invalid(format!(
-        "{whose} changed since run {} started ({detail}); refusing to continue.\n  hint: pass --accept-changes to continue with what is there now",
-        m.run_id
-    )))
+    Err(Error::invalid_with_hint(
+        format!(
+            "{whose} changed since run {} started ({detail}); refusing to continue.",
+            m.run_id
+        ),
+        "pass --accept-changes to continue with the new text",
+    ))
 }

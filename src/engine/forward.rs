@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::infra::process;
 use crate::playbook::OnFailure;
 use crate::playbook::model::fmt_duration;
-use crate::report::{CheckStatus, Event, StepStatus};
+use crate::report::{CheckStatus, Event, Level, Phase, StepStatus};
 use crate::steps::{Interrupted, Step, StepCx};
 
 impl Run<'_> {
@@ -77,7 +77,7 @@ impl Run<'_> {
             if !killed.is_empty() {
                 self.e.sink.emit(Event::log(
                     Some(&id),
-                    "warn",
+                    Level::Warn,
                     format!(
                         "killed {} leftover process(es) of an earlier attempt (group {pid})",
                         killed.len()
@@ -95,7 +95,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn emit_start(&self, i: usize, phase: &str) {
+    fn emit_start(&self, i: usize, phase: Phase) {
         let def = &self.req.playbook.steps[i];
         self.e.sink.emit(Event::StepStarted {
             step: def.id.clone(),
@@ -106,7 +106,7 @@ impl Run<'_> {
                 .description
                 .clone()
                 .unwrap_or_else(|| def.spec.describe()),
-            phase: phase.into(),
+            phase,
         });
     }
 
@@ -140,7 +140,7 @@ impl Run<'_> {
                 });
             }
             let t0 = Instant::now();
-            self.emit_start(i, "apply");
+            self.emit_start(i, Phase::Apply);
             match self.forward_step(i).await {
                 Ok(status) => self.emit_end(i, status, t0, None),
                 Err(e) if is_interrupted(&e) => {
@@ -236,7 +236,7 @@ impl Run<'_> {
                     attempt += 1;
                     self.e.sink.emit(Event::log(
                         Some(&def.id),
-                        "warn",
+                        Level::Warn,
                         format!(
                             "attempt {attempt} failed: {e:#}; retrying in {}",
                             fmt_duration(def.retry_delay)
@@ -268,21 +268,22 @@ impl Run<'_> {
         )?;
         self.emit_end(i, StepStatus::Failed, t0, Some(msg.clone()));
         let run_id = self.req.run_id.clone();
+        let failed = |hint: String| Error::StepFailed {
+            step: def.id.clone(),
+            kind: def.kind.clone(),
+            describe: def.spec.describe(),
+            error: msg.clone(),
+            hint,
+        };
         if def.on_failure == OnFailure::Stop {
-            return Err(Error::StepFailed {
-                message: format!("step `{}` failed: {msg}", def.id),
-                hint: Some(format!(
-                    "the run stopped there (on_failure = \"stop\"): fix the cause and `ferry resume {run_id}`, or undo it with `ferry rollback {run_id}`"
-                )),
-            });
+            return Err(failed(format!(
+                "the run stopped there (on_failure = \"stop\"): fix the cause and `ferry resume {run_id}`, or undo it with `ferry rollback {run_id}`"
+            )));
         }
-        let reason = format!("step `{}` failed: {msg}", def.id);
-        self.rollback_all(&reason).await?;
-        Err(Error::StepFailed {
-            message: reason,
-            hint: Some(format!(
-                "the completed steps were rolled back; `ferry status {run_id}` shows each one"
-            )),
-        })
+        let e = failed(format!(
+            "the completed steps were rolled back; `ferry status {run_id}` shows each one"
+        ));
+        self.rollback_all(&e.to_string()).await?;
+        Err(e)
     }
 }

@@ -9,14 +9,14 @@ use anyhow::anyhow;
 
 use super::runner::{Engine, RunRequest};
 use crate::error::Error;
-use crate::report::{CheckStatus, Event, StepStatus};
+use crate::report::{CheckStatus, Event, Mode, Phase, RunOutcome, StepStatus};
 use crate::steps::{Check, Step, StepCx};
 
 impl Engine {
     /// Every step's `check`, for real; nothing applied, nothing journaled, no lock taken.
     pub async fn dry_run(&self, req: RunRequest) -> Result<(), Error> {
         let started = Instant::now();
-        self.started(&req, "dry-run");
+        self.started(&req, Mode::DryRun);
         let (failed, _) = self.preflight(&req, true).await;
         let r = if failed.is_empty() {
             Ok(())
@@ -27,7 +27,7 @@ impl Engine {
                 failed.join(", ")
             )))
         };
-        self.finished(&req.run_id, started, &r, "checks_passed");
+        self.finished(&req.run_id, started, &r, RunOutcome::ChecksPassed);
         r
     }
 
@@ -60,7 +60,7 @@ impl Engine {
                         .description
                         .clone()
                         .unwrap_or_else(|| step.spec.describe()),
-                    phase: "check".into(),
+                    phase: Phase::Check,
                 });
             }
             let checks = run_checks(&cx, &step.spec).await;

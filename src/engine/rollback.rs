@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::records::{Outcome, Record, StepState};
 use super::runner::{Run, is_interrupted};
 use crate::error::Error;
-use crate::report::{Event, StepStatus};
+use crate::report::{Event, Level, Phase, StepStatus};
 use crate::steps::{Reversibility, Step};
 
 impl Run<'_> {
@@ -79,7 +79,7 @@ impl Run<'_> {
             )?;
             self.e.sink.emit(Event::log(
                 Some(&def.id),
-                "warn",
+                Level::Warn,
                 format!("cannot be undone ({why}); left as it is"),
             ));
             return Ok(());
@@ -94,7 +94,7 @@ impl Run<'_> {
                 Reversibility::Reversible(how) => how,
                 _ => "nothing to undo".into(),
             },
-            phase: "rollback".into(),
+            phase: Phase::Rollback,
         });
         self.rec(
             Record::UndoStarted {

@@ -16,9 +16,9 @@ use super::preflight::NoStore;
 use super::records::{Outcome, Phase, Record, RunMeta, RunState, StepMeta, StepRun};
 use super::signal::Stop;
 use super::store::JournalStore;
-use crate::error::{Error, code};
+use crate::error::Error;
 use crate::playbook::{Playbook, StepDef};
-use crate::report::{Event, Sink};
+use crate::report::{Event, Mode, RunOutcome, Sink};
 use crate::steps::{Approvals, Interrupted, Prompter, StepCx};
 use crate::target::Target;
 
@@ -111,12 +111,12 @@ impl Engine {
         cx
     }
 
-    pub(super) fn started(&self, req: &RunRequest, mode: &str) {
+    pub(super) fn started(&self, req: &RunRequest, mode: Mode) {
         self.sink.emit(Event::RunStarted {
             run_id: req.run_id.clone(),
             playbook: req.playbook.name.clone(),
             target: req.target.as_ref().map(|t| t.name.clone()),
-            mode: mode.into(),
+            mode,
             steps: req.playbook.steps.len(),
         });
     }
@@ -126,23 +126,12 @@ impl Engine {
         run_id: &str,
         started: Instant,
         r: &Result<(), Error>,
-        ok_outcome: &str,
+        ok: RunOutcome,
     ) {
-        let (outcome, message, hint) = match r {
-            Ok(()) => (ok_outcome.to_owned(), None, None),
-            Err(e) => {
-                let outcome = match e.exit_code() {
-                    code::FAILED => "failed",
-                    code::INVALID => "invalid",
-                    code::PRECONDITION => "precondition_failed",
-                    code::LOCKED => "locked",
-                    code::INTERRUPTED => "interrupted",
-                    _ => "rollback_incomplete",
-                };
-                (outcome.to_owned(), Some(e.to_string()), e.hint())
-            }
+        let (outcome, exit_code, message, hint) = match r {
+            Ok(()) => (ok, 0, None, None),
+            Err(e) => (e.outcome(), e.exit_code(), Some(e.to_string()), e.hint()),
         };
-        let exit_code = r.as_ref().map_or_else(Error::exit_code, |_| 0);
         self.sink.emit(Event::RunFinished {
             run_id: run_id.into(),
             outcome,
@@ -155,15 +144,16 @@ impl Engine {
 
     /// Reports a run that ended before its first step (lock, preflight) and returns why.
     fn ended_early(&self, run_id: &str, started: Instant, e: Error) -> Result<(), Error> {
+        let outcome = e.outcome();
         let r = Err(e);
-        self.finished(run_id, started, &r, "");
+        self.finished(run_id, started, &r, outcome);
         r
     }
 
     /// A new run: lock, preflight, journal, steps.
     pub async fn run(&self, req: RunRequest) -> Result<(), Error> {
         let started = Instant::now();
-        self.started(&req, "run");
+        self.started(&req, Mode::Run);
         self.run_inner(req.run_id.clone(), req, started).await
     }
 
@@ -239,7 +229,7 @@ impl Engine {
             checked_upfront: true,
         };
         let r = run.forward().await;
-        self.finished(&run_id, started, &r, "done");
+        self.finished(&run_id, started, &r, RunOutcome::Done);
         drop(lock);
         r
     }
@@ -273,7 +263,7 @@ impl Engine {
     ) -> Result<(), Error> {
         let started = Instant::now();
         let run_id = req.run_id.clone();
-        self.started(&req, if undo { "rollback" } else { "resume" });
+        self.started(&req, if undo { Mode::Rollback } else { Mode::Resume });
         let lock = match self.lock(&req, &run_id).await {
             Ok(l) => l,
             Err(e) => return self.ended_early(&run_id, started, e),
@@ -323,7 +313,11 @@ impl Engine {
             }
             (Phase::Forward, false) => run.forward().await,
         };
-        let ok = if undo { "rolled_back" } else { "done" };
+        let ok = if undo {
+            RunOutcome::RolledBack
+        } else {
+            RunOutcome::Done
+        };
         self.finished(&run_id, started, &r, ok);
         drop(lock);
         r

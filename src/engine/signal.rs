@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::report::{Event, Sink};
+use crate::report::{Event, Level, Sink};
 use crate::steps::Cancel;
 
 #[derive(Clone, Default)]
@@ -42,7 +42,7 @@ pub fn install(stop: Stop, sink: Arc<dyn Sink>) -> std::io::Result<()> {
                 1 => format!("{name}: stopping at the next checkpoint (again to stop now)"),
                 _ => format!("{name}: stopping now"),
             };
-            sink.emit(Event::log(None, "warn", msg));
+            sink.emit(Event::log(None, Level::Warn, msg));
         }
     });
     Ok(())

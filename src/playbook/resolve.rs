@@ -47,7 +47,7 @@ pub fn load(input: &Input) -> Result<Playbook, Error> {
     let text = String::from_utf8(bytes)
         .map_err(|_| Error::invalid(format!("{} is not UTF-8", input.path.display())))?;
     let shown = input.path.display().to_string();
-    let root = parse(&text).map_err(|ds| Error::Invalid(render_all(&shown, &text, &ds)))?;
+    let root = parse(&text).map_err(|ds| Error::Diagnostics(render_all(&shown, &text, &ds)))?;
     let mut r = Resolver {
         text: &text,
         errors: vec![],
@@ -64,7 +64,7 @@ pub fn load(input: &Input) -> Result<Playbook, Error> {
         out += &format!("\n{} error(s) in {shown}\n", r.global.len());
     }
     if !out.is_empty() {
-        return Err(Error::Invalid(out));
+        return Err(Error::Diagnostics(out));
     }
     let mut pb = pb;
     pb.hash = hex::encode(Sha256::digest(text.as_bytes()));

@@ -8,7 +8,7 @@ use std::time::Duration;
 use console::{Style, Term, style};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::{CheckStatus, Event, Reporter, StepStatus, Stream};
+use super::{CheckStatus, Event, Level, Phase, Reporter, StepStatus, Stream};
 
 /// The live progress display, so a prompt can hide it while a person types.
 static LIVE: std::sync::Mutex<Option<MultiProgress>> = std::sync::Mutex::new(None);
@@ -101,7 +101,11 @@ impl Reporter for HumanReporter {
                     return;
                 }
                 let prefix = format!("[{}/{}] {step}", index + 1, total);
-                let verb = if phase == "rollback" { "undo: " } else { "" };
+                let verb = if *phase == Phase::Rollback {
+                    "undo: "
+                } else {
+                    ""
+                };
                 match &self.mp {
                     Some(mp) => {
                         let pb = mp.add(ProgressBar::new_spinner());
@@ -165,17 +169,17 @@ impl Reporter for HumanReporter {
                 level,
                 message,
             } => {
-                if self.quiet && level != "error" {
+                if self.quiet && *level != Level::Error {
                     return;
                 }
                 let who = step
                     .as_deref()
                     .map(|s| format!("{s}: "))
                     .unwrap_or_default();
-                let lvl = match level.as_str() {
-                    "error" => style("error").red().bold(),
-                    "warn" => style("warning").yellow(),
-                    _ => style("note").dim(),
+                let lvl = match level {
+                    Level::Error => style("error").red().bold(),
+                    Level::Warn => style("warning").yellow(),
+                    Level::Info => style("note").dim(),
                 };
                 self.line(format!("  {lvl}: {who}{message}"));
             }

@@ -15,7 +15,9 @@ pub mod views;
 
 use std::sync::Mutex;
 
-pub use event::{CheckStatus, Event, Sink, StepStatus, Stream};
+pub use event::{
+    CheckStatus, Event, Level, Mode, Phase, RunOutcome, Sink, StepStatus, Stream, Unit,
+};
 
 pub trait Reporter: Send {
     fn event(&mut self, ts: &str, event: &Event);

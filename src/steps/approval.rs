@@ -6,7 +6,7 @@ use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
 use super::{Check, Reversibility, Step, StepCx};
-use crate::report::CheckStatus;
+use crate::report::{CheckStatus, Level};
 
 pub const KEYS: &[&str] = &["message", "production_only"];
 
@@ -84,7 +84,7 @@ impl Step for Approval {
                 None => bail!("not approved: pass --approve {}", cx.step_id),
             },
         };
-        cx.log("info", format!("approved by {by}"));
+        cx.log(Level::Info, format!("approved by {by}"));
         cx.save_checkpoint(&Approved {
             by,
             at: crate::report::now_rfc3339(),

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{Check, Reversibility, Step, StepCx};
 use crate::checks::audit_partitions::{covered, months, partitions, quote_ident};
 use crate::infra::postgres;
+use crate::report::Level;
 
 pub const KEYS: &[&str] = &["database", "months_ahead", "schema", "table"];
 
@@ -237,7 +238,10 @@ impl Step for AuditPartitions {
                 })?
                 .get(0);
             if has_rows {
-                cx.log("warn", format!("{name} already holds rows: left in place"));
+                cx.log(
+                    Level::Warn,
+                    format!("{name} already holds rows: left in place"),
+                );
                 continue;
             }
             client

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::{Check, Reversibility, Step, StepCx};
 use crate::checks::{self, CheckCx, Params, Status};
-use crate::report::CheckStatus;
+use crate::report::{CheckStatus, Level};
 
 /// `name`, `expect`, plus every threshold any check takes (validated against the named one).
 pub const KEYS: &[&str] = &[
@@ -155,7 +155,7 @@ impl Step for CheckStep {
         if r.status != self.expected() {
             bail!("{} (expected {})", r.line(), self.expect.to_uppercase());
         }
-        cx.log("info", r.line());
+        cx.log(Level::Info, r.line());
         Ok(())
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::report::{Event, Sink, Stream};
+use crate::report::{Event, Level, Sink, Stream, Unit};
 use crate::target::Target;
 
 /// Durable storage of step progress; `save` returns only once the record is on disk.
@@ -196,16 +196,16 @@ impl StepCx {
         });
     }
 
-    pub fn progress(&self, done: u64, total: u64, unit: &str) {
+    pub fn progress(&self, done: u64, total: u64, unit: Unit) {
         self.sink.emit(Event::Progress {
             step: self.step_id.clone(),
             done,
             total,
-            unit: unit.into(),
+            unit,
         });
     }
 
-    pub fn log(&self, level: &str, message: impl Into<String>) {
+    pub fn log(&self, level: Level, message: impl Into<String>) {
         self.sink
             .emit(Event::log(Some(&self.step_id), level, message));
     }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::{Check, Reversibility, Step, StepCx};
 use crate::checks::explain::{explain, on_tables, only_select};
-use crate::report::CheckStatus;
+use crate::report::{CheckStatus, Level};
 
 pub const KEYS: &[&str] = &["database", "query", "tables", "expect"];
 
@@ -98,7 +98,7 @@ impl Step for ExplainSeqscan {
     async fn apply(&self, cx: &StepCx) -> anyhow::Result<()> {
         match self.judge(cx).await? {
             Ok(d) => {
-                cx.log("info", d);
+                cx.log(Level::Info, d);
                 Ok(())
             }
             Err(d) => bail!(d),

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::{Check, Reversibility, Step, StepCx};
 use crate::ig::{self, Package};
 use crate::infra::dotenv::{self, Edit};
+use crate::report::Level;
 
 pub const KEYS: &[&str] = &[
     "package",
@@ -238,7 +239,7 @@ impl Step for IgPackageSwap {
             );
             dotenv::write_atomic(&dest, &bytes)
                 .with_context(|| format!("writing {}", dest.display()))?;
-            cx.log("info", format!("installed {}", s.new_file));
+            cx.log(Level::Info, format!("installed {}", s.new_file));
         }
         // 2. The old package out, into the backup (a rename: it is never lost).
         let old = dir.join(&s.old_file);
@@ -254,7 +255,7 @@ impl Step for IgPackageSwap {
                 })?;
             }
             cx.log(
-                "info",
+                Level::Info,
                 format!("removed {} (kept in {})", s.old_file, s.backup.display()),
             );
         } else if files::sha256_file(&s.backup)?.as_deref() != Some(&s.old_sha256) {

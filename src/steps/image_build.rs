@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Check, Reversibility, Step, StepCx};
 use crate::infra::docker::{BuildRequest, Engine, dockerfile_args};
-use crate::report::{CheckStatus, Stream};
+use crate::report::{CheckStatus, Level, Stream};
 
 pub const KEYS: &[&str] = &[
     "context",
@@ -245,7 +245,10 @@ impl Step for ImageBuild {
         let id = eng
             .build_image(&req, |line| cx.output(Stream::Stdout, line))
             .await?;
-        cx.log("info", format!("built {id} as {}", self.tags.join(", ")));
+        cx.log(
+            Level::Info,
+            format!("built {id} as {}", self.tags.join(", ")),
+        );
         cp.built = Some(id);
         cx.save_checkpoint(&cp)
     }
@@ -268,13 +271,13 @@ impl Step for ImageBuild {
             match before {
                 None if now.is_some() => {
                     eng.remove_image(tag).await?;
-                    cx.log("info", format!("removed {tag}"));
+                    cx.log(Level::Info, format!("removed {tag}"));
                 }
                 Some(old) if now.as_ref() != Some(old) => {
                     eng.tag_image(old, tag).await.map_err(|e| {
                         anyhow!("{e:#}; {tag} pointed at {old} before this run and could not be restored")
                     })?;
-                    cx.log("info", format!("{tag} points at {old} again"));
+                    cx.log(Level::Info, format!("{tag} points at {old} again"));
                 }
                 _ => {}
             }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::{Check, Reversibility, Step, StepCx};
 use crate::infra::docker::{Credentials, split_reference};
 use crate::infra::registry::{Delete, Ping, Registry, host_of};
-use crate::report::{CheckStatus, Stream};
+use crate::report::{CheckStatus, Level, Stream};
 
 pub const KEYS: &[&str] = &["image"];
 
@@ -203,7 +203,7 @@ impl Step for ImagePush {
                 reg.host
             );
         }
-        cx.log("info", format!("pushed {}: {digest}", self.image));
+        cx.log(Level::Info, format!("pushed {}: {digest}", self.image));
         cp.pushed = Some(digest);
         cx.save_checkpoint(&cp)
     }
@@ -238,7 +238,7 @@ impl Step for ImagePush {
                 format!("{name}:{tag} was {old} before this run; left at {now}")
             })?;
             reg.put_manifest(&name, &tag, &media, body).await?;
-            cx.log("info", format!("{name}:{tag} points at {old} again"));
+            cx.log(Level::Info, format!("{name}:{tag} points at {old} again"));
             return Ok(());
         }
         let mut shared = vec![];
@@ -249,7 +249,7 @@ impl Step for ImagePush {
         }
         if !shared.is_empty() {
             cx.log(
-                "warn",
+                Level::Warn,
                 format!(
                     "{name}:{tag} left in place: {now} is also tagged {}",
                     shared.join(", ")
@@ -259,11 +259,11 @@ impl Step for ImagePush {
         }
         match reg.delete_manifest(&name, &now).await? {
             Delete::Done | Delete::NotFound => cx.log(
-                "info",
+                Level::Info,
                 format!("deleted {name}:{tag} ({now}) from registry {}", reg.host),
             ),
             Delete::Unsupported => cx.log(
-                "warn",
+                Level::Warn,
                 format!(
                     "{name}:{tag} left in place: registry {} does not allow deletes (405)",
                     reg.host

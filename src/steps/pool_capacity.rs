@@ -12,6 +12,7 @@ use tokio_postgres::SimpleQueryMessage;
 
 use super::{Check, Reversibility, Step, StepCx};
 use crate::infra::postgres;
+use crate::report::Level;
 
 pub const KEYS: &[&str] = &[
     "replicas",
@@ -239,7 +240,7 @@ impl Step for PoolCapacity {
         if !ok {
             bail!(s);
         }
-        cx.log("info", s);
+        cx.log(Level::Info, s);
         Ok(())
     }
 

@@ -20,7 +20,7 @@ use super::replace::{self, Gate, compose_hash};
 use super::{Check, Reversibility, Step, StepCx};
 use crate::infra::dotenv::{self, Edit};
 use crate::playbook::model::parse_duration;
-use crate::report::CheckStatus;
+use crate::report::{CheckStatus, Level, Unit};
 
 pub const KEYS: &[&str] = &[
     "service",
@@ -236,7 +236,7 @@ impl Step for RollingRedeploy {
         }
         let hash = compose_hash(&self.compose_dir(cx)?, &project, &service);
         if hash.is_none() {
-            cx.log("warn", "docker-compose config --hash failed: replicas keep their old config-hash label, so compose will recreate them on its next `up`");
+            cx.log(Level::Warn, "docker-compose config --hash failed: replicas keep their old config-hash label, so compose will recreate them on its next `up`");
         }
         let path = fhir_path(cx);
         let gate = self.gate(&path, self.verify_version.as_deref());
@@ -244,7 +244,7 @@ impl Step for RollingRedeploy {
         let replicas = running_replicas(&e, &project, &service).await?;
         let total = replicas.len() as u64;
         for (i, r) in replicas.iter().enumerate() {
-            cx.progress(i as u64, total, "replicas");
+            cx.progress(i as u64, total, Unit::Replicas);
             if cp.done.contains(&r.number) || r.image_id == new_id {
                 if !cp.done.contains(&r.number) {
                     cp.done.push(r.number);
@@ -253,7 +253,7 @@ impl Step for RollingRedeploy {
                 continue;
             }
             cx.log(
-                "info",
+                Level::Info,
                 format!("replacing {} ({} → {})", r.name, r.image, self.image),
             );
             replace::replace(
@@ -269,7 +269,7 @@ impl Step for RollingRedeploy {
             cp.done.push(r.number);
             cx.save_checkpoint(&cp)?;
         }
-        cx.progress(total, total, "replicas");
+        cx.progress(total, total, Unit::Replicas);
         Ok(())
     }
 
@@ -337,7 +337,7 @@ impl Step for RollingRedeploy {
             .filter(|r| r.image_id != prev_id)
         {
             cx.log(
-                "info",
+                Level::Info,
                 format!("restoring {} to {}", r.name, cp.previous_image),
             );
             replace::replace(

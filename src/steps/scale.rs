@@ -13,6 +13,7 @@ use super::replace::{Gate, clone_body, gate};
 use super::{Check, Reversibility, Step, StepCx};
 use crate::infra::docker::{Engine, NUMBER, Replica};
 use crate::playbook::model::parse_duration;
+use crate::report::{Level, Unit};
 
 pub const KEYS: &[&str] = &["service", "replicas", "health_timeout"];
 
@@ -86,7 +87,7 @@ impl Scale {
         loop {
             let now = running_replicas(e, &project, &service).await?;
             let n = now.len() as u32;
-            cx.progress(n.min(want) as u64, want as u64, "replicas");
+            cx.progress(n.min(want) as u64, want as u64, Unit::Replicas);
             if n == want {
                 return Ok(());
             }
@@ -122,7 +123,7 @@ impl Scale {
                 if let Some(l) = body.labels.as_mut() {
                     l.insert(NUMBER.into(), number.to_string());
                 }
-                cx.log("info", format!("starting {name}"));
+                cx.log(Level::Info, format!("starting {name}"));
                 let id = e.create_container(&name, body).await?;
                 for (net, ep) in nets {
                     e.connect_network(&net, &id, ep).await?;
@@ -133,7 +134,7 @@ impl Scale {
                     return Err(err);
                 }
             } else {
-                cx.log("info", format!("stopping {}", newest.name));
+                cx.log(Level::Info, format!("stopping {}", newest.name));
                 e.stop_container(&newest.name, 10).await?;
                 e.remove_container(&newest.name).await?;
             }

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use super::{Check, Reversibility, Step, StepCx};
 use crate::infra::{http, postgres};
 use crate::playbook::model::{fmt_duration, parse_duration};
+use crate::report::Unit;
 
 pub const KEYS: &[&str] = &["duration", "http", "sql", "database", "interval"];
 
@@ -124,12 +125,12 @@ impl Step for Wait {
             let start = Instant::now();
             let total = d.as_secs().max(1);
             while start.elapsed() < d {
-                cx.progress(start.elapsed().as_secs().min(total), total, "s");
+                cx.progress(start.elapsed().as_secs().min(total), total, Unit::Seconds);
                 cx.cancel
                     .sleep((d - start.elapsed()).min(Duration::from_secs(1)))
                     .await?;
             }
-            cx.progress(total, total, "s");
+            cx.progress(total, total, Unit::Seconds);
             return Ok(());
         }
         let limit = cx.timeout.unwrap_or(DEFAULT_TIMEOUT);

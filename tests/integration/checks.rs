@@ -152,7 +152,8 @@ fn audit_partitions_step_creates_as_the_maintainer_and_rolls_back_only_its_own()
         again.stderr
     );
     // Rollback of the first run drops what it created, but only while empty. The
-    // maintainer cannot drop tables it does not own, so roll back with an owner's login.
+    // maintainer cannot drop tables it does not own, so roll back with an owner's login:
+    // a changed target, which the operator accepts explicitly.
     pg.psql("auditdb", "INSERT INTO audit.audit_events (event_time, event_type, outcome) SELECT date_trunc('month', now() AT TIME ZONE 'UTC') + interval '2 month' + interval '1 hour', 'OPERATION', 'ACCEPTED'");
     let first = sb.run_ids()[0].clone();
     sb.write(
@@ -164,7 +165,8 @@ fn audit_partitions_step_creates_as_the_maintainer_and_rolls_back_only_its_own()
             )
             .replace("AUDIT_DB_PASSWORD", "PG_SUPERUSER_PASSWORD"),
     );
-    let out = sb.run_env(&["rollback", &first], &pg.env());
+    sb.run_env(&["rollback", &first], &pg.env()).expect(2);
+    let out = sb.run_env(&["rollback", &first, "--accept-changes"], &pg.env());
     out.expect(0);
     assert_eq!(present(&next), "f", "created by the run and empty: dropped");
     assert_eq!(present(&later), "t", "holds a row: kept");

@@ -301,8 +301,15 @@ fn resume_refuses_a_changed_playbook_unless_accepted() {
     sb.write("go", "");
     let out = sb.run(&["resume"]);
     out.expect(2);
-    assert!(out.stderr.contains("changed `b`"), "{}", out.stderr);
-    assert!(out.stderr.contains("--accept-changes"), "{}", out.stderr);
+    let id = sb.run_ids().pop().unwrap();
+    let shown = std::fs::canonicalize(sb.path("pb.toml")).unwrap();
+    assert_eq!(
+        out.stderr,
+        format!(
+            "error: the playbook {} changed since run {id} started (changed `b`); refusing to continue.\n  hint: pass --accept-changes to continue with the new text\n",
+            shown.display()
+        )
+    );
     sb.run(&["resume", "--accept-changes"]).expect(0);
     assert_eq!(sb.read("log"), "a\nB\n");
 }
@@ -482,4 +489,155 @@ fn resuming_a_finished_run_is_refused_with_what_it_was() {
     let out = sb.run(&["resume"]);
     out.expect(2);
     assert!(out.stderr.contains("no unfinished run"), "{}", out.stderr);
+}
+
+/// `--format json` lines with what changes from run to run masked: `ts`, `elapsed_ms` and
+/// the run id (also inside messages and hints).
+fn pinned_events(out: &crate::harness::Out) -> Vec<String> {
+    let ev = out.events();
+    let run_id = ev
+        .first()
+        .and_then(|e| e["run_id"].as_str())
+        .unwrap_or("<none>")
+        .to_owned();
+    ev.into_iter()
+        .map(|mut e| {
+            let o = e.as_object_mut().unwrap();
+            assert!(o.remove("ts").is_some_and(|t| t.is_string()), "{o:?}");
+            if let Some(ms) = o.get_mut("elapsed_ms") {
+                assert!(ms.is_u64(), "{ms}");
+                *ms = "<ms>".into();
+            }
+            for v in o.values_mut() {
+                if let Some(s) = v.as_str() {
+                    *v = s.replace(&run_id, "<run>").into();
+                }
+            }
+            e.to_string()
+        })
+        .collect()
+}
+
+#[track_caller]
+fn assert_lines(got: &[String], want: &[&str]) {
+    assert_eq!(
+        got,
+        want,
+        "\ngot:\n{}\nwant:\n{}",
+        got.join("\n"),
+        want.join("\n")
+    );
+}
+
+/// Pins the JSON event contract (README "--format json"): names, fields and values of every
+/// event of a run, a dry-run, a stopped run, its resume, its rollback and a refused resume.
+#[test]
+fn json_events_are_pinned() {
+    let sb = Sandbox::new();
+    sb.write("pb.toml", MARKERS);
+    let out = sb.run(&["run", "pb.toml", "--format", "json"]);
+    out.expect(0);
+    assert_lines(
+        &pinned_events(&out),
+        &[
+            r#"{"event":"run_started","mode":"run","playbook":"markers","run_id":"<run>","steps":2,"target":null}"#,
+            r#"{"check":"check","detail":"`touch check-first` succeeded","event":"check","status":"pass","step":"first"}"#,
+            r#"{"check":"check","detail":"`touch check-second; test -n 'hi'` succeeded","event":"check","status":"pass","step":"second"}"#,
+            r#"{"description":"run `touch run-first`","event":"step_started","index":0,"kind":"exec","phase":"apply","step":"first","total":2}"#,
+            r#"{"elapsed_ms":"<ms>","event":"step_finished","status":"done","step":"first"}"#,
+            r#"{"description":"run `echo $WORD > run-second`","event":"step_started","index":1,"kind":"exec","phase":"apply","step":"second","total":2}"#,
+            r#"{"elapsed_ms":"<ms>","event":"step_finished","status":"done","step":"second"}"#,
+            r#"{"elapsed_ms":"<ms>","event":"run_finished","exit_code":0,"outcome":"done","run_id":"<run>"}"#,
+        ],
+    );
+
+    let out = sb.run(&["run", "pb.toml", "--dry-run", "--format", "json"]);
+    out.expect(0);
+    assert_lines(
+        &pinned_events(&out),
+        &[
+            r#"{"event":"run_started","mode":"dry-run","playbook":"markers","run_id":"<run>","steps":2,"target":null}"#,
+            r#"{"description":"run `touch run-first`","event":"step_started","index":0,"kind":"exec","phase":"check","step":"first","total":2}"#,
+            r#"{"check":"check","detail":"`touch check-first` succeeded","event":"check","status":"pass","step":"first"}"#,
+            r#"{"elapsed_ms":"<ms>","event":"step_finished","status":"checked","step":"first"}"#,
+            r#"{"description":"run `echo $WORD > run-second`","event":"step_started","index":1,"kind":"exec","phase":"check","step":"second","total":2}"#,
+            r#"{"check":"check","detail":"`touch check-second; test -n 'hi'` succeeded","event":"check","status":"pass","step":"second"}"#,
+            r#"{"elapsed_ms":"<ms>","event":"step_finished","status":"checked","step":"second"}"#,
+            r#"{"elapsed_ms":"<ms>","event":"run_finished","exit_code":0,"outcome":"checks_passed","run_id":"<run>"}"#,
+        ],
+    );
+
+    sb.write(
+        "gate.toml",
+        r#"name = "gate"
+
+[[steps]]
+id = "first"
+kind = "exec"
+run = "true"
+undo = "true"
+
+[[steps]]
+id = "second"
+kind = "exec"
+run = "test -f go || { echo boom >&2; exit 7; }"
+retries = 1
+retry_delay = "0s"
+on_failure = "stop"
+"#,
+    );
+    let out = sb.run(&["run", "gate.toml", "--format", "json"]);
+    out.expect(1);
+    assert_lines(
+        &pinned_events(&out),
+        &[
+            r#"{"event":"run_started","mode":"run","playbook":"gate","run_id":"<run>","steps":2,"target":null}"#,
+            r#"{"description":"run `true`","event":"step_started","index":0,"kind":"exec","phase":"apply","step":"first","total":2}"#,
+            r#"{"elapsed_ms":"<ms>","event":"step_finished","status":"done","step":"first"}"#,
+            r#"{"description":"run `test -f go || { echo boom >&2; exit 7; }`","event":"step_started","index":1,"kind":"exec","phase":"apply","step":"second","total":2}"#,
+            r#"{"event":"output","line":"boom","step":"second","stream":"stderr"}"#,
+            r#"{"event":"log","level":"warn","message":"attempt 1 failed: `test -f go || { echo boom >&2; exit 7; }` failed with exit code 7: boom; retrying in 0s","step":"second"}"#,
+            r#"{"event":"output","line":"boom","step":"second","stream":"stderr"}"#,
+            r#"{"elapsed_ms":"<ms>","error":"`test -f go || { echo boom >&2; exit 7; }` failed with exit code 7: boom","event":"step_finished","status":"failed","step":"second"}"#,
+            r#"{"elapsed_ms":"<ms>","event":"run_finished","exit_code":1,"hint":"the run stopped there (on_failure = \"stop\"): fix the cause and `ferry resume <run>`, or undo it with `ferry rollback <run>`","message":"step `second` failed: `test -f go || { echo boom >&2; exit 7; }` failed with exit code 7: boom","outcome":"failed","run_id":"<run>"}"#,
+        ],
+    );
+    let id = sb.run_ids().pop().unwrap();
+
+    sb.write("go", "");
+    let out = sb.run(&["resume", &id, "--format", "json"]);
+    out.expect(0);
+    assert_lines(
+        &pinned_events(&out),
+        &[
+            r#"{"event":"run_started","mode":"resume","playbook":"gate","run_id":"<run>","steps":2,"target":null}"#,
+            r#"{"description":"run `test -f go || { echo boom >&2; exit 7; }`","event":"step_started","index":1,"kind":"exec","phase":"apply","step":"second","total":2}"#,
+            r#"{"elapsed_ms":"<ms>","event":"step_finished","status":"done","step":"second"}"#,
+            r#"{"elapsed_ms":"<ms>","event":"run_finished","exit_code":0,"outcome":"done","run_id":"<run>"}"#,
+        ],
+    );
+
+    let out = sb.run(&["rollback", &id, "--format", "json"]);
+    out.expect(0);
+    assert_lines(
+        &pinned_events(&out),
+        &[
+            r#"{"event":"run_started","mode":"rollback","playbook":"gate","run_id":"<run>","steps":2,"target":null}"#,
+            r#"{"event":"rollback_started","reason":"requested with `ferry rollback`","run_id":"<run>"}"#,
+            r#"{"event":"log","level":"warn","message":"cannot be undone (no `undo` command); left as it is","step":"second"}"#,
+            r#"{"description":"run `true`","event":"step_started","index":0,"kind":"exec","phase":"rollback","step":"first","total":2}"#,
+            r#"{"elapsed_ms":"<ms>","event":"step_finished","status":"undone","step":"first"}"#,
+            r#"{"elapsed_ms":"<ms>","event":"run_finished","exit_code":0,"outcome":"rolled_back","run_id":"<run>"}"#,
+        ],
+    );
+
+    let out = sb.run(&["resume", &id, "--format", "json"]);
+    out.expect(2);
+    assert_lines(
+        &pinned_events(&out),
+        &[
+            r#"{"event":"run_started","mode":"resume","playbook":"gate","run_id":"<run>","steps":2,"target":null}"#,
+            r#"{"elapsed_ms":"<ms>","event":"run_finished","exit_code":2,"message":"run <run> was rolled back; nothing to resume","outcome":"invalid","run_id":"<run>"}"#,
+        ],
+    );
 }
