@@ -403,3 +403,215 @@ impl Pg {
         ]
     }
 }
+
+/// A TOML basic string: `"…"` with `\`, `"` and control characters escaped.
+pub fn toml_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn toml_key(k: &str) -> String {
+    if !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        k.to_owned()
+    } else {
+        toml_str(k)
+    }
+}
+
+/// A playbook for a test, built step by step instead of hand-written TOML:
+///
+/// ```ignore
+/// Playbook::new("rb")
+///     .exec("a", "echo a >> log").undo("echo undo-a >> log")
+///     .exec("b", "exit 3")
+///     .write(&sb, "pb.toml");
+/// ```
+///
+/// Key setters (`undo`, `check`, `str`, `raw`, …) apply to the step added last. Values are
+/// escaped as TOML strings, so commands are written as the shell sees them. Tests of TOML
+/// parsing and diagnostics keep their literal TOML.
+#[derive(Debug, Clone)]
+pub struct Playbook {
+    name: String,
+    vars: Vec<(String, String)>,
+    steps: Vec<PbStep>,
+}
+
+#[derive(Debug, Clone)]
+struct PbStep {
+    id: String,
+    kind: String,
+    /// (key, value already in TOML syntax), in insertion order.
+    keys: Vec<(String, String)>,
+}
+
+impl Playbook {
+    pub fn new(name: &str) -> Playbook {
+        Playbook {
+            name: name.into(),
+            vars: vec![],
+            steps: vec![],
+        }
+    }
+
+    /// A `[vars]` default (`--var` overrides it).
+    pub fn var(mut self, name: &str, default: &str) -> Playbook {
+        self.vars.push((name.into(), toml_str(default)));
+        self
+    }
+
+    /// A step of any kind; set its keys with `str`, `raw`, `table`.
+    pub fn step(mut self, id: &str, kind: &str) -> Playbook {
+        self.steps.push(PbStep {
+            id: id.into(),
+            kind: kind.into(),
+            keys: vec![],
+        });
+        self
+    }
+
+    /// An `exec` step running `run`.
+    pub fn exec(self, id: &str, run: &str) -> Playbook {
+        self.step(id, "exec").str("run", run)
+    }
+
+    /// A key of the last step with a value in TOML syntax (numbers, booleans, arrays).
+    pub fn raw(mut self, key: &str, toml: &str) -> Playbook {
+        let step = self
+            .steps
+            .last_mut()
+            .expect("Playbook: add a step before setting its keys");
+        step.keys.retain(|(k, _)| k != key);
+        step.keys.push((key.into(), toml.into()));
+        self
+    }
+
+    /// A string key of the last step.
+    pub fn str(self, key: &str, value: &str) -> Playbook {
+        self.raw(key, &toml_str(value))
+    }
+
+    /// An inline table of strings (`set = { K = "v", … }`, `build_args`, `labels`).
+    pub fn table(self, key: &str, entries: &[(&str, &str)]) -> Playbook {
+        let body: Vec<String> = entries
+            .iter()
+            .map(|(k, v)| format!("{} = {}", toml_key(k), toml_str(v)))
+            .collect();
+        self.raw(key, &format!("{{ {} }}", body.join(", ")))
+    }
+
+    pub fn undo(self, cmd: &str) -> Playbook {
+        self.str("undo", cmd)
+    }
+
+    pub fn check(self, cmd: &str) -> Playbook {
+        self.str("check", cmd)
+    }
+
+    pub fn done_if(self, cmd: &str) -> Playbook {
+        self.str("done_if", cmd)
+    }
+
+    /// `"rollback"` or `"stop"`.
+    pub fn on_failure(self, what: &str) -> Playbook {
+        self.str("on_failure", what)
+    }
+
+    pub fn timeout(self, d: &str) -> Playbook {
+        self.str("timeout", d)
+    }
+
+    pub fn retries(self, n: u32, delay: &str) -> Playbook {
+        self.raw("retries", &n.to_string())
+            .str("retry_delay", delay)
+    }
+
+    pub fn to_toml(&self) -> String {
+        let mut out = format!("name = {}\n", toml_str(&self.name));
+        if !self.vars.is_empty() {
+            out += "\n[vars]\n";
+            for (k, v) in &self.vars {
+                out += &format!("{} = {v}\n", toml_key(k));
+            }
+        }
+        for s in &self.steps {
+            out += &format!(
+                "\n[[steps]]\nid = {}\nkind = {}\n",
+                toml_str(&s.id),
+                toml_str(&s.kind)
+            );
+            for (k, v) in &s.keys {
+                out += &format!("{} = {v}\n", toml_key(k));
+            }
+        }
+        out
+    }
+
+    /// Writes the playbook into the sandbox; returns `rel` for the command line.
+    pub fn write(&self, sb: &Sandbox, rel: &str) -> String {
+        sb.write(rel, &self.to_toml());
+        rel.to_owned()
+    }
+}
+
+#[test]
+fn playbook_builder_output_reaches_the_shell_unchanged() {
+    let sb = Sandbox::new();
+    let word = "a \"quoted\" \\ back\tslash $HOME";
+    let pb = Playbook::new("builder")
+        .var("word", word)
+        .exec("say", "printf '%s\\n' \"$WORD\" > out")
+        .undo("rm -f out")
+        .check("true")
+        .done_if("false")
+        .timeout("10s")
+        .retries(1, "10ms")
+        .on_failure("stop")
+        .step("env", "env_set")
+        .str("file", "e.env")
+        .table("set", &[("K", "v \"1\""), ("K2", "x")]);
+    // The last setter of a key wins; keys stay in their step.
+    let toml = pb.clone().str("file", "f.env").to_toml();
+    assert_eq!(toml.matches("file = ").count(), 1, "{toml}");
+    assert!(toml.contains("file = \"f.env\""), "{toml}");
+    sb.write("e.env", "");
+    let path = pb.write(&sb, "pb.toml");
+    let toml = sb.read(&path);
+    assert!(toml.starts_with("name = \"builder\"\n\n[vars]\n"), "{toml}");
+    assert!(
+        toml.contains("\n[[steps]]\nid = \"say\"\nkind = \"exec\"\nrun = "),
+        "{toml}"
+    );
+    assert!(toml.contains("retries = 1\n"), "{toml}");
+    assert!(
+        toml.contains("set = { K = \"v \\\"1\\\"\", K2 = \"x\" }"),
+        "{toml}"
+    );
+    let labels = Playbook::new("l")
+        .step("b", "image_build")
+        .table("labels", &[("ferry.test", "1")])
+        .to_toml();
+    assert!(
+        labels.contains("labels = { \"ferry.test\" = \"1\" }"),
+        "{labels}"
+    );
+    sb.run(&["run", &path]).expect(0);
+    assert_eq!(sb.read("out"), format!("{word}\n"));
+    assert!(sb.read("e.env").lines().any(|l| l == "K2=x"));
+}
