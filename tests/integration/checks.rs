@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{Out, Pg, Sandbox, wait_for};
+use crate::harness::{Leftover, Out, Pg, Sandbox, wait_for};
 
 fn setup() -> Option<(Pg, Sandbox)> {
     let pg = Pg::deployment()?;
@@ -58,6 +58,7 @@ fn audit_partitions_ok_then_missing_next_month_alerts_like_the_seed() {
     let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(v["status"], "alert");
     assert_eq!(v["data"]["missing"][0], next.as_str());
+    pg.finish(sb, &[], vec![]);
 }
 
 #[test]
@@ -108,6 +109,7 @@ fn audit_partitions_months_ahead_gaps_and_default_partition() {
         "{}",
         out.stdout
     );
+    pg.finish(sb, &[], vec![]);
 }
 
 #[test]
@@ -174,6 +176,7 @@ fn audit_partitions_step_creates_as_the_maintainer_and_rolls_back_only_its_own()
         "{}",
         out.stderr
     );
+    pg.finish(sb, &[], vec![]);
 }
 
 #[test]
@@ -207,6 +210,7 @@ fn audit_partitions_step_creates_tables_directly_without_the_function() {
         "1",
         "only the pre-existing partition is left"
     );
+    pg.finish(sb, &[], vec![]);
 }
 
 #[test]
@@ -249,10 +253,17 @@ fn connections_ok_and_alert() {
         "{}",
         out.stdout
     );
+    let made: Vec<Leftover> = sleepers.iter().map(|s| Leftover::process(s.id())).collect();
+    // A killed psql does not end its backend's pg_sleep: end the sessions, then the clients.
+    pg.psql(
+        "postgres",
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%' AND pid <> pg_backend_pid()",
+    );
     for mut s in sleepers {
         let _ = s.kill();
         let _ = s.wait();
     }
+    pg.finish(sb, &[], made);
 }
 
 #[test]
@@ -278,6 +289,7 @@ fn dead_tuples_after_updates_with_autovacuum_off() {
         "{}",
         out.stdout
     );
+    pg.finish(sb, &[], vec![]);
 }
 
 #[test]
@@ -303,6 +315,7 @@ fn unused_indexes_wait_for_old_enough_statistics() {
         "constraint indexes are not candidates: {}",
         out.stdout
     );
+    pg.finish(sb, &[], vec![]);
 }
 
 #[test]
@@ -364,6 +377,7 @@ fn partition_sizes_and_vendor_rejection_rates() {
         ],
     );
     out.expect(0);
+    pg.finish(sb, &[], vec![]);
 }
 
 #[test]
@@ -458,6 +472,7 @@ fn seqscan_check_and_explain_step_trigger_and_refuse_writes() {
         ),
         "0"
     );
+    pg.finish(sb, &[], vec![]);
 }
 
 #[test]
@@ -499,6 +514,7 @@ fn checks_say_unknown_when_they_cannot_look() {
     // Invalid use is exit 2, not UNKNOWN.
     check(&pg, &sb, &["connection"]).expect(2);
     check(&pg, &sb, &["connections", "--set", "max_pc=3"]).expect(2);
+    pg.finish(sb, &[], vec![]);
 }
 
 #[test]
@@ -516,6 +532,7 @@ fn check_step_expect_alert_gates_a_playbook() {
     let out = sb.run_env(&["run", "pb.toml", "--target", "t.toml"], &pg.env());
     out.expect(3);
     assert!(out.stderr.contains("(expected ALERT)"), "{}", out.stderr);
+    pg.finish(sb, &[], vec![]);
 }
 
 #[test]
@@ -580,4 +597,5 @@ fn shipped_audit_and_monitoring_playbooks_run_against_the_fixture_databases() {
             "{c} in {xml}"
         );
     }
+    pg.finish(sb, &[], vec![]);
 }

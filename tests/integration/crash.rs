@@ -52,6 +52,7 @@ fn kill_at_every_step_boundary_then_resume() {
             let status = sb.run(&["status", "--format", "json"]);
             let runs: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
             assert_eq!(runs[0]["state"], "done", "{fp}");
+            sb.finish();
         }
     }
 }
@@ -113,6 +114,7 @@ fn kill_in_the_middle_of_a_step_kills_its_children_and_resume_finishes() {
         "resume reports the leftover it killed:\n{stdout}"
     );
     assert_eq!(sb.read("effects.log"), "1\n2\n");
+    sb.finish();
 }
 
 #[test]
@@ -142,6 +144,7 @@ fn kill_during_rollback_then_resume_completes_it() {
         let status = sb.run(&["status", "--format", "json"]);
         let runs: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
         assert_eq!(runs[0]["state"], "rolled_back");
+        sb.finish();
     }
 }
 
@@ -164,6 +167,7 @@ fn torn_journal_tail_is_ignored_on_resume() {
     drop(f);
     sb.run(&["resume", &id]).expect(0);
     expect_effects(&sb);
+    sb.finish();
 }
 
 #[test]
@@ -191,4 +195,5 @@ fn env_set_killed_between_journal_and_edit_resumes_and_rolls_back_exactly() {
     let id = sb.run_ids().pop().unwrap();
     sb.run(&["rollback", &id]).expect(0);
     assert_eq!(sb.read(".env"), orig);
+    sb.finish();
 }

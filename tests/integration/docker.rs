@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use crate::harness::{Out, Sandbox, free_port, repo, require, wait_for};
+use crate::harness::{
+    Leftover, Out, Sandbox, assert_no_leftovers, free_port, repo, require, wait_for,
+};
 use crate::registry::{self, Registry};
 
 const IG: &str = "bd.gov.dghs.core-0.2.1.tgz";
@@ -101,6 +103,16 @@ impl Setup {
     fn tag(&self) -> String {
         format!("127.0.0.1:{}/{}:1.1.0", self.port, self.name())
     }
+    /// Ends the test: the registry, the sandbox and every container and image labelled
+    /// with this test's id are removed, and nothing of them is left.
+    fn finish(self) {
+        let mut made = vec![Leftover::Docker(format!("ferry.test.id={}", self.id))];
+        made.extend(self.reg.iter().flat_map(Registry::leftovers));
+        made.extend(self.sb.leftovers());
+        drop(self);
+        assert_no_leftovers(&made);
+    }
+
     fn run(&self, args: &[&str], password: &str) -> Out {
         self.sb.run_env(
             args,
@@ -327,6 +339,7 @@ fn build_push_digest_rebuild_noop_then_rollback() {
     s.run(&["rollback", &first], registry::PASSWORD).expect(0);
     assert!(image_labels(&s.tag()).is_none(), "the tag is still there");
     assert_eq!(reg.digest(&s.name(), "1.1.0"), None);
+    s.finish();
 }
 
 #[test]
@@ -342,6 +355,7 @@ fn failure_after_push_rolls_back_tags_and_manifest() {
     out.expect(1);
     assert!(image_labels(&s.tag()).is_none(), "the tag is still there");
     assert_eq!(s.reg.as_ref().unwrap().digest(&s.name(), "1.1.0"), None);
+    s.finish();
 }
 
 #[test]
@@ -359,6 +373,7 @@ fn wrong_registry_password_fails_preflight() {
     assert!(all.contains("refused the credentials"), "{all}");
     assert!(!all.contains("not-the-password"), "a secret leaked: {all}");
     assert!(image_labels(&s.tag()).is_none(), "nothing may be built");
+    s.finish();
 }
 
 #[test]
@@ -375,6 +390,7 @@ fn registry_down_fails_preflight() {
         format!("{}{}", out.stdout, out.stderr).contains("unreachable"),
         "{out:?}"
     );
+    s.finish();
 }
 
 #[test]
@@ -392,6 +408,7 @@ fn docker_socket_absent_fails_dry_run() {
         format!("{}{}", out.stdout, out.stderr).contains("/nonexistent.sock"),
         "{out:?}"
     );
+    s.finish();
 }
 
 #[test]
@@ -408,6 +425,7 @@ fn bad_dockerfile_fails_with_the_builders_message() {
     let all = format!("{}{}", out.stdout, out.stderr);
     assert!(all.contains("no-such-file"), "{all}");
     assert!(image_labels(&s.tag()).is_none());
+    s.finish();
 }
 
 #[test]
@@ -424,4 +442,5 @@ fn unknown_build_arg_is_invalid() {
         registry::PASSWORD,
     )
     .expect(2);
+    s.finish();
 }

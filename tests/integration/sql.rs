@@ -3,9 +3,15 @@
 
 use std::time::Duration;
 
-use crate::harness::{Pg, Sandbox, wait_for};
+use crate::harness::{Leftover, Pg, Playbook, Sandbox, wait_for};
 
 const PW: &str = "Planted-Secret-4e1f9c";
+
+/// What the FORWARD playbook makes in fhirdb: gone after its rollback (and before its run).
+const DEMO: (&str, &str) = (
+    "fhirdb",
+    "SELECT count(*) FROM pg_class WHERE relname IN ('demo', 'demo_v')",
+);
 
 /// A cluster with database fhirdb owned by `hapi` (password auth over TCP) and a target.
 fn setup() -> Option<(Pg, Sandbox)> {
@@ -76,6 +82,7 @@ fn sql_steps_apply_and_roll_back_on_a_real_database() {
         "t",
         "nothing left behind"
     );
+    pg.finish(sb, &[DEMO], vec![]);
 }
 
 #[test]
@@ -100,6 +107,7 @@ fn a_failing_statement_rolls_back_earlier_sql_steps() {
         pg.psql("fhirdb", "SELECT to_regclass('public.demo') IS NULL"),
         "t"
     );
+    pg.finish(sb, &[DEMO], vec![]);
 }
 
 #[test]
@@ -147,6 +155,7 @@ fn an_undo_that_fails_stops_the_rollback_for_a_person_exit_6() {
         pg.psql("fhirdb", "SELECT to_regclass('public.demo') IS NULL"),
         "t"
     );
+    pg.finish(sb, &[DEMO], vec![]);
 }
 
 #[test]
@@ -191,14 +200,19 @@ fn wrong_password_and_unreachable_database_are_preconditions() {
         "t",
         "nothing changed"
     );
+    pg.finish(sb, &[DEMO], vec![]);
 }
 
 #[test]
 fn the_database_lock_stops_a_second_operator_with_another_state_dir() {
-    let Some((_pg, sb)) = setup() else { return };
-    sb.write("slow.toml", "name = \"slow\"\n[[steps]]\nid = \"hold\"\nkind = \"exec\"\nrun = \"touch holding; sleep 30\"\n");
+    let Some((pg, sb)) = setup() else { return };
+    Playbook::new("slow")
+        .exec("hold", "touch holding; sleep 30")
+        .done_if("test -f released")
+        .write(&sb, "slow.toml");
     let env = [("FHIR_DB_PASSWORD", PW)];
     let mut first = sb.spawn(&["run", "slow.toml", "--target", "target.toml"], &env);
+    let first_pid = Leftover::process(first.id());
     wait_for("the first run", Duration::from_secs(15), || {
         sb.path("holding").exists()
     });
@@ -226,6 +240,10 @@ fn the_database_lock_stops_a_second_operator_with_another_state_dir() {
     // SAFETY: stopping the ferry we spawned.
     unsafe { libc::kill(first.id() as i32, libc::SIGKILL) };
     first.wait().unwrap();
+    // Its step's `sleep 30` outlives it; resume reaps the leftover and finds the step done.
+    sb.write("released", "");
+    sb.run_env(&["resume"], &env).expect(0);
+    pg.finish(sb, &[], vec![first_pid]);
 }
 
 #[test]
@@ -240,6 +258,7 @@ fn wait_until_a_query_is_true() {
         &["run", "pb.toml", "--target", "target.toml"],
         &[("FHIR_DB_PASSWORD", PW)],
     );
+    let child_pid = Leftover::process(child.id());
     wait_for("the run", Duration::from_secs(10), || {
         sb.path("flipping").exists()
     });
@@ -265,11 +284,12 @@ fn wait_until_a_query_is_true() {
         "{}",
         out.stderr
     );
+    pg.finish(sb, &[], vec![child_pid]);
 }
 
 #[test]
 fn a_planted_password_appears_in_no_output_and_no_file() {
-    let Some((_pg, sb)) = setup() else { return };
+    let Some((pg, sb)) = setup() else { return };
     sb.write(
         "pb.toml",
         r#"name = "leaky"
@@ -362,6 +382,14 @@ run = "echo \"cannot log in with $FHIR_DB_PASSWORD\" >&2; exit 1"
         mode(&sb.state.join("runs").join(&id).join("journal.jsonl")),
         0o600
     );
+    pg.finish(
+        sb,
+        &[(
+            "fhirdb",
+            "SELECT count(*) FROM pg_class WHERE relname = 'leak'",
+        )],
+        vec![],
+    );
 }
 
 /// A session holding ferry's database lock, as a lost or killed ferry would leave it.
@@ -410,6 +438,7 @@ fn unlock_releases_a_database_lock_left_by_a_dead_or_lost_ferry() {
         .to_owned();
     // A dead ferry on this host (its session lingers): unlock ends the session.
     let mut s1 = hold_db_lock(&pg, &format!("ferry pid 4194000 on {host}: run run X"));
+    let mut made = vec![Leftover::process(s1.id())];
     wait_for("the lock", Duration::from_secs(10), || held() == "1");
     sb.write(
         "pb.toml",
@@ -430,6 +459,7 @@ fn unlock_releases_a_database_lock_left_by_a_dead_or_lost_ferry() {
     s1.wait().unwrap();
     // A ferry on another host: refused unless the operator says that machine is gone.
     let mut s2 = hold_db_lock(&pg, "ferry pid 77 on lost-host: run run Y");
+    made.push(Leftover::process(s2.id()));
     wait_for("the lock", Duration::from_secs(10), || held() == "1");
     let out = sb.run_env(&["unlock", "--target", "target.toml"], &env);
     out.expect(4);
@@ -446,4 +476,5 @@ fn unlock_releases_a_database_lock_left_by_a_dead_or_lost_ferry() {
     s2.wait().unwrap();
     sb.run_env(&["run", "pb.toml", "--target", "target.toml"], &env)
         .expect(0);
+    pg.finish(sb, &[], made);
 }
