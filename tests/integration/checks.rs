@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{Leftover, Out, Pg, Sandbox, wait_for};
+use crate::harness::{Leftover, Out, Pg, Playbook, Sandbox, wait_for};
 
 fn setup() -> Option<(Pg, Sandbox)> {
     let pg = Pg::deployment()?;
@@ -120,10 +120,13 @@ fn audit_partitions_step_creates_as_the_maintainer_and_rolls_back_only_its_own()
         "auditdb",
         &format!("DROP TABLE audit.{next}; DROP TABLE audit.{later}"),
     );
-    sb.write(
-        "pb.toml",
-        "name = \"ap\"\n[[steps]]\nid = \"ensure\"\nkind = \"audit_partitions\"\nmonths_ahead = 2\n\n[[steps]]\nid = \"verify\"\nkind = \"check\"\nname = \"audit-partitions\"\nmonths_ahead = 2\n",
-    );
+    Playbook::new("ap")
+        .step("ensure", "audit_partitions")
+        .raw("months_ahead", "2")
+        .step("verify", "check")
+        .str("name", "audit-partitions")
+        .raw("months_ahead", "2")
+        .write(&sb, "pb.toml");
     let dry = sb.run_env(
         &["run", "pb.toml", "--target", "t.toml", "--dry-run"],
         &pg.env(),
@@ -193,7 +196,10 @@ fn audit_partitions_step_creates_tables_directly_without_the_function() {
             pg.url("hapi", "plain")
         ),
     );
-    sb.write("pb.toml", "name = \"ap\"\n[[steps]]\nid = \"ensure\"\nkind = \"audit_partitions\"\ndatabase = \"plain\"\n");
+    Playbook::new("ap")
+        .step("ensure", "audit_partitions")
+        .str("database", "plain")
+        .write(&sb, "pb.toml");
     sb.run_env(&["run", "pb.toml", "--target", "t.toml"], &pg.env())
         .expect(0);
     let this = month(&pg, 0);
@@ -418,17 +424,18 @@ fn seqscan_check_and_explain_step_trigger_and_refuse_writes() {
         out.stdout
     );
     let before = pg.psql("fhirdb", "SELECT count(*) FROM hfj_resource");
-    sb.write(
-        "pb.toml",
-        "name = \"trigger\"\n[[steps]]\nid = \"overdue\"\nkind = \"explain_seqscan\"\ndatabase = \"fhir\"\nquery = \"SELECT res_id FROM hfj_resource WHERE res_language = 'bn'\"\nexpect = \"seqscan\"\n",
-    );
+    let explain = |query: &str, expect: &str| {
+        Playbook::new("trigger")
+            .step("overdue", "explain_seqscan")
+            .str("database", "fhir")
+            .str("query", query)
+            .str("expect", expect)
+    };
+    let bn = "SELECT res_id FROM hfj_resource WHERE res_language = 'bn'";
+    explain(bn, "seqscan").write(&sb, "pb.toml");
     sb.run_env(&["run", "pb.toml", "--target", "t.toml"], &pg.env())
         .expect(0);
-    sb.write(
-        "pb2.toml",
-        &sb.read("pb.toml")
-            .replace("expect = \"seqscan\"", "expect = \"no_seqscan\""),
-    );
+    explain(bn, "no_seqscan").write(&sb, "pb2.toml");
     let out = sb.run_env(&["run", "pb2.toml", "--target", "t.toml"], &pg.env());
     out.expect(3);
     assert!(
@@ -438,13 +445,11 @@ fn seqscan_check_and_explain_step_trigger_and_refuse_writes() {
         out.stderr
     );
     // A write disguised as a query: refused before it is sent, nothing changed.
-    sb.write(
-        "pb3.toml",
-        &sb.read("pb.toml").replace(
-            "SELECT res_id FROM hfj_resource WHERE res_language = 'bn'",
-            "WITH d AS (DELETE FROM hfj_res_tag RETURNING 1) SELECT * FROM d",
-        ),
-    );
+    explain(
+        "WITH d AS (DELETE FROM hfj_res_tag RETURNING 1) SELECT * FROM d",
+        "seqscan",
+    )
+    .write(&sb, "pb3.toml");
     let out = sb.run_env(&["run", "pb3.toml", "--target", "t.toml"], &pg.env());
     out.expect(3);
     assert!(
@@ -452,13 +457,7 @@ fn seqscan_check_and_explain_step_trigger_and_refuse_writes() {
         "{}",
         out.stderr
     );
-    sb.write(
-        "pb4.toml",
-        &sb.read("pb.toml").replace(
-            "SELECT res_id FROM hfj_resource WHERE res_language = 'bn'",
-            "UPDATE hfj_resource SET res_ver = 0",
-        ),
-    );
+    explain("UPDATE hfj_resource SET res_ver = 0", "seqscan").write(&sb, "pb4.toml");
     sb.run_env(&["run", "pb4.toml", "--target", "t.toml"], &pg.env())
         .expect(3);
     assert_eq!(
@@ -522,10 +521,14 @@ fn check_step_expect_alert_gates_a_playbook() {
     let Some((pg, sb)) = setup() else { return };
     let next = month(&pg, 1);
     pg.psql("auditdb", &format!("DROP TABLE audit.{next}"));
-    sb.write(
-        "pb.toml",
-        "name = \"gate\"\n[[steps]]\nid = \"needed\"\nkind = \"check\"\nname = \"audit-partitions\"\nexpect = \"alert\"\n[[steps]]\nid = \"fix\"\nkind = \"audit_partitions\"\n[[steps]]\nid = \"fixed\"\nkind = \"check\"\nname = \"audit-partitions\"\n",
-    );
+    Playbook::new("gate")
+        .step("needed", "check")
+        .str("name", "audit-partitions")
+        .str("expect", "alert")
+        .step("fix", "audit_partitions")
+        .step("fixed", "check")
+        .str("name", "audit-partitions")
+        .write(&sb, "pb.toml");
     sb.run_env(&["run", "pb.toml", "--target", "t.toml"], &pg.env())
         .expect(0);
     // Now nothing is missing: the gate fails before anything runs.

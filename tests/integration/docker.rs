@@ -12,7 +12,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use crate::harness::{
-    Leftover, Out, Sandbox, assert_no_leftovers, free_port, repo, require, wait_for,
+    Leftover, Out, Playbook, Sandbox, assert_no_leftovers, free_port, repo, require, toml_str,
+    wait_for,
 };
 use crate::registry::{self, Registry};
 
@@ -122,12 +123,13 @@ impl Setup {
 }
 
 /// An overlay dir like the seed's, a target, and a playbook building + pushing the image.
-/// `extra_target`/`extra_steps` are appended; `start_registry` false: nothing listens.
+/// `extra_target` is appended to the target, `extra_steps` adds steps after the push;
+/// `start_registry` false: nothing listens.
 fn setup(
     dockerfile: Option<&str>,
     build_args: &str,
     extra_target: &str,
-    extra_steps: &str,
+    extra_steps: impl FnOnce(Playbook) -> Playbook,
     start_registry: bool,
 ) -> Option<Setup> {
     if !require("a Docker engine (docker.io)", engine_up()) {
@@ -190,12 +192,19 @@ fn setup(
         _guard: Guard(id.clone()),
     };
     let tag = s.tag();
-    s.sb.write(
-        "pb.toml",
-        &format!(
-            "name = \"build-push\"\n\n[[steps]]\nid = \"build\"\nkind = \"image_build\"\ncontext = \"{OVERLAY}\"\nbuild_args = {{ {build_args} }}\ntags = [\"{tag}\"]\nlabels = {{ \"ferry.test\" = \"1\", \"ferry.test.id\" = \"{id}\" }}\nig_package = \"{OVERLAY}/src/main/resources/packages/{IG}\"\n\n[[steps]]\nid = \"push\"\nkind = \"image_push\"\nimage = \"{tag}\"\n{extra_steps}"
-        ),
-    );
+    let pb = Playbook::new("build-push")
+        .step("build", "image_build")
+        .str("context", OVERLAY)
+        .raw("build_args", &format!("{{ {build_args} }}"))
+        .raw("tags", &format!("[{}]", toml_str(&tag)))
+        .table("labels", &[("ferry.test", "1"), ("ferry.test.id", &id)])
+        .str(
+            "ig_package",
+            &format!("{OVERLAY}/src/main/resources/packages/{IG}"),
+        )
+        .step("push", "image_push")
+        .str("image", &tag);
+    extra_steps(pb).write(&s.sb, "pb.toml");
     Some(s)
 }
 
@@ -243,7 +252,7 @@ fn image_labels(tag: &str) -> Option<serde_json::Value> {
 
 #[test]
 fn build_push_digest_rebuild_noop_then_rollback() {
-    let Some(s) = setup(None, ARGS, "", "", true) else {
+    let Some(s) = setup(None, ARGS, "", |pb| pb, true) else {
         return;
     };
     let reg = s.reg.as_ref().unwrap();
@@ -344,7 +353,7 @@ fn build_push_digest_rebuild_noop_then_rollback() {
 
 #[test]
 fn failure_after_push_rolls_back_tags_and_manifest() {
-    let fail = "\n[[steps]]\nid = \"boom\"\nkind = \"exec\"\nrun = \"exit 7\"\n";
+    let fail = |pb: Playbook| pb.exec("boom", "exit 7");
     let Some(s) = setup(None, ARGS, "", fail, true) else {
         return;
     };
@@ -360,7 +369,7 @@ fn failure_after_push_rolls_back_tags_and_manifest() {
 
 #[test]
 fn wrong_registry_password_fails_preflight() {
-    let Some(s) = setup(None, ARGS, "", "", true) else {
+    let Some(s) = setup(None, ARGS, "", |pb| pb, true) else {
         return;
     };
     let out = s.run(
@@ -378,7 +387,7 @@ fn wrong_registry_password_fails_preflight() {
 
 #[test]
 fn registry_down_fails_preflight() {
-    let Some(s) = setup(None, ARGS, "", "", false) else {
+    let Some(s) = setup(None, ARGS, "", |pb| pb, false) else {
         return;
     };
     let out = s.run(
@@ -396,7 +405,7 @@ fn registry_down_fails_preflight() {
 #[test]
 fn docker_socket_absent_fails_dry_run() {
     let t = "\n[docker]\nhost = \"unix:///nonexistent.sock\"\n";
-    let Some(s) = setup(None, ARGS, t, "", true) else {
+    let Some(s) = setup(None, ARGS, t, |pb| pb, true) else {
         return;
     };
     let out = s.run(
@@ -414,7 +423,7 @@ fn docker_socket_absent_fails_dry_run() {
 #[test]
 fn bad_dockerfile_fails_with_the_builders_message() {
     let df = "FROM scratch\nLABEL ferry.test=1 ferry.test.id={ID}\nARG IG_PACKAGE\nARG BUILD_VERSION\nARG GIT_COMMIT\nCOPY no-such-file /x\n";
-    let Some(s) = setup(Some(df), ARGS, "", "", true) else {
+    let Some(s) = setup(Some(df), ARGS, "", |pb| pb, true) else {
         return;
     };
     let out = s.run(
@@ -431,7 +440,7 @@ fn bad_dockerfile_fails_with_the_builders_message() {
 #[test]
 fn unknown_build_arg_is_invalid() {
     let args = format!("{ARGS}, IG_PAKAGE = \"x\"");
-    let Some(s) = setup(None, &args, "", "", false) else {
+    let Some(s) = setup(None, &args, "", |pb| pb, false) else {
         return;
     };
     let out = s.sb.run(&["validate", "pb.toml"]);

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::harness::{Leftover, Out, Sandbox, assert_no_leftovers, repo, require};
+use crate::harness::{Leftover, Out, Playbook, Sandbox, assert_no_leftovers, repo, require};
 
 struct Sbx {
     sb: Sandbox,
@@ -367,10 +367,14 @@ fn an_image_that_never_turns_healthy_or_reports_the_wrong_version_is_rolled_back
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     let before = s.replicas();
-    s.sb.write(
-        "bad.toml",
-        "name = \"bad\"\n[[steps]]\nid = \"rollout\"\nkind = \"rolling_redeploy\"\nimage = \"ferry-test-never-healthy:1\"\nhealth_timeout = \"6s\"\n",
-    );
+    let rollout = |name: &str, image: &str| {
+        Playbook::new(name)
+            .step("rollout", "rolling_redeploy")
+            .str("image", image)
+    };
+    rollout("bad", "ferry-test-never-healthy:1")
+        .str("health_timeout", "6s")
+        .write(&s.sb, "bad.toml");
     let out = s.run(&["run", "bad.toml"]);
     out.expect(1);
     let first = format!("{}_hapi_1", s.project());
@@ -397,10 +401,12 @@ fn an_image_that_never_turns_healthy_or_reports_the_wrong_version_is_rolled_back
         env_before
     );
     // An image that is healthy but serves the old IG: the version gate stops it.
-    s.sb.write(
-        "wrong.toml",
-        "name = \"wrong\"\n[[steps]]\nid = \"rollout\"\nkind = \"rolling_redeploy\"\nimage = \"ferry-test-same-ig:1\"\nverify_version = \"0.3.0\"\nhealth_timeout = \"8s\"\n",
-    );
+    let wrong = |image: &str| {
+        rollout("wrong", image)
+            .str("verify_version", "0.3.0")
+            .str("health_timeout", "8s")
+    };
+    wrong("ferry-test-same-ig:1").write(&s.sb, "wrong.toml");
     let out = s.run(&["run", "wrong.toml"]);
     out.expect(1);
     assert!(
@@ -412,14 +418,9 @@ fn an_image_that_never_turns_healthy_or_reports_the_wrong_version_is_rolled_back
     assert_eq!(s.replicas(), before);
     assert_eq!(s.version(), "0.2.1");
     // An unknown service and an image that does not exist: refused before anything changes.
-    let wrong = std::fs::read_to_string(s.sb.path("wrong.toml")).unwrap();
-    s.sb.write(
-        "nosvc.toml",
-        &wrong.replace(
-            "kind = \"rolling_redeploy\"",
-            "kind = \"rolling_redeploy\"\nservice = \"hapy\"",
-        ),
-    );
+    wrong("ferry-test-same-ig:1")
+        .str("service", "hapy")
+        .write(&s.sb, "nosvc.toml");
     let out = s.run(&["run", "nosvc.toml"]);
     out.expect(3);
     let want = format!(
@@ -427,10 +428,7 @@ fn an_image_that_never_turns_healthy_or_reports_the_wrong_version_is_rolled_back
         s.project()
     );
     assert!(out.stderr.contains(&want), "{}", out.stderr);
-    s.sb.write(
-        "noimg.toml",
-        &wrong.replace("ferry-test-same-ig:1", "ferry-test-missing:9"),
-    );
+    wrong("ferry-test-missing:9").write(&s.sb, "noimg.toml");
     let out = s.run(&["run", "noimg.toml"]);
     out.expect(3);
     assert!(
