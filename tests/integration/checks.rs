@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{Out, Pg, Sandbox, wait_for};
+use crate::harness::{Leftover, Out, Pg, Playbook, Sandbox, wait_for};
 
 fn setup() -> Option<(Pg, Sandbox)> {
     let pg = Pg::deployment()?;
@@ -58,6 +58,7 @@ fn audit_partitions_ok_then_missing_next_month_alerts_like_the_seed() {
     let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(v["status"], "alert");
     assert_eq!(v["data"]["missing"][0], next.as_str());
+    pg.finish(sb, &[], vec![]);
 }
 
 #[test]
@@ -108,6 +109,7 @@ fn audit_partitions_months_ahead_gaps_and_default_partition() {
         "{}",
         out.stdout
     );
+    pg.finish(sb, &[], vec![]);
 }
 
 #[test]
@@ -118,10 +120,13 @@ fn audit_partitions_step_creates_as_the_maintainer_and_rolls_back_only_its_own()
         "auditdb",
         &format!("DROP TABLE audit.{next}; DROP TABLE audit.{later}"),
     );
-    sb.write(
-        "pb.toml",
-        "name = \"ap\"\n[[steps]]\nid = \"ensure\"\nkind = \"audit_partitions\"\nmonths_ahead = 2\n\n[[steps]]\nid = \"verify\"\nkind = \"check\"\nname = \"audit-partitions\"\nmonths_ahead = 2\n",
-    );
+    Playbook::new("ap")
+        .step("ensure", "audit_partitions")
+        .raw("months_ahead", "2")
+        .step("verify", "check")
+        .str("name", "audit-partitions")
+        .raw("months_ahead", "2")
+        .write(&sb, "pb.toml");
     let dry = sb.run_env(
         &["run", "pb.toml", "--target", "t.toml", "--dry-run"],
         &pg.env(),
@@ -176,6 +181,7 @@ fn audit_partitions_step_creates_as_the_maintainer_and_rolls_back_only_its_own()
         "{}",
         out.stderr
     );
+    pg.finish(sb, &[], vec![]);
 }
 
 #[test]
@@ -192,7 +198,10 @@ fn audit_partitions_step_creates_tables_directly_without_the_function() {
             pg.url("hapi", "plain")
         ),
     );
-    sb.write("pb.toml", "name = \"ap\"\n[[steps]]\nid = \"ensure\"\nkind = \"audit_partitions\"\ndatabase = \"plain\"\n");
+    Playbook::new("ap")
+        .step("ensure", "audit_partitions")
+        .str("database", "plain")
+        .write(&sb, "pb.toml");
     sb.run_env(&["run", "pb.toml", "--target", "t.toml"], &pg.env())
         .expect(0);
     let this = month(&pg, 0);
@@ -209,6 +218,7 @@ fn audit_partitions_step_creates_tables_directly_without_the_function() {
         "1",
         "only the pre-existing partition is left"
     );
+    pg.finish(sb, &[], vec![]);
 }
 
 #[test]
@@ -251,10 +261,17 @@ fn connections_ok_and_alert() {
         "{}",
         out.stdout
     );
+    let made: Vec<Leftover> = sleepers.iter().map(|s| Leftover::process(s.id())).collect();
+    // A killed psql does not end its backend's pg_sleep: end the sessions, then the clients.
+    pg.psql(
+        "postgres",
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%' AND pid <> pg_backend_pid()",
+    );
     for mut s in sleepers {
         let _ = s.kill();
         let _ = s.wait();
     }
+    pg.finish(sb, &[], made);
 }
 
 #[test]
@@ -280,6 +297,7 @@ fn dead_tuples_after_updates_with_autovacuum_off() {
         "{}",
         out.stdout
     );
+    pg.finish(sb, &[], vec![]);
 }
 
 #[test]
@@ -305,6 +323,7 @@ fn unused_indexes_wait_for_old_enough_statistics() {
         "constraint indexes are not candidates: {}",
         out.stdout
     );
+    pg.finish(sb, &[], vec![]);
 }
 
 #[test]
@@ -366,6 +385,7 @@ fn partition_sizes_and_vendor_rejection_rates() {
         ],
     );
     out.expect(0);
+    pg.finish(sb, &[], vec![]);
 }
 
 #[test]
@@ -406,17 +426,18 @@ fn seqscan_check_and_explain_step_trigger_and_refuse_writes() {
         out.stdout
     );
     let before = pg.psql("fhirdb", "SELECT count(*) FROM hfj_resource");
-    sb.write(
-        "pb.toml",
-        "name = \"trigger\"\n[[steps]]\nid = \"overdue\"\nkind = \"explain_seqscan\"\ndatabase = \"fhir\"\nquery = \"SELECT res_id FROM hfj_resource WHERE res_language = 'bn'\"\nexpect = \"seqscan\"\n",
-    );
+    let explain = |query: &str, expect: &str| {
+        Playbook::new("trigger")
+            .step("overdue", "explain_seqscan")
+            .str("database", "fhir")
+            .str("query", query)
+            .str("expect", expect)
+    };
+    let bn = "SELECT res_id FROM hfj_resource WHERE res_language = 'bn'";
+    explain(bn, "seqscan").write(&sb, "pb.toml");
     sb.run_env(&["run", "pb.toml", "--target", "t.toml"], &pg.env())
         .expect(0);
-    sb.write(
-        "pb2.toml",
-        &sb.read("pb.toml")
-            .replace("expect = \"seqscan\"", "expect = \"no_seqscan\""),
-    );
+    explain(bn, "no_seqscan").write(&sb, "pb2.toml");
     let out = sb.run_env(&["run", "pb2.toml", "--target", "t.toml"], &pg.env());
     out.expect(3);
     assert!(
@@ -426,13 +447,11 @@ fn seqscan_check_and_explain_step_trigger_and_refuse_writes() {
         out.stderr
     );
     // A write disguised as a query: refused before it is sent, nothing changed.
-    sb.write(
-        "pb3.toml",
-        &sb.read("pb.toml").replace(
-            "SELECT res_id FROM hfj_resource WHERE res_language = 'bn'",
-            "WITH d AS (DELETE FROM hfj_res_tag RETURNING 1) SELECT * FROM d",
-        ),
-    );
+    explain(
+        "WITH d AS (DELETE FROM hfj_res_tag RETURNING 1) SELECT * FROM d",
+        "seqscan",
+    )
+    .write(&sb, "pb3.toml");
     let out = sb.run_env(&["run", "pb3.toml", "--target", "t.toml"], &pg.env());
     out.expect(3);
     assert!(
@@ -440,13 +459,7 @@ fn seqscan_check_and_explain_step_trigger_and_refuse_writes() {
         "{}",
         out.stderr
     );
-    sb.write(
-        "pb4.toml",
-        &sb.read("pb.toml").replace(
-            "SELECT res_id FROM hfj_resource WHERE res_language = 'bn'",
-            "UPDATE hfj_resource SET res_ver = 0",
-        ),
-    );
+    explain("UPDATE hfj_resource SET res_ver = 0", "seqscan").write(&sb, "pb4.toml");
     sb.run_env(&["run", "pb4.toml", "--target", "t.toml"], &pg.env())
         .expect(3);
     assert_eq!(
@@ -460,6 +473,7 @@ fn seqscan_check_and_explain_step_trigger_and_refuse_writes() {
         ),
         "0"
     );
+    pg.finish(sb, &[], vec![]);
 }
 
 #[test]
@@ -501,6 +515,7 @@ fn checks_say_unknown_when_they_cannot_look() {
     // Invalid use is exit 2, not UNKNOWN.
     check(&pg, &sb, &["connection"]).expect(2);
     check(&pg, &sb, &["connections", "--set", "max_pc=3"]).expect(2);
+    pg.finish(sb, &[], vec![]);
 }
 
 #[test]
@@ -508,16 +523,21 @@ fn check_step_expect_alert_gates_a_playbook() {
     let Some((pg, sb)) = setup() else { return };
     let next = month(&pg, 1);
     pg.psql("auditdb", &format!("DROP TABLE audit.{next}"));
-    sb.write(
-        "pb.toml",
-        "name = \"gate\"\n[[steps]]\nid = \"needed\"\nkind = \"check\"\nname = \"audit-partitions\"\nexpect = \"alert\"\n[[steps]]\nid = \"fix\"\nkind = \"audit_partitions\"\n[[steps]]\nid = \"fixed\"\nkind = \"check\"\nname = \"audit-partitions\"\n",
-    );
+    Playbook::new("gate")
+        .step("needed", "check")
+        .str("name", "audit-partitions")
+        .str("expect", "alert")
+        .step("fix", "audit_partitions")
+        .step("fixed", "check")
+        .str("name", "audit-partitions")
+        .write(&sb, "pb.toml");
     sb.run_env(&["run", "pb.toml", "--target", "t.toml"], &pg.env())
         .expect(0);
     // Now nothing is missing: the gate fails before anything runs.
     let out = sb.run_env(&["run", "pb.toml", "--target", "t.toml"], &pg.env());
     out.expect(3);
     assert!(out.stderr.contains("(expected ALERT)"), "{}", out.stderr);
+    pg.finish(sb, &[], vec![]);
 }
 
 #[test]
@@ -582,4 +602,5 @@ fn shipped_audit_and_monitoring_playbooks_run_against_the_fixture_databases() {
             "{c} in {xml}"
         );
     }
+    pg.finish(sb, &[], vec![]);
 }

@@ -4,23 +4,24 @@
 
 use std::time::Duration;
 
-use crate::harness::{Sandbox, pid_alive, wait_for};
+use crate::harness::{Playbook, Sandbox, pid_alive, wait_for};
 
 /// Ten steps, each appending its number once (`done_if` makes re-entry safe) and undoing it.
 fn ten_steps(sb: &Sandbox, fail_at: Option<usize>) -> String {
-    let mut pb = String::from("name = \"ten\"\n");
-    for i in 1..=10 {
-        let run = if Some(i) == fail_at {
-            "echo failing >&2; exit 7".to_owned()
-        } else {
-            format!("echo {i} >> effects.log")
-        };
-        pb += &format!(
-            "\n[[steps]]\nid = \"s{i}\"\nkind = \"exec\"\nrun = \"{run}\"\ndone_if = \"grep -qx {i} effects.log\"\nundo = \"sed -i '/^{i}$/d' effects.log; echo {i} >> undo.log\"\n"
-        );
-    }
-    sb.write("ten.toml", &pb);
-    "ten.toml".into()
+    (1..=10)
+        .fold(Playbook::new("ten"), |pb, i| {
+            let run = if Some(i) == fail_at {
+                "echo failing >&2; exit 7".to_owned()
+            } else {
+                format!("echo {i} >> effects.log")
+            };
+            pb.exec(&format!("s{i}"), &run)
+                .done_if(&format!("grep -qx {i} effects.log"))
+                .undo(&format!(
+                    "sed -i '/^{i}$/d' effects.log; echo {i} >> undo.log"
+                ))
+        })
+        .write(sb, "ten.toml")
 }
 
 fn expect_effects(sb: &Sandbox) {
@@ -51,6 +52,7 @@ fn kill_at_every_step_boundary_then_resume() {
             let status = sb.run(&["status", "--format", "json"]);
             let runs: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
             assert_eq!(runs[0]["state"], "done", "{fp}");
+            sb.finish();
         }
     }
 }
@@ -59,21 +61,15 @@ fn kill_at_every_step_boundary_then_resume() {
 fn kill_in_the_middle_of_a_step_kills_its_children_and_resume_finishes() {
     let sb = Sandbox::new();
     // Step 2 starts a grandchild that would outlive the shell, then blocks.
-    sb.write(
-        "mid.toml",
-        r#"name = "mid"
-[[steps]]
-id = "one"
-kind = "exec"
-run = "echo 1 >> effects.log"
-done_if = "grep -qx 1 effects.log"
-[[steps]]
-id = "two"
-kind = "exec"
-run = "sleep 300 & echo $! > grandchild.pid; echo $$ > shell.pid; touch started; wait; echo 2 >> effects.log"
-done_if = "grep -qx 2 effects.log"
-"#,
-    );
+    Playbook::new("mid")
+        .exec("one", "echo 1 >> effects.log")
+        .done_if("grep -qx 1 effects.log")
+        .exec(
+            "two",
+            "sleep 300 & echo $! > grandchild.pid; echo $$ > shell.pid; touch started; wait; echo 2 >> effects.log",
+        )
+        .done_if("grep -qx 2 effects.log")
+        .write(&sb, "mid.toml");
     let mut child = sb.spawn(&["run", "mid.toml"], &[]);
     wait_for("step two to start", Duration::from_secs(10), || {
         sb.path("started").exists()
@@ -118,6 +114,7 @@ done_if = "grep -qx 2 effects.log"
         "resume reports the leftover it killed:\n{stdout}"
     );
     assert_eq!(sb.read("effects.log"), "1\n2\n");
+    sb.finish();
 }
 
 #[test]
@@ -147,6 +144,7 @@ fn kill_during_rollback_then_resume_completes_it() {
         let status = sb.run(&["status", "--format", "json"]);
         let runs: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
         assert_eq!(runs[0]["state"], "rolled_back");
+        sb.finish();
     }
 }
 
@@ -169,6 +167,7 @@ fn torn_journal_tail_is_ignored_on_resume() {
     drop(f);
     sb.run(&["resume", &id]).expect(0);
     expect_effects(&sb);
+    sb.finish();
 }
 
 #[test]
@@ -176,10 +175,11 @@ fn env_set_killed_between_journal_and_edit_resumes_and_rolls_back_exactly() {
     let sb = Sandbox::new();
     let orig = "A=1\n# keep\nHAPI_IMAGE=old\n";
     sb.write(".env", orig);
-    sb.write(
-        "pb.toml",
-        "name = \"env\"\n[[steps]]\nid = \"image\"\nkind = \"env_set\"\nfile = \".env\"\nset = { HAPI_IMAGE = \"new\", ADDED = \"x\" }\n",
-    );
+    Playbook::new("env")
+        .step("image", "env_set")
+        .str("file", ".env")
+        .table("set", &[("HAPI_IMAGE", "new"), ("ADDED", "x")])
+        .write(&sb, "pb.toml");
     let out = sb.run_env(
         &["run", "pb.toml"],
         &[("FERRY_FAILPOINT", "checkpoint:image")],
@@ -195,4 +195,5 @@ fn env_set_killed_between_journal_and_edit_resumes_and_rolls_back_exactly() {
     let id = sb.run_ids().pop().unwrap();
     sb.run(&["rollback", &id]).expect(0);
     assert_eq!(sb.read(".env"), orig);
+    sb.finish();
 }

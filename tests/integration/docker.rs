@@ -11,7 +11,10 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use crate::harness::{Out, Sandbox, free_port, repo, require, wait_for};
+use crate::harness::{
+    Leftover, Out, Playbook, Sandbox, assert_no_leftovers, free_port, repo, require, toml_str,
+    wait_for,
+};
 use crate::registry::{self, Registry};
 
 const IG: &str = "bd.gov.dghs.core-0.2.1.tgz";
@@ -101,6 +104,16 @@ impl Setup {
     fn tag(&self) -> String {
         format!("127.0.0.1:{}/{}:1.1.0", self.port, self.name())
     }
+    /// Ends the test: the registry, the sandbox and every container and image labelled
+    /// with this test's id are removed, and nothing of them is left.
+    fn finish(self) {
+        let mut made = vec![Leftover::Docker(format!("ferry.test.id={}", self.id))];
+        made.extend(self.reg.iter().flat_map(Registry::leftovers));
+        made.extend(self.sb.leftovers());
+        drop(self);
+        assert_no_leftovers(&made);
+    }
+
     fn run(&self, args: &[&str], password: &str) -> Out {
         self.sb.run_env(
             args,
@@ -110,12 +123,13 @@ impl Setup {
 }
 
 /// An overlay dir like the seed's, a target, and a playbook building + pushing the image.
-/// `extra_target`/`extra_steps` are appended; `start_registry` false: nothing listens.
+/// `extra_target` is appended to the target, `extra_steps` adds steps after the push;
+/// `start_registry` false: nothing listens.
 fn setup(
     dockerfile: Option<&str>,
     build_args: &str,
     extra_target: &str,
-    extra_steps: &str,
+    extra_steps: impl FnOnce(Playbook) -> Playbook,
     start_registry: bool,
 ) -> Option<Setup> {
     if !require("a Docker engine (docker.io)", engine_up()) {
@@ -178,12 +192,19 @@ fn setup(
         _guard: Guard(id.clone()),
     };
     let tag = s.tag();
-    s.sb.write(
-        "pb.toml",
-        &format!(
-            "name = \"build-push\"\n\n[[steps]]\nid = \"build\"\nkind = \"image_build\"\ncontext = \"{OVERLAY}\"\nbuild_args = {{ {build_args} }}\ntags = [\"{tag}\"]\nlabels = {{ \"ferry.test\" = \"1\", \"ferry.test.id\" = \"{id}\" }}\nig_package = \"{OVERLAY}/src/main/resources/packages/{IG}\"\n\n[[steps]]\nid = \"push\"\nkind = \"image_push\"\nimage = \"{tag}\"\n{extra_steps}"
-        ),
-    );
+    let pb = Playbook::new("build-push")
+        .step("build", "image_build")
+        .str("context", OVERLAY)
+        .raw("build_args", &format!("{{ {build_args} }}"))
+        .raw("tags", &format!("[{}]", toml_str(&tag)))
+        .table("labels", &[("ferry.test", "1"), ("ferry.test.id", &id)])
+        .str(
+            "ig_package",
+            &format!("{OVERLAY}/src/main/resources/packages/{IG}"),
+        )
+        .step("push", "image_push")
+        .str("image", &tag);
+    extra_steps(pb).write(&s.sb, "pb.toml");
     Some(s)
 }
 
@@ -231,7 +252,7 @@ fn image_labels(tag: &str) -> Option<serde_json::Value> {
 
 #[test]
 fn build_push_digest_rebuild_noop_then_rollback() {
-    let Some(s) = setup(None, ARGS, "", "", true) else {
+    let Some(s) = setup(None, ARGS, "", |pb| pb, true) else {
         return;
     };
     let reg = s.reg.as_ref().unwrap();
@@ -327,11 +348,12 @@ fn build_push_digest_rebuild_noop_then_rollback() {
     s.run(&["rollback", &first], registry::PASSWORD).expect(0);
     assert!(image_labels(&s.tag()).is_none(), "the tag is still there");
     assert_eq!(reg.digest(&s.name(), "1.1.0"), None);
+    s.finish();
 }
 
 #[test]
 fn failure_after_push_rolls_back_tags_and_manifest() {
-    let fail = "\n[[steps]]\nid = \"boom\"\nkind = \"exec\"\nrun = \"exit 7\"\n";
+    let fail = |pb: Playbook| pb.exec("boom", "exit 7");
     let Some(s) = setup(None, ARGS, "", fail, true) else {
         return;
     };
@@ -342,11 +364,12 @@ fn failure_after_push_rolls_back_tags_and_manifest() {
     out.expect(1);
     assert!(image_labels(&s.tag()).is_none(), "the tag is still there");
     assert_eq!(s.reg.as_ref().unwrap().digest(&s.name(), "1.1.0"), None);
+    s.finish();
 }
 
 #[test]
 fn wrong_registry_password_fails_preflight() {
-    let Some(s) = setup(None, ARGS, "", "", true) else {
+    let Some(s) = setup(None, ARGS, "", |pb| pb, true) else {
         return;
     };
     let out = s.run(
@@ -359,11 +382,12 @@ fn wrong_registry_password_fails_preflight() {
     assert!(all.contains("refused the credentials"), "{all}");
     assert!(!all.contains("not-the-password"), "a secret leaked: {all}");
     assert!(image_labels(&s.tag()).is_none(), "nothing may be built");
+    s.finish();
 }
 
 #[test]
 fn registry_down_fails_preflight() {
-    let Some(s) = setup(None, ARGS, "", "", false) else {
+    let Some(s) = setup(None, ARGS, "", |pb| pb, false) else {
         return;
     };
     let out = s.run(
@@ -375,12 +399,13 @@ fn registry_down_fails_preflight() {
         format!("{}{}", out.stdout, out.stderr).contains("unreachable"),
         "{out:?}"
     );
+    s.finish();
 }
 
 #[test]
 fn docker_socket_absent_fails_dry_run() {
     let t = "\n[docker]\nhost = \"unix:///nonexistent.sock\"\n";
-    let Some(s) = setup(None, ARGS, t, "", true) else {
+    let Some(s) = setup(None, ARGS, t, |pb| pb, true) else {
         return;
     };
     let out = s.run(
@@ -392,12 +417,13 @@ fn docker_socket_absent_fails_dry_run() {
         format!("{}{}", out.stdout, out.stderr).contains("/nonexistent.sock"),
         "{out:?}"
     );
+    s.finish();
 }
 
 #[test]
 fn bad_dockerfile_fails_with_the_builders_message() {
     let df = "FROM scratch\nLABEL ferry.test=1 ferry.test.id={ID}\nARG IG_PACKAGE\nARG BUILD_VERSION\nARG GIT_COMMIT\nCOPY no-such-file /x\n";
-    let Some(s) = setup(Some(df), ARGS, "", "", true) else {
+    let Some(s) = setup(Some(df), ARGS, "", |pb| pb, true) else {
         return;
     };
     let out = s.run(
@@ -408,12 +434,13 @@ fn bad_dockerfile_fails_with_the_builders_message() {
     let all = format!("{}{}", out.stdout, out.stderr);
     assert!(all.contains("no-such-file"), "{all}");
     assert!(image_labels(&s.tag()).is_none());
+    s.finish();
 }
 
 #[test]
 fn unknown_build_arg_is_invalid() {
     let args = format!("{ARGS}, IG_PAKAGE = \"x\"");
-    let Some(s) = setup(None, &args, "", "", false) else {
+    let Some(s) = setup(None, &args, "", |pb| pb, false) else {
         return;
     };
     let out = s.sb.run(&["validate", "pb.toml"]);
@@ -424,4 +451,5 @@ fn unknown_build_arg_is_invalid() {
         registry::PASSWORD,
     )
     .expect(2);
+    s.finish();
 }

@@ -3,31 +3,34 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Sandbox, wait_for};
+use crate::harness::{Playbook, Sandbox, wait_for};
 
-const MARKERS: &str = r#"name = "markers"
-[vars]
-word = "hi"
+/// Two steps that leave a marker file for each check and each run; `second_check` is the
+/// second step's check.
+fn markers_with(second_check: &str) -> Playbook {
+    Playbook::new("markers")
+        .var("word", "hi")
+        .exec("first", "touch run-first")
+        .check("touch check-first")
+        .undo("rm -f run-first")
+        .exec("second", "echo $WORD > run-second")
+        .check(second_check)
+        .undo("rm -f run-second")
+}
 
-[[steps]]
-id = "first"
-kind = "exec"
-check = "touch check-first"
-run = "touch run-first"
-undo = "rm -f run-first"
+fn markers() -> Playbook {
+    markers_with("touch check-second; test -n '{{ word }}'")
+}
 
-[[steps]]
-id = "second"
-kind = "exec"
-check = "touch check-second; test -n '{{ word }}'"
-run = "echo $WORD > run-second"
-undo = "rm -f run-second"
-"#;
+/// `markers` with a second check that fails.
+fn markers_failing_check() -> Playbook {
+    markers_with("false && test -n '{{ word }}'")
+}
 
 #[test]
 fn dry_run_runs_every_check_and_no_run() {
     let sb = Sandbox::new();
-    sb.write("pb.toml", MARKERS);
+    markers().write(&sb, "pb.toml");
     let junit = sb.path("junit.xml");
     let out = sb.run(&[
         "run",
@@ -60,10 +63,7 @@ fn dry_run_runs_every_check_and_no_run() {
 #[test]
 fn dry_run_exits_3_when_a_check_fails() {
     let sb = Sandbox::new();
-    sb.write(
-        "pb.toml",
-        &MARKERS.replace("touch check-second;", "false &&"),
-    );
+    markers_failing_check().write(&sb, "pb.toml");
     let junit = sb.path("junit.xml");
     let out = sb.run(&[
         "run",
@@ -80,10 +80,7 @@ fn dry_run_exits_3_when_a_check_fails() {
 #[test]
 fn failed_precondition_changes_nothing() {
     let sb = Sandbox::new();
-    sb.write(
-        "pb.toml",
-        &MARKERS.replace("touch check-second;", "false &&"),
-    );
+    markers_failing_check().write(&sb, "pb.toml");
     let out = sb.run(&["run", "pb.toml"]);
     out.expect(3);
     assert!(
@@ -95,7 +92,7 @@ fn failed_precondition_changes_nothing() {
 #[test]
 fn vars_reach_children_as_env_and_interpolation() {
     let sb = Sandbox::new();
-    sb.write("pb.toml", MARKERS);
+    markers().write(&sb, "pb.toml");
     sb.run(&["run", "pb.toml", "--var", "word=howdy"]).expect(0);
     assert_eq!(sb.read("run-second"), "howdy\n");
 }
@@ -103,30 +100,15 @@ fn vars_reach_children_as_env_and_interpolation() {
 #[test]
 fn failure_rolls_back_completed_steps_newest_first() {
     let sb = Sandbox::new();
-    sb.write(
-        "pb.toml",
-        r#"name = "rb"
-[[steps]]
-id = "a"
-kind = "exec"
-run = "echo a >> log"
-undo = "echo undo-a >> log"
-[[steps]]
-id = "b"
-kind = "exec"
-run = "echo b >> log"
-undo = "echo undo-b >> log"
-[[steps]]
-id = "c"
-kind = "exec"
-run = "echo c >> log; exit 3"
-undo = "echo undo-c >> log"
-[[steps]]
-id = "d"
-kind = "exec"
-run = "echo d >> log"
-"#,
-    );
+    Playbook::new("rb")
+        .exec("a", "echo a >> log")
+        .undo("echo undo-a >> log")
+        .exec("b", "echo b >> log")
+        .undo("echo undo-b >> log")
+        .exec("c", "echo c >> log; exit 3")
+        .undo("echo undo-c >> log")
+        .exec("d", "echo d >> log")
+        .write(&sb, "pb.toml");
     let out = sb.run(&["run", "pb.toml"]);
     out.expect(1);
     assert_eq!(sb.read("log"), "a\nb\nc\nundo-c\nundo-b\nundo-a\n");
@@ -138,22 +120,13 @@ run = "echo d >> log"
 #[test]
 fn on_failure_stop_keeps_the_run_for_resume_or_rollback() {
     let sb = Sandbox::new();
-    sb.write(
-        "pb.toml",
-        r#"name = "stop"
-[[steps]]
-id = "a"
-kind = "exec"
-run = "echo a >> log"
-undo = "echo undo-a >> log"
-[[steps]]
-id = "b"
-kind = "exec"
-on_failure = "stop"
-run = "test -f fixed && echo b >> log"
-undo = "echo undo-b >> log"
-"#,
-    );
+    Playbook::new("stop")
+        .exec("a", "echo a >> log")
+        .undo("echo undo-a >> log")
+        .exec("b", "test -f fixed && echo b >> log")
+        .on_failure("stop")
+        .undo("echo undo-b >> log")
+        .write(&sb, "pb.toml");
     let out = sb.run(&["run", "pb.toml"]);
     out.expect(1);
     let id = sb.run_ids().pop().unwrap();
@@ -182,10 +155,10 @@ undo = "echo undo-b >> log"
 #[test]
 fn retries_then_success() {
     let sb = Sandbox::new();
-    sb.write(
-        "pb.toml",
-        "name = \"r\"\n[[steps]]\nid = \"flaky\"\nkind = \"exec\"\nretries = 2\nretry_delay = \"10ms\"\nrun = \"echo x >> tries; test $(wc -l < tries) -ge 3\"\n",
-    );
+    Playbook::new("r")
+        .exec("flaky", "echo x >> tries; test $(wc -l < tries) -ge 3")
+        .retries(2, "10ms")
+        .write(&sb, "pb.toml");
     sb.run(&["run", "pb.toml"]).expect(0);
     assert_eq!(sb.read("tries").lines().count(), 3);
 }
@@ -193,10 +166,10 @@ fn retries_then_success() {
 #[test]
 fn timeout_kills_the_process_group() {
     let sb = Sandbox::new();
-    sb.write(
-        "pb.toml",
-        "name = \"t\"\n[[steps]]\nid = \"slow\"\nkind = \"exec\"\ntimeout = \"300ms\"\nrun = \"sleep 30 & echo $! > bg.pid; wait\"\n",
-    );
+    Playbook::new("t")
+        .exec("slow", "sleep 30 & echo $! > bg.pid; wait")
+        .timeout("300ms")
+        .write(&sb, "pb.toml");
     let t = Instant::now();
     let out = sb.run(&["run", "pb.toml"]);
     out.expect(1);
@@ -217,7 +190,9 @@ fn timeout_kills_the_process_group() {
 #[test]
 fn second_run_on_the_same_state_dir_exits_4_quickly() {
     let sb = Sandbox::new();
-    sb.write("slow.toml", "name = \"slow\"\n[[steps]]\nid = \"hold\"\nkind = \"exec\"\nrun = \"touch holding; sleep 30\"\n");
+    Playbook::new("slow")
+        .exec("hold", "touch holding; sleep 30")
+        .write(&sb, "slow.toml");
     let mut first = sb.spawn(&["run", "slow.toml"], &[]);
     wait_for(
         "the first run to hold the lock",
@@ -253,21 +228,12 @@ fn second_run_on_the_same_state_dir_exits_4_quickly() {
 #[test]
 fn sigint_stops_at_the_next_boundary_with_exit_5_and_resume_finishes() {
     let sb = Sandbox::new();
-    sb.write(
-        "pb.toml",
-        r#"name = "sig"
-[[steps]]
-id = "a"
-kind = "exec"
-run = "touch a-started; sleep 1; echo a >> log"
-done_if = "grep -qx a log"
-[[steps]]
-id = "b"
-kind = "exec"
-run = "echo b >> log"
-done_if = "grep -qx b log"
-"#,
-    );
+    Playbook::new("sig")
+        .exec("a", "touch a-started; sleep 1; echo a >> log")
+        .done_if("grep -qx a log")
+        .exec("b", "echo b >> log")
+        .done_if("grep -qx b log")
+        .write(&sb, "pb.toml");
     let child = sb.spawn(&["run", "pb.toml"], &[]);
     wait_for("step a", Duration::from_secs(10), || {
         sb.path("a-started").exists()
@@ -294,10 +260,15 @@ done_if = "grep -qx b log"
 #[test]
 fn resume_refuses_a_changed_playbook_unless_accepted() {
     let sb = Sandbox::new();
-    let pb = "name = \"chg\"\n[[steps]]\nid = \"a\"\nkind = \"exec\"\nrun = \"echo a >> log\"\n[[steps]]\nid = \"b\"\nkind = \"exec\"\non_failure = \"stop\"\nrun = \"test -f go && echo b >> log\"\n";
-    sb.write("pb.toml", pb);
+    let pb = |b: &str| {
+        Playbook::new("chg")
+            .exec("a", "echo a >> log")
+            .exec("b", &format!("test -f go && echo {b} >> log"))
+            .on_failure("stop")
+    };
+    pb("b").write(&sb, "pb.toml");
     sb.run(&["run", "pb.toml"]).expect(1);
-    sb.write("pb.toml", &pb.replace("echo b", "echo B"));
+    pb("B").write(&sb, "pb.toml");
     sb.write("go", "");
     let out = sb.run(&["resume"]);
     out.expect(2);
@@ -317,10 +288,7 @@ fn resume_refuses_a_changed_playbook_unless_accepted() {
 #[test]
 fn plan_shows_order_and_undo() {
     let sb = Sandbox::new();
-    sb.write(
-        "pb.toml",
-        &format!("{MARKERS}\n[[steps]]\nid = \"third\"\nkind = \"exec\"\nrun = \"true\"\n"),
-    );
+    markers().exec("third", "true").write(&sb, "pb.toml");
     let out = sb.run(&["plan", "pb.toml"]);
     out.expect(0);
     let first = out.stdout.find("1. first").unwrap();
@@ -340,7 +308,7 @@ fn plan_shows_order_and_undo() {
 #[test]
 fn json_events_have_stable_fields() {
     let sb = Sandbox::new();
-    sb.write("pb.toml", MARKERS);
+    markers().write(&sb, "pb.toml");
     let out = sb.run(&["run", "pb.toml", "--format", "json"]);
     out.expect(0);
     let ev = out.events();
@@ -367,10 +335,11 @@ fn approval_needs_a_named_approval_without_a_terminal() {
     let sb = Sandbox::new();
     sb.write("prod.toml", "name = \"prod\"\nproduction = true\n");
     sb.write("stage.toml", "name = \"stage\"\n");
-    sb.write(
-        "pb.toml",
-        "name = \"gate\"\n[[steps]]\nid = \"ok-to-go\"\nkind = \"approval\"\nmessage = \"roll out?\"\n[[steps]]\nid = \"go\"\nkind = \"exec\"\nrun = \"touch went\"\n",
-    );
+    Playbook::new("gate")
+        .step("ok-to-go", "approval")
+        .str("message", "roll out?")
+        .exec("go", "touch went")
+        .write(&sb, "pb.toml");
     let dry = sb.run(&[
         "run",
         "pb.toml",
@@ -418,10 +387,18 @@ fn env_set_edits_and_rolls_back_byte_exact() {
     let orig = "# deployment\r\nHAPI_IMAGE=reg/hapi:1.0.0\nFHIR_DB_PASSWORD=\"keep me\"\nHAPI_IG_VERSION=0.2.1";
     sb.write("files/.env", orig);
     sb.write("t.toml", "name = \"t\"\n[files]\nroot = \"files\"\n");
-    sb.write(
-        "pb.toml",
-        "name = \"env\"\n[vars]\ntag = \"1.1.0\"\n[[steps]]\nid = \"image\"\nkind = \"env_set\"\nset = { HAPI_IMAGE = \"reg/hapi:{{ tag }}\", NEW = \"x y\" }\n[[steps]]\nid = \"boom\"\nkind = \"exec\"\nrun = \"grep -q 'HAPI_IMAGE=reg/hapi:1.1.0' files/.env && exit 9\"\n",
-    );
+    Playbook::new("env")
+        .var("tag", "1.1.0")
+        .step("image", "env_set")
+        .table(
+            "set",
+            &[("HAPI_IMAGE", "reg/hapi:{{ tag }}"), ("NEW", "x y")],
+        )
+        .exec(
+            "boom",
+            "grep -q 'HAPI_IMAGE=reg/hapi:1.1.0' files/.env && exit 9",
+        )
+        .write(&sb, "pb.toml");
     sb.run(&["run", "pb.toml", "--target", "t.toml"]).expect(1);
     assert_eq!(
         std::fs::read(sb.path("files/.env")).unwrap(),
@@ -453,7 +430,9 @@ fn secrets_file_values_are_masked_but_user_names_are_not() {
         "t.toml",
         "name = \"t\"\nsecrets_file = \"secrets.env\"\n[registry]\nurl = \"127.0.0.1:1\"\nusername_env = \"REG_USER\"\npassword_env = \"REG_PASSWORD\"\n",
     );
-    sb.write("pb.toml", "name = \"s\"\n[[steps]]\nid = \"say\"\nkind = \"exec\"\nrun = \"echo user sandbox pass topsecret-pw-1\"\n");
+    Playbook::new("s")
+        .exec("say", "echo user sandbox pass topsecret-pw-1")
+        .write(&sb, "pb.toml");
     let out = sb.run(&["run", "pb.toml", "--target", "t.toml", "-v"]);
     out.expect(0);
     assert!(
@@ -468,7 +447,7 @@ fn secrets_file_values_are_masked_but_user_names_are_not() {
 #[test]
 fn resuming_a_finished_run_is_refused_with_what_it_was() {
     let sb = Sandbox::new();
-    sb.write("pb.toml", MARKERS);
+    markers().write(&sb, "pb.toml");
     sb.run(&["run", "pb.toml"]).expect(0);
     let id = sb.run_ids().pop().unwrap();
     let journal = sb.journal(&id);

@@ -325,6 +325,57 @@ impl Pg {
     pub fn url(&self, user: &str, db: &str) -> String {
         format!("postgres://{user}@127.0.0.1:{}/{db}", self.port)
     }
+
+    /// Objects a test made in `db` (a query counting them), to check while the cluster runs.
+    pub fn objects(&self, db: &str, query: &str) -> Leftover {
+        Leftover::Sql {
+            socket_dir: self.dir.path().to_owned(),
+            port: self.port,
+            db: db.into(),
+            query: query.into(),
+        }
+    }
+
+    /// What a test must have ended in the running cluster: client sessions (ferry's, and
+    /// any the test opened) and advisory locks (ferry's database run lock).
+    pub fn sessions(&self) -> Vec<Leftover> {
+        vec![
+            self.objects(
+                "postgres",
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+            ),
+            self.objects(
+                "postgres",
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
+            ),
+        ]
+    }
+
+    /// What is gone once the cluster is dropped: the postmaster and the cluster's files.
+    pub fn leftovers(&self) -> Vec<Leftover> {
+        let pid = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next()?.trim().parse().ok())
+            .expect("the postmaster's pid (is the cluster running?)");
+        vec![
+            Leftover::process(pid),
+            Leftover::Path(self.dir.path().to_owned()),
+        ]
+    }
+
+    /// The end of a test on this cluster: `objects` (queries counting what the test made)
+    /// and every session and advisory lock are gone while it runs; then the cluster, the
+    /// sandbox and `more` are dropped and must leave nothing.
+    #[track_caller]
+    pub fn finish(self, sb: Sandbox, objects: &[(&str, &str)], more: Vec<Leftover>) {
+        let mut live: Vec<Leftover> = objects.iter().map(|(db, q)| self.objects(db, q)).collect();
+        live.extend(self.sessions());
+        assert_no_leftovers(&live);
+        let made = [self.leftovers(), sb.leftovers(), more].concat();
+        drop(self);
+        drop(sb);
+        assert_no_leftovers(&made);
+    }
 }
 
 impl Drop for Pg {
@@ -402,4 +453,501 @@ impl Pg {
             ("PG_SUPERUSER_PASSWORD", PG_SUPERUSER_PW),
         ]
     }
+}
+
+/// Something a test made that must be gone when the test ends. Each item is scoped to the
+/// test that made it (its own label, pid, directory or cluster), so tests running in
+/// parallel never see each other's objects. Collect them with the `leftovers()` of what
+/// made them (`Sandbox`, `Pg`, `Registry`, …) while it exists, drop it, then
+/// `assert_no_leftovers`.
+#[derive(Debug, Clone)]
+pub enum Leftover {
+    /// Containers, images (intermediate ones too), networks and volumes carrying this
+    /// label (`key=value`). Use the test's own label (`ferry.test.id=…`,
+    /// `ferry.sandbox=…`, `com.docker.compose.project=…`), never `ferry.test=1`, which
+    /// every test shares.
+    Docker(String),
+    /// A process, with its start time (clock ticks since boot, /proc/PID/stat field 22)
+    /// when it was known, so that a reused pid is not mistaken for it.
+    Process { pid: u32, start: Option<u64> },
+    /// A process group (an `exec` step's shell leads one): no live member may be left.
+    Group(u32),
+    /// A file or directory.
+    Path(PathBuf),
+    /// Database objects or sessions: `query` counts them in `db` of a running cluster and
+    /// must come to 0 (checked while the cluster is still up).
+    Sql {
+        socket_dir: PathBuf,
+        port: u16,
+        db: String,
+        query: String,
+    },
+}
+
+/// `/proc/PID/stat` after the command name: (state, pgrp, start time).
+fn proc_stat(pid: u32) -> Option<(char, u32, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+    // rest[0] is field 3 (state); pgrp is field 5, starttime field 22.
+    Some((
+        rest.first()?.chars().next()?,
+        rest.get(2)?.parse().ok()?,
+        rest.get(19)?.parse().ok()?,
+    ))
+}
+
+impl Leftover {
+    /// A process by pid, its start time read now (call it while the process runs).
+    pub fn process(pid: u32) -> Leftover {
+        Leftover::Process {
+            pid,
+            start: proc_stat(pid).map(|(_, _, t)| t),
+        }
+    }
+
+    /// What is left of it, if anything; `procs` is (pid, pgrp) of every live process.
+    fn remains(&self, procs: &[(u32, u32)]) -> Option<String> {
+        match self {
+            Leftover::Docker(label) => {
+                let filter = format!("label={label}");
+                let mut found = vec![];
+                for (what, args) in [
+                    ("containers", vec!["ps", "-aq", "--filter", &filter]),
+                    ("images", vec!["image", "ls", "-aq", "--filter", &filter]),
+                    ("networks", vec!["network", "ls", "-q", "--filter", &filter]),
+                    ("volumes", vec!["volume", "ls", "-q", "--filter", &filter]),
+                ] {
+                    let o = Command::new("docker").args(&args).output().ok()?;
+                    assert!(
+                        o.status.success(),
+                        "docker {args:?}: {}",
+                        String::from_utf8_lossy(&o.stderr)
+                    );
+                    let ids = String::from_utf8_lossy(&o.stdout)
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    if !ids.is_empty() {
+                        found.push(format!("{what} {ids}"));
+                    }
+                }
+                (!found.is_empty()).then(|| format!("{label}: {}", found.join("; ")))
+            }
+            Leftover::Process { pid, start } => match proc_stat(*pid) {
+                Some((state, _, t)) if state != 'Z' && start.is_none_or(|s| s == t) => {
+                    Some(format!("process {pid} is still running"))
+                }
+                _ => None,
+            },
+            Leftover::Group(pgid) => {
+                let members: Vec<u32> = procs
+                    .iter()
+                    .filter(|(_, g)| g == pgid)
+                    .map(|(p, _)| *p)
+                    .collect();
+                (!members.is_empty())
+                    .then(|| format!("process group {pgid} still has processes {members:?}"))
+            }
+            Leftover::Path(p) => p
+                .symlink_metadata()
+                .is_ok()
+                .then(|| format!("{} still exists", p.display())),
+            Leftover::Sql {
+                socket_dir,
+                port,
+                db,
+                query,
+            } => {
+                let o = Command::new("psql")
+                    .arg("-h")
+                    .arg(socket_dir)
+                    .args(["-p", &port.to_string(), "-U", "postgres", "-d", db])
+                    .args(["-v", "ON_ERROR_STOP=1", "-XAtq", "-c", query])
+                    .output()
+                    .expect("psql");
+                assert!(
+                    o.status.success(),
+                    "psql {query:?}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                let n = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+                (n != "0").then(|| format!("{db}: {query} → {n}"))
+            }
+        }
+    }
+}
+
+/// What is left of `items` right now, one line each.
+pub fn remaining(items: &[Leftover]) -> Vec<String> {
+    let mut procs = vec![];
+    if items.iter().any(|i| matches!(i, Leftover::Group(_))) {
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            if let Some(pid) = e.file_name().to_str().and_then(|p| p.parse().ok())
+                && let Some((state, pgrp, _)) = proc_stat(pid)
+                && state != 'Z'
+            {
+                procs.push((pid, pgrp));
+            }
+        }
+    }
+    items.iter().filter_map(|i| i.remains(&procs)).collect()
+}
+
+/// Asserts that nothing of what a test made is left: every item is gone (processes and
+/// sessions get a few seconds to exit). Panics listing what is left; an empty list is a
+/// mistake in the test, not a pass.
+#[track_caller]
+pub fn assert_no_leftovers(items: &[Leftover]) {
+    assert!(
+        !items.is_empty(),
+        "assert_no_leftovers: nothing to check (collect the leftovers() of what the test made)"
+    );
+    let t = Instant::now();
+    let left = loop {
+        let left = remaining(items);
+        if left.is_empty() || t.elapsed() > Duration::from_secs(10) {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        left.is_empty(),
+        "the test left things behind:\n  {}",
+        left.join("\n  ")
+    );
+}
+
+impl Sandbox {
+    /// Ends a test that made nothing beyond this sandbox: drops it and asserts that its
+    /// temp dir and every step's process group are gone.
+    #[track_caller]
+    pub fn finish(self) {
+        let made = self.leftovers();
+        drop(self);
+        assert_no_leftovers(&made);
+    }
+
+    /// The temp dir, and the process group of every step command any run in this state dir
+    /// started (from the journals' `child_started` records): a killed ferry's grandchildren
+    /// are the test's to reap (or `ferry resume`'s).
+    pub fn leftovers(&self) -> Vec<Leftover> {
+        let mut v = vec![Leftover::Path(self.dir.path().to_owned())];
+        for id in self.run_ids() {
+            for line in self.journal(&id).lines() {
+                let Ok(r) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                if r["type"] == "child_started"
+                    && let Some(pid) = r["pid"].as_u64()
+                {
+                    v.push(Leftover::Group(pid as u32));
+                }
+            }
+        }
+        v
+    }
+}
+
+/// A TOML basic string: `"…"` with `\`, `"` and control characters escaped.
+pub fn toml_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn toml_key(k: &str) -> String {
+    if !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        k.to_owned()
+    } else {
+        toml_str(k)
+    }
+}
+
+/// A playbook for a test, built step by step instead of hand-written TOML:
+///
+/// ```ignore
+/// Playbook::new("rb")
+///     .exec("a", "echo a >> log").undo("echo undo-a >> log")
+///     .exec("b", "exit 3")
+///     .write(&sb, "pb.toml");
+/// ```
+///
+/// Key setters (`undo`, `check`, `str`, `raw`, …) apply to the step added last. Values are
+/// escaped as TOML strings, so commands are written as the shell sees them. Tests of TOML
+/// parsing and diagnostics keep their literal TOML.
+#[derive(Debug, Clone)]
+pub struct Playbook {
+    name: String,
+    vars: Vec<(String, String)>,
+    steps: Vec<PbStep>,
+}
+
+#[derive(Debug, Clone)]
+struct PbStep {
+    id: String,
+    kind: String,
+    /// (key, value already in TOML syntax), in insertion order.
+    keys: Vec<(String, String)>,
+}
+
+impl Playbook {
+    pub fn new(name: &str) -> Playbook {
+        Playbook {
+            name: name.into(),
+            vars: vec![],
+            steps: vec![],
+        }
+    }
+
+    /// A `[vars]` default (`--var` overrides it).
+    pub fn var(mut self, name: &str, default: &str) -> Playbook {
+        self.vars.push((name.into(), toml_str(default)));
+        self
+    }
+
+    /// A step of any kind; set its keys with `str`, `raw`, `table`.
+    pub fn step(mut self, id: &str, kind: &str) -> Playbook {
+        self.steps.push(PbStep {
+            id: id.into(),
+            kind: kind.into(),
+            keys: vec![],
+        });
+        self
+    }
+
+    /// An `exec` step running `run`.
+    pub fn exec(self, id: &str, run: &str) -> Playbook {
+        self.step(id, "exec").str("run", run)
+    }
+
+    /// A key of the last step with a value in TOML syntax (numbers, booleans, arrays).
+    pub fn raw(mut self, key: &str, toml: &str) -> Playbook {
+        let step = self
+            .steps
+            .last_mut()
+            .expect("Playbook: add a step before setting its keys");
+        step.keys.retain(|(k, _)| k != key);
+        step.keys.push((key.into(), toml.into()));
+        self
+    }
+
+    /// A string key of the last step.
+    pub fn str(self, key: &str, value: &str) -> Playbook {
+        self.raw(key, &toml_str(value))
+    }
+
+    /// An inline table of strings (`set = { K = "v", … }`, `build_args`, `labels`).
+    pub fn table(self, key: &str, entries: &[(&str, &str)]) -> Playbook {
+        let body: Vec<String> = entries
+            .iter()
+            .map(|(k, v)| format!("{} = {}", toml_key(k), toml_str(v)))
+            .collect();
+        self.raw(key, &format!("{{ {} }}", body.join(", ")))
+    }
+
+    pub fn undo(self, cmd: &str) -> Playbook {
+        self.str("undo", cmd)
+    }
+
+    pub fn check(self, cmd: &str) -> Playbook {
+        self.str("check", cmd)
+    }
+
+    pub fn done_if(self, cmd: &str) -> Playbook {
+        self.str("done_if", cmd)
+    }
+
+    /// `"rollback"` or `"stop"`.
+    pub fn on_failure(self, what: &str) -> Playbook {
+        self.str("on_failure", what)
+    }
+
+    pub fn timeout(self, d: &str) -> Playbook {
+        self.str("timeout", d)
+    }
+
+    pub fn retries(self, n: u32, delay: &str) -> Playbook {
+        self.raw("retries", &n.to_string())
+            .str("retry_delay", delay)
+    }
+
+    pub fn to_toml(&self) -> String {
+        let mut out = format!("name = {}\n", toml_str(&self.name));
+        if !self.vars.is_empty() {
+            out += "\n[vars]\n";
+            for (k, v) in &self.vars {
+                out += &format!("{} = {v}\n", toml_key(k));
+            }
+        }
+        for s in &self.steps {
+            out += &format!(
+                "\n[[steps]]\nid = {}\nkind = {}\n",
+                toml_str(&s.id),
+                toml_str(&s.kind)
+            );
+            for (k, v) in &s.keys {
+                out += &format!("{} = {v}\n", toml_key(k));
+            }
+        }
+        out
+    }
+
+    /// Writes the playbook into the sandbox; returns `rel` for the command line.
+    pub fn write(&self, sb: &Sandbox, rel: &str) -> String {
+        sb.write(rel, &self.to_toml());
+        rel.to_owned()
+    }
+}
+
+#[test]
+fn playbook_builder_output_reaches_the_shell_unchanged() {
+    let sb = Sandbox::new();
+    let word = "a \"quoted\" \\ back\tslash $HOME";
+    let pb = Playbook::new("builder")
+        .var("word", word)
+        .exec("say", "printf '%s\\n' \"$WORD\" > out")
+        .undo("rm -f out")
+        .check("true")
+        .done_if("false")
+        .timeout("10s")
+        .retries(1, "10ms")
+        .on_failure("stop")
+        .step("env", "env_set")
+        .str("file", "e.env")
+        .table("set", &[("K", "v \"1\""), ("K2", "x")]);
+    // The last setter of a key wins; keys stay in their step.
+    let toml = pb.clone().str("file", "f.env").to_toml();
+    assert_eq!(toml.matches("file = ").count(), 1, "{toml}");
+    assert!(toml.contains("file = \"f.env\""), "{toml}");
+    sb.write("e.env", "");
+    let path = pb.write(&sb, "pb.toml");
+    let toml = sb.read(&path);
+    assert!(toml.starts_with("name = \"builder\"\n\n[vars]\n"), "{toml}");
+    assert!(
+        toml.contains("\n[[steps]]\nid = \"say\"\nkind = \"exec\"\nrun = "),
+        "{toml}"
+    );
+    assert!(toml.contains("retries = 1\n"), "{toml}");
+    assert!(
+        toml.contains("set = { K = \"v \\\"1\\\"\", K2 = \"x\" }"),
+        "{toml}"
+    );
+    let labels = Playbook::new("l")
+        .step("b", "image_build")
+        .table("labels", &[("ferry.test", "1")])
+        .to_toml();
+    assert!(
+        labels.contains("labels = { \"ferry.test\" = \"1\" }"),
+        "{labels}"
+    );
+    sb.run(&["run", &path]).expect(0);
+    assert_eq!(sb.read("out"), format!("{word}\n"));
+    assert!(sb.read("e.env").lines().any(|l| l == "K2=x"));
+}
+
+#[test]
+fn leftovers_are_seen_while_they_exist_and_not_after() {
+    use std::os::unix::process::CommandExt;
+    let sb = Sandbox::new();
+    let mut leader = Command::new("sh")
+        .args(["-c", "sleep 60 & wait"])
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pid = leader.id();
+    wait_for("the group's sleep", Duration::from_secs(5), || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            e.file_name().to_str().and_then(|p| p.parse().ok()) != Some(pid)
+                && e.file_name()
+                    .to_str()
+                    .and_then(|p| p.parse().ok())
+                    .and_then(proc_stat)
+                    .is_some_and(|(_, g, _)| g == pid)
+        })
+    });
+    let items = vec![
+        Leftover::process(pid),
+        Leftover::Group(pid),
+        Leftover::Path(sb.path("")),
+    ];
+    assert_eq!(remaining(&items).len(), 3, "{:?}", remaining(&items));
+    // The leader gone is not enough: its group's sleep is still there.
+    leader.kill().unwrap();
+    leader.wait().unwrap();
+    let left = remaining(&items);
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        left[0].starts_with(&format!("process group {pid}")),
+        "{left:?}"
+    );
+    // SAFETY: killing the process group this test created.
+    unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+    drop(sb);
+    assert_no_leftovers(&items);
+    // A reused pid is not the process that was recorded.
+    let me = Leftover::Process {
+        pid: std::process::id(),
+        start: Some(0),
+    };
+    assert!(remaining(&[me]).is_empty());
+    assert_eq!(remaining(&[Leftover::process(std::process::id())]).len(), 1);
+}
+
+#[test]
+fn docker_leftovers_are_scoped_to_their_label() {
+    let up = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !require("a running Docker engine", up) {
+        return;
+    }
+    let id = format!("leftover-{}-{}", std::process::id(), free_port());
+    let label = format!("ferry.test.id={id}");
+    let net = Command::new("docker")
+        .args([
+            "network",
+            "create",
+            "--label",
+            "ferry.test=1",
+            "--label",
+            &label,
+            &id,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        net.status.success(),
+        "{}",
+        String::from_utf8_lossy(&net.stderr)
+    );
+    let mine = [Leftover::Docker(label)];
+    let other = [Leftover::Docker(format!("ferry.test.id={id}-other"))];
+    let left = remaining(&mine);
+    assert!(left.len() == 1 && left[0].contains("networks "), "{left:?}");
+    assert!(
+        remaining(&other).is_empty(),
+        "another test's label sees nothing"
+    );
+    let rm = Command::new("docker")
+        .args(["network", "rm", &id])
+        .output()
+        .unwrap();
+    assert!(rm.status.success());
+    assert_no_leftovers(&mine);
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::harness::{free_port, require, wait_for};
+use crate::harness::{Leftover, free_port, require, wait_for};
 
 pub const USER: &str = "ci-pusher";
 pub const PASSWORD: &str = "registry-test-secret";
@@ -101,6 +101,14 @@ impl Registry {
                     .then(|| v.trim().to_owned())
             })
             .or_else(|| panic!("no digest header: {text}"))
+    }
+
+    /// What is gone once the registry is dropped: its process and its storage.
+    pub fn leftovers(&self) -> Vec<Leftover> {
+        vec![
+            Leftover::process(self.child.id()),
+            Leftover::Path(self.dir.path().to_owned()),
+        ]
     }
 
     pub fn log(&self) -> String {

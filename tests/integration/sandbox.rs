@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::harness::{Out, Sandbox, repo, require};
+use crate::harness::{Leftover, Out, Playbook, Sandbox, assert_no_leftovers, repo, require};
 
 struct Sbx {
     sb: Sandbox,
@@ -142,6 +142,46 @@ impl Sbx {
     fn version(&self) -> String {
         metadata(&self.base_url())
     }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.dir.join("sandbox.json")).unwrap()).unwrap()
+    }
+
+    /// Everything this sandbox made, scoped to its id and compose project: containers,
+    /// networks and images (those the test built `FROM` its image inherit its label too),
+    /// PostgreSQL, pgBouncer and the registry, its dirs, and the test's own temp dir.
+    fn leftovers(&self) -> Vec<Leftover> {
+        let st = self.state();
+        let svc = st["service_dir"]
+            .as_str()
+            .map_or_else(|| self.dir.clone(), PathBuf::from);
+        let postmaster: u32 = std::fs::read_to_string(svc.join("pg/data/postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next()?.trim().parse().ok())
+            .expect("the sandbox's postmaster pid");
+        let mut v = vec![
+            Leftover::Docker(format!("ferry.sandbox={}", st["id"].as_str().unwrap())),
+            Leftover::Docker(format!(
+                "com.docker.compose.project={}",
+                st["project"].as_str().unwrap()
+            )),
+            Leftover::process(postmaster),
+            Leftover::Path(self.dir.clone()),
+            Leftover::Path(svc),
+        ];
+        for k in ["bouncer_pid", "registry_pid"] {
+            v.push(Leftover::process(st[k].as_u64().unwrap() as u32));
+        }
+        v.extend(self.sb.leftovers());
+        v
+    }
+
+    /// Ends the test: `sandbox down` (on drop) must leave nothing of it.
+    fn finish(self) {
+        let made = self.leftovers();
+        drop(self);
+        assert_no_leftovers(&made);
+    }
 }
 
 impl Drop for Sbx {
@@ -173,27 +213,12 @@ fn ig(name: &str) -> String {
     repo().join("fixtures/ig").join(name).display().to_string()
 }
 
-fn leftovers(label: &str) -> String {
-    let mut out = String::new();
-    for args in [
-        vec!["ps", "-aq", "--filter", label],
-        vec!["image", "ls", "-q", "--filter", label],
-        vec!["network", "ls", "-q", "--filter", label],
-    ] {
-        let o = Command::new("docker").args(&args).output().unwrap();
-        out += String::from_utf8_lossy(&o.stdout).trim();
-    }
-    out
-}
-
 #[test]
 fn sandbox_up_twice_status_then_down_leaves_nothing_behind() {
     // Under a directory only root may search (like /root): PostgreSQL, which runs as
     // `postgres`, then keeps its files in a temp dir that `down` removes as well.
     let Some(s) = Sbx::up_private(1) else { return };
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(s.dir.join("sandbox.json")).unwrap()).unwrap();
-    let id = state["id"].as_str().unwrap().to_owned();
+    let state = s.state();
     let st =
         s.sb.run(&["sandbox", "status", "--dir", s.dir.to_str().unwrap()]);
     st.expect(0);
@@ -224,25 +249,7 @@ fn sandbox_up_twice_status_then_down_leaves_nothing_behind() {
             .expect("a service dir outside the private one"),
     );
     assert!(service_dir.join("pg/data").is_dir());
-    let pids: Vec<u32> = ["bouncer_pid", "registry_pid"]
-        .iter()
-        .map(|k| state[*k].as_u64().unwrap() as u32)
-        .collect();
-    let dir = s.dir.clone();
-    drop(s);
-    assert!(!dir.exists(), "the sandbox dir is removed");
-    assert!(!service_dir.exists(), "the service dir is removed");
-    assert_eq!(
-        leftovers(&format!("label=ferry.sandbox={id}")),
-        "",
-        "containers, images or networks left"
-    );
-    for pid in pids {
-        assert!(
-            !crate::harness::pid_alive(pid),
-            "process {pid} left running"
-        );
-    }
+    s.finish();
 }
 
 #[test]
@@ -287,6 +294,7 @@ fn ig_upgrade_end_to_end_replica_by_replica() {
         "3 hapi + lb up to date:\n{up}"
     );
     assert!(!up.contains("Recreating"), "{up}");
+    s.finish();
 }
 
 #[test]
@@ -330,6 +338,7 @@ fn killed_between_two_replicas_then_resumed() {
     let imgs: Vec<String> = s.replicas().into_iter().map(|r| r.1).collect();
     assert!(imgs.iter().all(|i| *i == imgs[0]), "{imgs:?}");
     assert_eq!(s.version(), "0.2.2");
+    s.finish();
 }
 
 #[test]
@@ -358,10 +367,14 @@ fn an_image_that_never_turns_healthy_or_reports_the_wrong_version_is_rolled_back
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     let before = s.replicas();
-    s.sb.write(
-        "bad.toml",
-        "name = \"bad\"\n[[steps]]\nid = \"rollout\"\nkind = \"rolling_redeploy\"\nimage = \"ferry-test-never-healthy:1\"\nhealth_timeout = \"6s\"\n",
-    );
+    let rollout = |name: &str, image: &str| {
+        Playbook::new(name)
+            .step("rollout", "rolling_redeploy")
+            .str("image", image)
+    };
+    rollout("bad", "ferry-test-never-healthy:1")
+        .str("health_timeout", "6s")
+        .write(&s.sb, "bad.toml");
     let out = s.run(&["run", "bad.toml"]);
     out.expect(1);
     let first = format!("{}_hapi_1", s.project());
@@ -388,10 +401,12 @@ fn an_image_that_never_turns_healthy_or_reports_the_wrong_version_is_rolled_back
         env_before
     );
     // An image that is healthy but serves the old IG: the version gate stops it.
-    s.sb.write(
-        "wrong.toml",
-        "name = \"wrong\"\n[[steps]]\nid = \"rollout\"\nkind = \"rolling_redeploy\"\nimage = \"ferry-test-same-ig:1\"\nverify_version = \"0.3.0\"\nhealth_timeout = \"8s\"\n",
-    );
+    let wrong = |image: &str| {
+        rollout("wrong", image)
+            .str("verify_version", "0.3.0")
+            .str("health_timeout", "8s")
+    };
+    wrong("ferry-test-same-ig:1").write(&s.sb, "wrong.toml");
     let out = s.run(&["run", "wrong.toml"]);
     out.expect(1);
     assert!(
@@ -403,14 +418,9 @@ fn an_image_that_never_turns_healthy_or_reports_the_wrong_version_is_rolled_back
     assert_eq!(s.replicas(), before);
     assert_eq!(s.version(), "0.2.1");
     // An unknown service and an image that does not exist: refused before anything changes.
-    let wrong = std::fs::read_to_string(s.sb.path("wrong.toml")).unwrap();
-    s.sb.write(
-        "nosvc.toml",
-        &wrong.replace(
-            "kind = \"rolling_redeploy\"",
-            "kind = \"rolling_redeploy\"\nservice = \"hapy\"",
-        ),
-    );
+    wrong("ferry-test-same-ig:1")
+        .str("service", "hapy")
+        .write(&s.sb, "nosvc.toml");
     let out = s.run(&["run", "nosvc.toml"]);
     out.expect(3);
     let want = format!(
@@ -418,10 +428,7 @@ fn an_image_that_never_turns_healthy_or_reports_the_wrong_version_is_rolled_back
         s.project()
     );
     assert!(out.stderr.contains(&want), "{}", out.stderr);
-    s.sb.write(
-        "noimg.toml",
-        &wrong.replace("ferry-test-same-ig:1", "ferry-test-missing:9"),
-    );
+    wrong("ferry-test-missing:9").write(&s.sb, "noimg.toml");
     let out = s.run(&["run", "noimg.toml"]);
     out.expect(3);
     assert!(
@@ -436,6 +443,7 @@ fn an_image_that_never_turns_healthy_or_reports_the_wrong_version_is_rolled_back
             .args(["rmi", "-f", &format!("ferry-test-{tag}:1")])
             .output();
     }
+    s.finish();
 }
 
 #[test]
@@ -476,4 +484,5 @@ fn scaling_1_to_3_passes_and_to_5_is_refused_by_the_pools() {
     let id = s.sb.run_ids().pop().unwrap();
     s.sb.run(&["rollback", &id]).expect(0);
     assert_eq!(s.replicas().len(), 1);
+    s.finish();
 }

@@ -3,9 +3,15 @@
 
 use std::time::Duration;
 
-use crate::harness::{Pg, Sandbox, wait_for};
+use crate::harness::{Leftover, Pg, Playbook, Sandbox, wait_for};
 
 const PW: &str = "Planted-Secret-4e1f9c";
+
+/// What the `forward` playbook makes in fhirdb: gone after its rollback (and before its run).
+const DEMO: (&str, &str) = (
+    "fhirdb",
+    "SELECT count(*) FROM pg_class WHERE relname IN ('demo', 'demo_v')",
+);
 
 /// A cluster with database fhirdb owned by `hapi` (password auth over TCP) and a target.
 fn setup() -> Option<(Pg, Sandbox)> {
@@ -26,37 +32,46 @@ fn setup() -> Option<(Pg, Sandbox)> {
     Some((pg, sb))
 }
 
-const FORWARD: &str = r#"name = "sql"
-[[steps]]
-id = "create"
-kind = "sql"
-database = "fhir"
-check = "SELECT current_user = 'hapi'"
-done_if = "SELECT to_regclass('public.demo') IS NOT NULL"
-statement = "CREATE TABLE demo (id bigint PRIMARY KEY, v text)"
-rollback = "DROP TABLE IF EXISTS demo"
-
-[[steps]]
-id = "fill"
-kind = "sql"
-database = "fhir"
-statement = "INSERT INTO demo SELECT g, 'x' || g FROM generate_series(1, 1000) g"
-verify = "SELECT count(*) = 1000 FROM demo"
-rollback = "DELETE FROM demo"
-
-[[steps]]
-id = "index"
-kind = "sql"
-database = "fhir"
-transaction = false
-statement = "CREATE INDEX CONCURRENTLY IF NOT EXISTS demo_v ON demo (v)"
-rollback = "DROP INDEX CONCURRENTLY IF EXISTS demo_v"
-"#;
+/// Create a table, fill it, index it concurrently: each with its rollback. With
+/// `index_in_transaction` the index step lacks `transaction = false`, so it and its
+/// undo fail.
+fn forward(index_in_transaction: bool) -> Playbook {
+    let pb = Playbook::new("sql")
+        .step("create", "sql")
+        .str("database", "fhir")
+        .check("SELECT current_user = 'hapi'")
+        .done_if("SELECT to_regclass('public.demo') IS NOT NULL")
+        .str(
+            "statement",
+            "CREATE TABLE demo (id bigint PRIMARY KEY, v text)",
+        )
+        .str("rollback", "DROP TABLE IF EXISTS demo")
+        .step("fill", "sql")
+        .str("database", "fhir")
+        .str(
+            "statement",
+            "INSERT INTO demo SELECT g, 'x' || g FROM generate_series(1, 1000) g",
+        )
+        .str("verify", "SELECT count(*) = 1000 FROM demo")
+        .str("rollback", "DELETE FROM demo")
+        .step("index", "sql")
+        .str("database", "fhir");
+    let pb = if index_in_transaction {
+        pb
+    } else {
+        pb.raw("transaction", "false")
+    };
+    pb.str(
+        "statement",
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS demo_v ON demo (v)",
+    )
+    .str("rollback", "DROP INDEX CONCURRENTLY IF EXISTS demo_v")
+}
 
 #[test]
 fn sql_steps_apply_and_roll_back_on_a_real_database() {
     let Some((pg, sb)) = setup() else { return };
-    sb.write("pb.toml", FORWARD);
+    forward(false).write(&sb, "pb.toml");
     let env = [("FHIR_DB_PASSWORD", PW)];
     sb.run_env(&["run", "pb.toml", "--target", "target.toml"], &env)
         .expect(0);
@@ -76,15 +91,17 @@ fn sql_steps_apply_and_roll_back_on_a_real_database() {
         "t",
         "nothing left behind"
     );
+    pg.finish(sb, &[DEMO], vec![]);
 }
 
 #[test]
 fn a_failing_statement_rolls_back_earlier_sql_steps() {
     let Some((pg, sb)) = setup() else { return };
-    sb.write(
-        "pb.toml",
-        &format!("{FORWARD}\n[[steps]]\nid = \"bad\"\nkind = \"sql\"\ndatabase = \"fhir\"\nstatement = \"INSERT INTO demo VALUES (1, 'duplicate')\"\n"),
-    );
+    forward(false)
+        .step("bad", "sql")
+        .str("database", "fhir")
+        .str("statement", "INSERT INTO demo VALUES (1, 'duplicate')")
+        .write(&sb, "pb.toml");
     let out = sb.run_env(
         &["run", "pb.toml", "--target", "target.toml"],
         &[("FHIR_DB_PASSWORD", PW)],
@@ -100,13 +117,14 @@ fn a_failing_statement_rolls_back_earlier_sql_steps() {
         pg.psql("fhirdb", "SELECT to_regclass('public.demo') IS NULL"),
         "t"
     );
+    pg.finish(sb, &[DEMO], vec![]);
 }
 
 #[test]
 fn an_undo_that_fails_stops_the_rollback_for_a_person_exit_6() {
     let Some((pg, sb)) = setup() else { return };
     // Without `transaction = false` both the index and its undo fail inside a transaction.
-    sb.write("pb.toml", &FORWARD.replace("transaction = false\n", ""));
+    forward(true).write(&sb, "pb.toml");
     let env = [("FHIR_DB_PASSWORD", PW)];
     let out = sb.run_env(&["run", "pb.toml", "--target", "target.toml"], &env);
     out.expect(6);
@@ -139,7 +157,7 @@ fn an_undo_that_fails_stops_the_rollback_for_a_person_exit_6() {
         "earlier steps are left for the person"
     );
     // The person fixes the playbook and finishes the rollback.
-    sb.write("pb.toml", FORWARD);
+    forward(false).write(&sb, "pb.toml");
     sb.run_env(&["rollback", &id], &env).expect(2);
     sb.run_env(&["rollback", &id, "--accept-changes"], &env)
         .expect(0);
@@ -147,12 +165,13 @@ fn an_undo_that_fails_stops_the_rollback_for_a_person_exit_6() {
         pg.psql("fhirdb", "SELECT to_regclass('public.demo') IS NULL"),
         "t"
     );
+    pg.finish(sb, &[DEMO], vec![]);
 }
 
 #[test]
 fn wrong_password_and_unreachable_database_are_preconditions() {
     let Some((pg, sb)) = setup() else { return };
-    sb.write("pb.toml", FORWARD);
+    forward(false).write(&sb, "pb.toml");
     let out = sb.run_env(
         &["run", "pb.toml", "--target", "target.toml"],
         &[("FHIR_DB_PASSWORD", "wrong-password")],
@@ -191,14 +210,19 @@ fn wrong_password_and_unreachable_database_are_preconditions() {
         "t",
         "nothing changed"
     );
+    pg.finish(sb, &[DEMO], vec![]);
 }
 
 #[test]
 fn the_database_lock_stops_a_second_operator_with_another_state_dir() {
-    let Some((_pg, sb)) = setup() else { return };
-    sb.write("slow.toml", "name = \"slow\"\n[[steps]]\nid = \"hold\"\nkind = \"exec\"\nrun = \"touch holding; sleep 30\"\n");
+    let Some((pg, sb)) = setup() else { return };
+    Playbook::new("slow")
+        .exec("hold", "touch holding; sleep 30")
+        .done_if("test -f released")
+        .write(&sb, "slow.toml");
     let env = [("FHIR_DB_PASSWORD", PW)];
     let mut first = sb.spawn(&["run", "slow.toml", "--target", "target.toml"], &env);
+    let first_pid = Leftover::process(first.id());
     wait_for("the first run", Duration::from_secs(15), || {
         sb.path("holding").exists()
     });
@@ -226,20 +250,29 @@ fn the_database_lock_stops_a_second_operator_with_another_state_dir() {
     // SAFETY: stopping the ferry we spawned.
     unsafe { libc::kill(first.id() as i32, libc::SIGKILL) };
     first.wait().unwrap();
+    // Its step's `sleep 30` outlives it; resume reaps the leftover and finds the step done.
+    sb.write("released", "");
+    sb.run_env(&["resume"], &env).expect(0);
+    pg.finish(sb, &[], vec![first_pid]);
 }
 
 #[test]
 fn wait_until_a_query_is_true() {
     let Some((pg, sb)) = setup() else { return };
     pg.psql("fhirdb", "CREATE TABLE flag (ok boolean); INSERT INTO flag VALUES (false); ALTER TABLE flag OWNER TO hapi");
-    sb.write(
-        "pb.toml",
-        "name = \"w\"\n[[steps]]\nid = \"flip\"\nkind = \"exec\"\nrun = \"touch flipping\"\n[[steps]]\nid = \"until\"\nkind = \"wait\"\ndatabase = \"fhir\"\nsql = \"SELECT ok FROM flag\"\ninterval = \"100ms\"\ntimeout = \"20s\"\n",
-    );
+    Playbook::new("w")
+        .exec("flip", "touch flipping")
+        .step("until", "wait")
+        .str("database", "fhir")
+        .str("sql", "SELECT ok FROM flag")
+        .str("interval", "100ms")
+        .timeout("20s")
+        .write(&sb, "pb.toml");
     let child = sb.spawn(
         &["run", "pb.toml", "--target", "target.toml"],
         &[("FHIR_DB_PASSWORD", PW)],
     );
+    let child_pid = Leftover::process(child.id());
     wait_for("the run", Duration::from_secs(10), || {
         sb.path("flipping").exists()
     });
@@ -253,7 +286,13 @@ fn wait_until_a_query_is_true() {
         String::from_utf8_lossy(&out.stderr)
     );
     // and a timeout that expires names what it waited for
-    sb.write("pb2.toml", "name = \"w2\"\n[[steps]]\nid = \"never\"\nkind = \"wait\"\ndatabase = \"fhir\"\nsql = \"SELECT NOT ok FROM flag\"\ninterval = \"100ms\"\ntimeout = \"1s\"\n");
+    Playbook::new("w2")
+        .step("never", "wait")
+        .str("database", "fhir")
+        .str("sql", "SELECT NOT ok FROM flag")
+        .str("interval", "100ms")
+        .timeout("1s")
+        .write(&sb, "pb2.toml");
     let out = sb.run_env(
         &["run", "pb2.toml", "--target", "target.toml"],
         &[("FHIR_DB_PASSWORD", PW)],
@@ -265,33 +304,27 @@ fn wait_until_a_query_is_true() {
         "{}",
         out.stderr
     );
+    pg.finish(sb, &[], vec![child_pid]);
 }
 
 #[test]
 fn a_planted_password_appears_in_no_output_and_no_file() {
-    let Some((_pg, sb)) = setup() else { return };
-    sb.write(
-        "pb.toml",
-        r#"name = "leaky"
-[[steps]]
-id = "use-it"
-kind = "sql"
-database = "fhir"
-statement = "CREATE TABLE leak (v text)"
-rollback = "DROP TABLE IF EXISTS leak"
-
-[[steps]]
-id = "echo-it"
-kind = "exec"
-run = "echo the password is $FHIR_DB_PASSWORD; echo \"$FHIR_DB_PASSWORD\" >&2"
-undo = "echo undoing with $FHIR_DB_PASSWORD"
-
-[[steps]]
-id = "fail-with-it"
-kind = "exec"
-run = "echo \"cannot log in with $FHIR_DB_PASSWORD\" >&2; exit 1"
-"#,
-    );
+    let Some((pg, sb)) = setup() else { return };
+    Playbook::new("leaky")
+        .step("use-it", "sql")
+        .str("database", "fhir")
+        .str("statement", "CREATE TABLE leak (v text)")
+        .str("rollback", "DROP TABLE IF EXISTS leak")
+        .exec(
+            "echo-it",
+            "echo the password is $FHIR_DB_PASSWORD; echo \"$FHIR_DB_PASSWORD\" >&2",
+        )
+        .undo("echo undoing with $FHIR_DB_PASSWORD")
+        .exec(
+            "fail-with-it",
+            "echo \"cannot log in with $FHIR_DB_PASSWORD\" >&2; exit 1",
+        )
+        .write(&sb, "pb.toml");
     let junit = sb.path("report.xml");
     let env = [("FHIR_DB_PASSWORD", PW)];
     let human = sb.run_env(
@@ -362,6 +395,14 @@ run = "echo \"cannot log in with $FHIR_DB_PASSWORD\" >&2; exit 1"
         mode(&sb.state.join("runs").join(&id).join("journal.jsonl")),
         0o600
     );
+    pg.finish(
+        sb,
+        &[(
+            "fhirdb",
+            "SELECT count(*) FROM pg_class WHERE relname = 'leak'",
+        )],
+        vec![],
+    );
 }
 
 /// A session holding ferry's database lock, as a lost or killed ferry would leave it.
@@ -410,11 +451,9 @@ fn unlock_releases_a_database_lock_left_by_a_dead_or_lost_ferry() {
         .to_owned();
     // A dead ferry on this host (its session lingers): unlock ends the session.
     let mut s1 = hold_db_lock(&pg, &format!("ferry pid 4194000 on {host}: run run X"));
+    let mut made = vec![Leftover::process(s1.id())];
     wait_for("the lock", Duration::from_secs(10), || held() == "1");
-    sb.write(
-        "pb.toml",
-        "name = \"x\"\n[[steps]]\nid = \"a\"\nkind = \"exec\"\nrun = \"true\"\n",
-    );
+    Playbook::new("x").exec("a", "true").write(&sb, "pb.toml");
     let out = sb.run_env(&["run", "pb.toml", "--target", "target.toml"], &env);
     out.expect(4);
     let out = sb.run_env(&["unlock", "--target", "target.toml"], &env);
@@ -430,6 +469,7 @@ fn unlock_releases_a_database_lock_left_by_a_dead_or_lost_ferry() {
     s1.wait().unwrap();
     // A ferry on another host: refused unless the operator says that machine is gone.
     let mut s2 = hold_db_lock(&pg, "ferry pid 77 on lost-host: run run Y");
+    made.push(Leftover::process(s2.id()));
     wait_for("the lock", Duration::from_secs(10), || held() == "1");
     let out = sb.run_env(&["unlock", "--target", "target.toml"], &env);
     out.expect(4);
@@ -446,4 +486,5 @@ fn unlock_releases_a_database_lock_left_by_a_dead_or_lost_ferry() {
     s2.wait().unwrap();
     sb.run_env(&["run", "pb.toml", "--target", "target.toml"], &env)
         .expect(0);
+    pg.finish(sb, &[], made);
 }
