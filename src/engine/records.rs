@@ -273,6 +273,7 @@ mod tests {
             playbook: "pb.toml".into(),
             playbook_hash: "h".into(),
             target: None,
+            target_hash: None,
             cli_vars: vec![],
             steps: steps
                 .iter()
@@ -291,7 +292,7 @@ mod tests {
 
     /// A run of steps a, b, c followed by `rest`.
     fn fold(rest: Vec<Record>) -> RunState {
-        let mut recs = vec![Record::RunStarted(meta(&["a", "b", "c"]))];
+        let mut recs = vec![Record::RunStarted(Box::new(meta(&["a", "b", "c"])))];
         recs.extend(rest);
         RunState::fold(&recs).expect("a run record comes first")
     }
@@ -336,7 +337,9 @@ mod tests {
     #[test]
     fn no_records_or_no_run_record_first_is_no_run() {
         assert!(RunState::fold(&[]).is_none());
-        assert!(RunState::fold(&[started("a"), Record::RunStarted(meta(&["a"]))]).is_none());
+        assert!(
+            RunState::fold(&[started("a"), Record::RunStarted(Box::new(meta(&["a"])))]).is_none()
+        );
     }
 
     #[test]
@@ -723,8 +726,8 @@ mod tests {
 
     #[test]
     fn a_later_run_started_record_is_ignored() {
-        let mut recs = vec![Record::RunStarted(meta(&["a"])), started("a")];
-        recs.push(Record::RunStarted(meta(&["x", "y"])));
+        let mut recs = vec![Record::RunStarted(Box::new(meta(&["a"]))), started("a")];
+        recs.push(Record::RunStarted(Box::new(meta(&["x", "y"]))));
         let st = RunState::fold(&recs).unwrap();
         assert_eq!(st.steps.len(), 1);
         assert_eq!(states(&st), [Started]);
@@ -733,7 +736,7 @@ mod tests {
     #[test]
     fn fold_equals_apply_one_by_one() {
         let recs = [
-            Record::RunStarted(meta(&["a", "b", "c"])),
+            Record::RunStarted(Box::new(meta(&["a", "b", "c"]))),
             started("a"),
             done("a"),
             started("b"),
@@ -763,7 +766,7 @@ mod tests {
         let p = dir.path().join("journal.jsonl");
         let mut j = Journal::create(&p).unwrap();
         for r in [
-            Record::RunStarted(meta(&["a", "b", "c"])),
+            Record::RunStarted(Box::new(meta(&["a", "b", "c"]))),
             started("a"),
             done("a"),
             started("b"),

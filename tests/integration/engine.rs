@@ -513,7 +513,7 @@ fn assert_lines(got: &[String], want: &[&str]) {
 #[test]
 fn json_events_are_pinned() {
     let sb = Sandbox::new();
-    sb.write("pb.toml", MARKERS);
+    markers().write(&sb, "pb.toml");
     let out = sb.run(&["run", "pb.toml", "--format", "json"]);
     out.expect(0);
     assert_lines(
