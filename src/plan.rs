@@ -3,10 +3,10 @@
 
 use serde_json::json;
 
-use crate::playbook::model::fmt_duration;
 use crate::playbook::{OnFailure, Playbook};
 use crate::steps::{Reversibility, Step};
 use crate::target::Target;
+use crate::util::duration::fmt_duration;
 
 pub fn render(pb: &Playbook, target: Option<&Target>, as_json: bool) -> String {
     if as_json {

@@ -141,7 +141,7 @@ pub async fn run(
                 let _ = child.wait().await;
                 return Err(anyhow!(
                     "timed out after {}: killed process group {pid}",
-                    crate::playbook::model::fmt_duration(sh.timeout.unwrap_or_default())
+                    crate::util::duration::fmt_duration(sh.timeout.unwrap_or_default())
                 ));
             }
             _ = drain => break,

@@ -10,7 +10,6 @@
 //! replaced replica back on its previous image the same way, then restores the env file.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use serde::{Deserialize, Serialize};
@@ -19,8 +18,8 @@ use super::docker_util::{engine, fhir_path, project_service, running_replicas};
 use super::replace::{self, Gate, compose_hash};
 use super::{Check, Reversibility, Step, StepCx};
 use crate::infra::dotenv::{self, Edit};
-use crate::playbook::model::parse_duration;
 use crate::report::CheckStatus;
+use crate::util::duration::Duration;
 
 pub const KEYS: &[&str] = &[
     "service",
@@ -44,7 +43,7 @@ pub struct RollingRedeploy {
     #[serde(default = "one")]
     pub max_surge: u32,
     #[serde(default = "two_minutes")]
-    pub health_timeout: String,
+    pub health_timeout: Duration,
     pub verify_version: Option<String>,
     #[serde(default = "hapi_image")]
     pub env_key: String,
@@ -59,8 +58,8 @@ fn one() -> u32 {
 fn ten() -> i32 {
     10
 }
-fn two_minutes() -> String {
-    "2m".into()
+fn two_minutes() -> Duration {
+    Duration::new(std::time::Duration::from_secs(120), "2m")
 }
 fn hapi_image() -> String {
     "HAPI_IMAGE".into()
@@ -88,9 +87,6 @@ impl RollingRedeploy {
                     .into(),
             ));
         }
-        if let Err(e) = parse_duration(&self.health_timeout) {
-            out.push((Some("health_timeout"), e));
-        }
         out
     }
 
@@ -113,8 +109,7 @@ impl RollingRedeploy {
 
     fn gate<'a>(&'a self, path: &'a str, version: Option<&'a str>) -> Gate<'a> {
         Gate {
-            health_timeout: parse_duration(&self.health_timeout)
-                .unwrap_or(Duration::from_secs(120)),
+            health_timeout: self.health_timeout.get(),
             verify_version: version,
             fhir_path: path,
             stop_timeout: self.stop_timeout,
