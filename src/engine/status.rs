@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::journal;
 use super::lock::read_owner;
 use super::records::{Outcome, Phase, RunState, StepState};
+use crate::infra::process::pid_alive;
 
 #[derive(Debug, Serialize)]
 pub struct RunSummary {
@@ -101,14 +102,6 @@ pub fn summarize(state_dir: &Path, st: &RunState) -> RunSummary {
                 error: s.error.clone(),
             })
             .collect(),
-    }
-}
-
-pub fn pid_alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks for existence and permission.
-    unsafe {
-        libc::kill(pid as i32, 0) == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
     }
 }
 

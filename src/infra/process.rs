@@ -171,6 +171,14 @@ fn push_tail(tail: &mut Vec<String>, line: &str) {
     tail.push(line.to_owned());
 }
 
+pub fn pid_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks for existence and permission.
+    unsafe {
+        libc::kill(pid as i32, 0) == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+}
+
 /// Field 22 of /proc/PID/stat: the start time in clock ticks since boot. Together with the
 /// pid it names one process for good (pids are reused, start times with them are not).
 pub fn start_ticks(pid: u32) -> Option<u64> {
