@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use anyhow::{Context, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
-use super::docker_util::{engine, fhir_path, project_service, running_replicas};
+use super::docker_util::{TEMP_SUFFIX, engine, fhir_path, project_service, running_replicas};
 use super::replace::{self, Gate, compose_hash};
 use super::{Check, Reversibility, Step, StepCx};
 use crate::infra::dotenv::{self, Edit};
@@ -312,11 +312,8 @@ impl Step for RollingRedeploy {
         let gate = self.gate(&path, None);
         let all = e.replicas(&project, &service).await?;
         replace::finish_orphans(&e, cx, &project, &service, &gate).await?;
-        for r in all
-            .iter()
-            .filter(|r| r.name.ends_with(replace::TEMP_SUFFIX))
-        {
-            if e.inspect_container(r.name.trim_end_matches(replace::TEMP_SUFFIX))
+        for r in all.iter().filter(|r| r.name.ends_with(TEMP_SUFFIX)) {
+            if e.inspect_container(r.name.trim_end_matches(TEMP_SUFFIX))
                 .await?
                 .is_some()
             {
