@@ -20,15 +20,9 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-// Part of the API the CLI and the `ig_package_swap` step code against; not every item
-// is used inside this branch yet.
-#[allow(unused_imports)]
 pub use cmd::{diff_cmd, inspect_cmd};
-#[allow(unused_imports)]
-pub use diff::{Class, Diff, Finding, PkgRef, check_upgrade, diff};
-#[allow(unused_imports)]
+pub use diff::{Class, Diff, Finding, diff};
 pub use index::Resource;
-#[allow(unused_imports)]
 pub use read::{Package, read_package};
 
 use std::path::Path;

@@ -1,6 +1,5 @@
 //! Behavioural tests of `ig` on the committed fixtures (`fixtures/ig/`) and the real US
-//! Core packages (`$FERRY_SHARED_DIR`, else `../shared`, else `/work/shared`). They live
-//! here rather than in `tests/integration` because the CLI is wired on another branch.
+//! Core packages (`$FERRY_SHARED_DIR`, else `../shared`, else `/work/shared`).
 
 use std::path::{Path, PathBuf};
 
