@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::PathBuf;
 
-use super::diagnostic::Diagnostic;
+use crate::util::diagnostic::Diagnostic;
 use crate::util::suggest::did_you_mean;
 
 pub struct Scope<'a> {

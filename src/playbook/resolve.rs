@@ -7,14 +7,14 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use super::diagnostic::{Diagnostic, render_all};
 use super::interpolate::{GitCommit, Scope};
 use super::model::{OnFailure, Playbook, StepDef};
-use super::parse::{Key, Node, Val, parse};
 use crate::error::Error;
 use crate::steps::{self, ParamError, StepSpec};
 use crate::target::Target;
+use crate::util::diagnostic::{Diagnostic, render_all};
 use crate::util::duration::parse_duration;
+use crate::util::parse::{Key, Node, Val, parse};
 use crate::util::suggest::did_you_mean;
 
 pub struct Input<'a> {

@@ -1,7 +1,10 @@
-//! Leaf helpers shared by every layer: durations, "did you mean" and the validation
-//! placeholder. Nothing in here imports the rest of the crate.
+//! Leaf helpers shared by every layer: durations, "did you mean", the validation
+//! placeholder, and the span-keeping TOML parser with its located errors (playbooks and
+//! target files both use them). Nothing in here imports the rest of the crate.
 
+pub mod diagnostic;
 pub mod duration;
+pub mod parse;
 pub mod suggest;
 
 /// `<name>`: what a variable renders as while validating without its value (a required
