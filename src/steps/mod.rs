@@ -257,3 +257,31 @@ impl Step for StepSpec {
         dispatch!(self, s => s.owns_timeout())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(text: &str) -> toml::Table {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn a_malformed_duration_is_reported_at_its_key() {
+        let e = StepSpec::from_toml("scale", params("replicas = 2\nhealth_timeout = \"soon\""));
+        assert_eq!(
+            e.err(),
+            Some(ParamError::Duration {
+                key: "health_timeout".into(),
+                message: "`soon` is not a duration (try \"30s\", \"4h\")".into(),
+            })
+        );
+        let e = StepSpec::from_toml("wait", params("interval = 2\nhttp = \"http://h/\""));
+        assert_eq!(
+            e.err(),
+            Some(ParamError::Invalid(
+                "invalid type: integer `2`, expected a string".into()
+            ))
+        );
+    }
+}
