@@ -143,8 +143,7 @@ async fn check_cmd(
         return Ok(code::DONE);
     };
     let keys = checks::keys(name).ok_or_else(|| {
-        let help =
-            crate::playbook::diagnostic::did_you_mean(name, checks::CHECKS.iter().map(|c| c.0));
+        let help = crate::util::suggest::did_you_mean(name, checks::CHECKS.iter().map(|c| c.0));
         Error::invalid(format!(
             "unknown check `{name}`{}",
             help.map(|h| format!(" ({h})")).unwrap_or_default()

@@ -16,6 +16,7 @@ mod report;
 mod sandbox;
 mod steps;
 mod target;
+mod util;
 
 use clap::Parser;
 

@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::Error;
-use crate::playbook::diagnostic::{Diagnostic, did_you_mean, render_all};
-use crate::playbook::parse::{Node, Val, parse};
 use crate::report::redact;
+use crate::util::diagnostic::{Diagnostic, render_all};
+use crate::util::parse::{Node, Val, parse};
+use crate::util::suggest::did_you_mean;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -6,6 +6,7 @@
 use serde_json::json;
 
 use super::{CheckCx, Report};
+use crate::infra::postgres::quote_ident;
 
 pub const KEYS: &[&str] = &["database", "schema", "table", "months_ahead"];
 
@@ -196,8 +197,4 @@ async fn default_rows(
             Ok(r.get(0))
         }
     }
-}
-
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 
-use crate::playbook::model::parse_duration;
+use crate::util::duration::parse_duration;
 
 #[derive(Debug, Clone, Default)]
 pub struct Params {
@@ -20,10 +20,9 @@ impl Params {
         for layer in layers {
             for (k, v) in layer.iter() {
                 if !allowed.contains(&k.as_str()) {
-                    let help =
-                        crate::playbook::diagnostic::did_you_mean(k, allowed.iter().copied())
-                            .map(|h| format!(" ({h})"))
-                            .unwrap_or_default();
+                    let help = crate::util::suggest::did_you_mean(k, allowed.iter().copied())
+                        .map(|h| format!(" ({h})"))
+                        .unwrap_or_default();
                     bail!(
                         "check `{check}` has no setting `{k}`{help}; it takes: {}",
                         allowed.join(", ")

@@ -296,13 +296,13 @@ pub fn judge(
                 alerts.push(format!(
                     "pool {pool}: {} threads waiting for a connection for {for_s:.0}s (>= {})",
                     s.value,
-                    crate::playbook::model::fmt_duration(th.pending_for)
+                    crate::util::duration::fmt_duration(th.pending_for)
                 ));
             } else {
                 details.push(format!(
                     "pool {pool}: {} threads pending, for {for_s:.0}s so far (alert at {})",
                     s.value,
-                    crate::playbook::model::fmt_duration(th.pending_for)
+                    crate::util::duration::fmt_duration(th.pending_for)
                 ));
             }
             pending_data.push(json!({"pool": pool, "pending": s.value, "for_s": for_s}));
@@ -456,7 +456,7 @@ pub fn judge(
             parts.push(format!(
                 "{} pool(s) with threads pending, not yet for {}",
                 state.pending_since.len(),
-                crate::playbook::model::fmt_duration(th.pending_for)
+                crate::util::duration::fmt_duration(th.pending_for)
             ));
         } else if !pending_data.is_empty() {
             parts.push("no threads waiting for a connection".into());

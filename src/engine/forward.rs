@@ -14,9 +14,9 @@ use super::runner::{Run, is_interrupted};
 use crate::error::Error;
 use crate::infra::process;
 use crate::playbook::OnFailure;
-use crate::playbook::model::fmt_duration;
 use crate::report::{CheckStatus, Event, Level, Phase, StepStatus};
 use crate::steps::{Interrupted, Step, StepCx};
+use crate::util::duration::fmt_duration;
 
 impl Run<'_> {
     pub(super) fn rec(&mut self, r: Record, durable: bool) -> Result<(), Error> {

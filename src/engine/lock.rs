@@ -224,7 +224,7 @@ pub async fn unlock_pg(
         _ => (None, String::new()),
     };
     let here = host == super::hostname();
-    let dead_here = here && pid.is_some_and(|p| !super::status::pid_alive(p));
+    let dead_here = here && pid.is_some_and(|p| !crate::infra::process::pid_alive(p));
     if !(dead_here || force && !here) {
         let why = if here {
             "its ferry is alive on this host"

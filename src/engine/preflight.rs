@@ -5,8 +5,6 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use anyhow::anyhow;
-
 use super::runner::{Engine, RunRequest};
 use crate::error::Error;
 use crate::report::{CheckStatus, Event, Mode, Phase, RunOutcome, StepStatus};
@@ -101,18 +99,5 @@ pub(super) async fn run_checks(cx: &StepCx, step: &impl Step) -> Vec<Check> {
     match step.check(cx).await {
         Ok(c) => c,
         Err(e) => vec![Check::fail("check", format!("{e:#}"))],
-    }
-}
-
-pub(super) struct NoStore;
-impl crate::steps::CheckpointStore for NoStore {
-    fn save(&self, _: &str, _: &serde_json::Value) -> anyhow::Result<()> {
-        Err(anyhow!("checks must not save checkpoints"))
-    }
-    fn child_started(&self, _: &str, _: u32, _: u64) -> anyhow::Result<()> {
-        Ok(())
-    }
-    fn child_exited(&self, _: &str, _: u32) -> anyhow::Result<()> {
-        Ok(())
     }
 }

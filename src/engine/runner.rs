@@ -12,10 +12,9 @@ use anyhow::anyhow;
 
 use super::journal::Journal;
 use super::lock::{Owner, PgLock, StateLock, acquire_pg};
-use super::preflight::NoStore;
 use super::records::{Outcome, Phase, Record, RunMeta, RunState, StepMeta, StepRun};
 use super::signal::Stop;
-use super::store::JournalStore;
+use super::store::{JournalStore, NoStore};
 use crate::error::Error;
 use crate::playbook::{Playbook, StepDef};
 use crate::report::{Event, Mode, RunOutcome, Sink};

@@ -6,6 +6,7 @@ use std::path::Path;
 use super::journal;
 use super::lock::read_owner;
 use super::records::{Outcome, Phase, RunState};
+use crate::infra::process::pid_alive;
 use crate::report::views::status::{RunStatus, RunSummary, StepSummary};
 
 pub fn load(state_dir: &Path, run_id: &str) -> anyhow::Result<RunState> {
@@ -78,14 +79,6 @@ pub fn summarize(state_dir: &Path, st: &RunState) -> RunSummary {
                 error: s.error.clone(),
             })
             .collect(),
-    }
-}
-
-pub fn pid_alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks for existence and permission.
-    unsafe {
-        libc::kill(pid as i32, 0) == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
     }
 }
 

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use anyhow::anyhow;
+
 use super::journal::Journal;
 use super::records::Record;
 use crate::report::redact;
@@ -112,5 +114,19 @@ impl CheckpointStore for JournalStore {
             },
             false,
         )
+    }
+}
+
+/// What checks get (preflight, dry-run): saving a checkpoint there is a bug.
+pub(super) struct NoStore;
+impl CheckpointStore for NoStore {
+    fn save(&self, _: &str, _: &serde_json::Value) -> anyhow::Result<()> {
+        Err(anyhow!("checks must not save checkpoints"))
+    }
+    fn child_started(&self, _: &str, _: u32, _: u64) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn child_exited(&self, _: &str, _: u32) -> anyhow::Result<()> {
+        Ok(())
     }
 }

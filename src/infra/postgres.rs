@@ -72,3 +72,7 @@ pub async fn query_bool_read_only(client: &mut Client, sql: &str) -> anyhow::Res
     let _ = tx.rollback().await;
     r
 }
+
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}

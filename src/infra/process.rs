@@ -141,7 +141,7 @@ pub async fn run(
                 let _ = child.wait().await;
                 return Err(anyhow!(
                     "timed out after {}: killed process group {pid}",
-                    crate::playbook::model::fmt_duration(sh.timeout.unwrap_or_default())
+                    crate::util::duration::fmt_duration(sh.timeout.unwrap_or_default())
                 ));
             }
             _ = drain => break,
@@ -169,6 +169,14 @@ fn push_tail(tail: &mut Vec<String>, line: &str) {
         tail.remove(0);
     }
     tail.push(line.to_owned());
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks for existence and permission.
+    unsafe {
+        libc::kill(pid as i32, 0) == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
 }
 
 /// Field 22 of /proc/PID/stat: the start time in clock ticks since boot. Together with the

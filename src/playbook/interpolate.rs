@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::PathBuf;
 
-use super::diagnostic::{Diagnostic, did_you_mean};
+use crate::util::diagnostic::Diagnostic;
+use crate::util::suggest::did_you_mean;
 
 pub struct Scope<'a> {
     pub vars: &'a BTreeMap<String, String>,
@@ -58,15 +59,6 @@ impl GitCommit {
             })
             .clone()
     }
-}
-
-/// `<name>`: what a variable renders as while validating without its value (a required
-/// variable not given yet); typed parameters accept it there and check it at run time.
-pub fn is_placeholder(s: &str) -> bool {
-    s.len() > 2
-        && s.starts_with('<')
-        && s.ends_with('>')
-        && !s[1..s.len() - 1].contains(['<', '>', ' '])
 }
 
 /// One `{{ … }}` occurrence: the byte range in the string and the trimmed name.

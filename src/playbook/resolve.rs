@@ -7,13 +7,15 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use super::diagnostic::{Diagnostic, did_you_mean, render_all};
 use super::interpolate::{GitCommit, Scope};
-use super::model::{OnFailure, Playbook, StepDef, parse_duration};
-use super::parse::{Key, Node, Val, parse};
+use super::model::{OnFailure, Playbook, StepDef};
 use crate::error::Error;
-use crate::steps::{self, StepSpec};
+use crate::steps::{self, ParamError, StepSpec};
 use crate::target::Target;
+use crate::util::diagnostic::{Diagnostic, render_all};
+use crate::util::duration::parse_duration;
+use crate::util::parse::{Key, Node, Val, parse};
+use crate::util::suggest::did_you_mean;
 
 pub struct Input<'a> {
     pub path: &'a Path,
@@ -307,9 +309,14 @@ impl Resolver<'_> {
         params.retain(|k, _| kind_keys.contains(&k));
         let spec = match StepSpec::from_toml(&kind, params.clone()) {
             Ok(spec) => Some(spec),
-            Err(e) => {
+            Err(ParamError::Invalid(e)) => {
                 let span = key_in_message(&e, item).unwrap_or(kind_span.clone());
                 self.err(format!("invalid `{kind}` step: {e}"), span, None);
+                None
+            }
+            Err(ParamError::Duration { key, message }) => {
+                let span = item.get(&key).map_or(kind_span.clone(), |n| n.span.clone());
+                self.err(message, span, None);
                 None
             }
         };

@@ -71,7 +71,7 @@ pub fn spawn_daemon(mut cmd: Command, log: &Path) -> anyhow::Result<u32> {
 }
 
 pub fn alive(pid: u32) -> bool {
-    crate::engine::status::pid_alive(pid) && !is_zombie(pid)
+    crate::infra::process::pid_alive(pid) && !is_zombie(pid)
 }
 
 fn is_zombie(pid: u32) -> bool {

@@ -9,8 +9,9 @@ use anyhow::{anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use super::{Check, Reversibility, Step, StepCx};
-use crate::checks::audit_partitions::{covered, months, partitions, quote_ident};
+use crate::checks::audit_partitions::{covered, months, partitions};
 use crate::infra::postgres;
+use crate::infra::postgres::quote_ident;
 use crate::report::Level;
 
 pub const KEYS: &[&str] = &["database", "months_ahead", "schema", "table"];

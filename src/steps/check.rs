@@ -58,7 +58,7 @@ impl CheckStep {
         match checks::keys(&self.name) {
             None => {
                 let names = checks::CHECKS.iter().map(|c| c.0);
-                let help = crate::playbook::diagnostic::did_you_mean(&self.name, names)
+                let help = crate::util::suggest::did_you_mean(&self.name, names)
                     .map(|h| format!(" ({h})"))
                     .unwrap_or_default();
                 out.push((Some("name"), format!("unknown check `{}`{help}", self.name)));

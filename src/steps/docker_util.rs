@@ -7,6 +7,9 @@ use anyhow::{Context, anyhow};
 use super::StepCx;
 use crate::infra::docker::{self, Engine, Replica};
 
+/// The name ending of a replica's temporary clone while it is being replaced.
+pub const TEMP_SUFFIX: &str = "-ferry-next";
+
 pub async fn engine(cx: &StepCx) -> anyhow::Result<Engine> {
     let host = cx
         .target
@@ -44,7 +47,7 @@ pub async fn running_replicas(
         .replicas(project, service)
         .await?
         .into_iter()
-        .filter(|r| r.state == "running" && !r.name.ends_with(super::replace::TEMP_SUFFIX))
+        .filter(|r| r.state == "running" && !r.name.ends_with(TEMP_SUFFIX))
         .collect())
 }
 

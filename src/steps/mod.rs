@@ -31,6 +31,7 @@ use serde::de::DeserializeOwned;
 pub use cx::{Approvals, Cancel, CheckpointStore, Interrupted, Prompter, StepCx};
 
 use crate::report::CheckStatus;
+use crate::util::duration::parse_duration;
 
 #[derive(Debug, Clone)]
 pub struct Check {
@@ -131,10 +132,40 @@ pub fn kind_keys(kind: &str) -> Option<&'static [&'static str]> {
         .map(|(_, keys)| *keys)
 }
 
-fn typed<T: DeserializeOwned>(t: toml::Table) -> Result<T, String> {
-    toml::Value::Table(t)
+/// Why a step's parameters do not type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamError {
+    /// serde's message (reported as "invalid `<kind>` step: …").
+    Invalid(String),
+    /// A malformed duration: the parse error, reported at its key.
+    Duration { key: String, message: String },
+}
+
+fn typed<T: DeserializeOwned>(t: toml::Table) -> Result<T, ParamError> {
+    toml::Value::Table(t.clone())
         .try_into()
-        .map_err(|e: toml::de::Error| e.message().trim().to_owned())
+        .map_err(|e: toml::de::Error| {
+            let message = e.message().trim().to_owned();
+            // toml names the offending key on the error's last line: "in `key`".
+            let shown = e.to_string();
+            let key = shown
+                .lines()
+                .last()
+                .and_then(|l| l.strip_prefix("in `")?.strip_suffix('`'));
+            let bad_duration = |k: &str| {
+                t.get(k)
+                    .and_then(toml::Value::as_str)
+                    .and_then(|s| parse_duration(s).err())
+                    .is_some_and(|d| d == message)
+            };
+            match key {
+                Some(k) if bad_duration(k) => ParamError::Duration {
+                    key: k.to_owned(),
+                    message,
+                },
+                _ => ParamError::Invalid(message),
+            }
+        })
 }
 
 macro_rules! dispatch {
@@ -160,7 +191,7 @@ macro_rules! dispatch {
 }
 
 impl StepSpec {
-    pub fn from_toml(kind: &str, params: toml::Table) -> Result<StepSpec, String> {
+    pub fn from_toml(kind: &str, params: toml::Table) -> Result<StepSpec, ParamError> {
         Ok(match kind {
             "exec" => StepSpec::Exec(typed(params)?),
             "sql" => StepSpec::Sql(typed(params)?),
@@ -177,7 +208,7 @@ impl StepSpec {
             "scale" => StepSpec::Scale(typed(params)?),
             "pool_capacity" => StepSpec::PoolCapacity(typed(params)?),
             "metadata_check" => StepSpec::MetadataCheck(typed(params)?),
-            other => return Err(format!("unknown step kind `{other}`")),
+            other => return Err(ParamError::Invalid(format!("unknown step kind `{other}`"))),
         })
     }
 
@@ -224,5 +255,33 @@ impl Step for StepSpec {
     }
     fn owns_timeout(&self) -> bool {
         dispatch!(self, s => s.owns_timeout())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(text: &str) -> toml::Table {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn a_malformed_duration_is_reported_at_its_key() {
+        let e = StepSpec::from_toml("scale", params("replicas = 2\nhealth_timeout = \"soon\""));
+        assert_eq!(
+            e.err(),
+            Some(ParamError::Duration {
+                key: "health_timeout".into(),
+                message: "`soon` is not a duration (try \"30s\", \"4h\")".into(),
+            })
+        );
+        let e = StepSpec::from_toml("wait", params("interval = 2\nhttp = \"http://h/\""));
+        assert_eq!(
+            e.err(),
+            Some(ParamError::Invalid(
+                "invalid type: integer `2`, expected a string".into()
+            ))
+        );
     }
 }

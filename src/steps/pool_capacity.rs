@@ -61,7 +61,7 @@ impl PoolCapacity {
         match &self.replicas {
             toml::Value::Integer(n) if *n >= 0 => vec![],
             toml::Value::String(s) if s == "current" || s.parse::<u32>().is_ok() => vec![],
-            toml::Value::String(s) if crate::playbook::interpolate::is_placeholder(s) => vec![],
+            toml::Value::String(s) if crate::util::is_placeholder(s) => vec![],
             _ => vec![(
                 Some("replicas"),
                 "`replicas` must be a number or \"current\"".into(),

@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use bollard::models::{ContainerCreateBody, EndpointSettings, NetworkingConfig};
 
 use super::StepCx;
-use super::docker_util::replica_url;
+use super::docker_util::{TEMP_SUFFIX, replica_url};
 use crate::infra::docker::{ContainerInfo, Engine};
 
 pub const CONFIG_HASH: &str = "com.docker.compose.config-hash";
@@ -24,8 +24,6 @@ pub struct Gate<'a> {
     pub fhir_path: &'a str,
     pub stop_timeout: i32,
 }
-
-pub const TEMP_SUFFIX: &str = "-ferry-next";
 
 pub fn temp_name(name: &str) -> String {
     format!("{name}{TEMP_SUFFIX}")

@@ -10,17 +10,16 @@
 //! replaced replica back on its previous image the same way, then restores the env file.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
-use super::docker_util::{engine, fhir_path, project_service, running_replicas};
+use super::docker_util::{TEMP_SUFFIX, engine, fhir_path, project_service, running_replicas};
 use super::replace::{self, Gate, compose_hash};
 use super::{Check, Reversibility, Step, StepCx};
 use crate::infra::dotenv::{self, Edit};
-use crate::playbook::model::parse_duration;
 use crate::report::{CheckStatus, Level, Unit};
+use crate::util::duration::Duration;
 
 pub const KEYS: &[&str] = &[
     "service",
@@ -44,7 +43,7 @@ pub struct RollingRedeploy {
     #[serde(default = "one")]
     pub max_surge: u32,
     #[serde(default = "two_minutes")]
-    pub health_timeout: String,
+    pub health_timeout: Duration,
     pub verify_version: Option<String>,
     #[serde(default = "hapi_image")]
     pub env_key: String,
@@ -59,8 +58,8 @@ fn one() -> u32 {
 fn ten() -> i32 {
     10
 }
-fn two_minutes() -> String {
-    "2m".into()
+fn two_minutes() -> Duration {
+    Duration::new(std::time::Duration::from_secs(120), "2m")
 }
 fn hapi_image() -> String {
     "HAPI_IMAGE".into()
@@ -88,9 +87,6 @@ impl RollingRedeploy {
                     .into(),
             ));
         }
-        if let Err(e) = parse_duration(&self.health_timeout) {
-            out.push((Some("health_timeout"), e));
-        }
         out
     }
 
@@ -113,8 +109,7 @@ impl RollingRedeploy {
 
     fn gate<'a>(&'a self, path: &'a str, version: Option<&'a str>) -> Gate<'a> {
         Gate {
-            health_timeout: parse_duration(&self.health_timeout)
-                .unwrap_or(Duration::from_secs(120)),
+            health_timeout: self.health_timeout.get(),
             verify_version: version,
             fhir_path: path,
             stop_timeout: self.stop_timeout,
@@ -317,11 +312,8 @@ impl Step for RollingRedeploy {
         let gate = self.gate(&path, None);
         let all = e.replicas(&project, &service).await?;
         replace::finish_orphans(&e, cx, &project, &service, &gate).await?;
-        for r in all
-            .iter()
-            .filter(|r| r.name.ends_with(replace::TEMP_SUFFIX))
-        {
-            if e.inspect_container(r.name.trim_end_matches(replace::TEMP_SUFFIX))
+        for r in all.iter().filter(|r| r.name.ends_with(TEMP_SUFFIX)) {
+            if e.inspect_container(r.name.trim_end_matches(TEMP_SUFFIX))
                 .await?
                 .is_some()
             {

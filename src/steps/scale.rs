@@ -3,8 +3,6 @@
 //! wait for each to turn healthy; down: stop and remove the highest-numbered ones. Rollback
 //! restores the recorded count the same way. Put a `pool_capacity` check before it.
 
-use std::time::Duration;
-
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
@@ -12,8 +10,8 @@ use super::docker_util::{engine, fhir_path, project_service, running_replicas};
 use super::replace::{Gate, clone_body, gate};
 use super::{Check, Reversibility, Step, StepCx};
 use crate::infra::docker::{Engine, NUMBER, Replica};
-use crate::playbook::model::parse_duration;
 use crate::report::{Level, Unit};
+use crate::util::duration::Duration;
 
 pub const KEYS: &[&str] = &["service", "replicas", "health_timeout"];
 
@@ -25,13 +23,13 @@ pub struct Scale {
     #[serde(deserialize_with = "count")]
     pub replicas: u32,
     #[serde(default = "two_minutes")]
-    pub health_timeout: String,
+    pub health_timeout: Duration,
 }
 
 fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     match toml::Value::deserialize(d)? {
         toml::Value::Integer(n) if n >= 0 => Ok(n as u32),
-        toml::Value::String(s) if crate::playbook::interpolate::is_placeholder(&s) => Ok(1),
+        toml::Value::String(s) if crate::util::is_placeholder(&s) => Ok(1),
         toml::Value::String(s) => s.trim().parse().map_err(|_| {
             serde::de::Error::custom(format!("`replicas` must be a number, not `{s}`"))
         }),
@@ -41,8 +39,8 @@ fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     }
 }
 
-fn two_minutes() -> String {
-    "2m".into()
+fn two_minutes() -> Duration {
+    Duration::new(std::time::Duration::from_secs(120), "2m")
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -67,9 +65,6 @@ impl Scale {
                 "`replicas` must be at least 1 (stopping a service is not scaling)".into(),
             ));
         }
-        if let Err(e) = parse_duration(&self.health_timeout) {
-            out.push((Some("health_timeout"), e));
-        }
         out
     }
 
@@ -78,8 +73,7 @@ impl Scale {
         let (project, service) = project_service(cx, self.service.as_deref())?;
         let path = fhir_path(cx);
         let g = Gate {
-            health_timeout: parse_duration(&self.health_timeout)
-                .unwrap_or(Duration::from_secs(120)),
+            health_timeout: self.health_timeout.get(),
             verify_version: None,
             fhir_path: &path,
             stop_timeout: 10,

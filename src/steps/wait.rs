@@ -3,24 +3,24 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail};
+use anyhow::bail;
 use serde::Deserialize;
 
 use super::{Check, Reversibility, Step, StepCx};
 use crate::infra::{http, postgres};
-use crate::playbook::model::{fmt_duration, parse_duration};
 use crate::report::Unit;
+use crate::util::duration::{self, fmt_duration};
 
 pub const KEYS: &[&str] = &["duration", "http", "sql", "database", "interval"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Wait {
-    pub duration: Option<String>,
+    pub duration: Option<duration::Duration>,
     pub http: Option<String>,
     pub sql: Option<String>,
     pub database: Option<String>,
-    pub interval: Option<String>,
+    pub interval: Option<duration::Duration>,
 }
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -48,11 +48,6 @@ impl Wait {
                 "`sql` needs `database` (a name under [postgres.*] in the target)".into(),
             ));
         }
-        for (key, v) in [("duration", &self.duration), ("interval", &self.interval)] {
-            if let Some(Err(e)) = v.as_deref().map(parse_duration) {
-                out.push((Some(key), e));
-            }
-        }
         if let Some(u) = &self.http
             && reqwest::Url::parse(u).is_err()
         {
@@ -63,9 +58,8 @@ impl Wait {
 
     fn interval(&self) -> Duration {
         self.interval
-            .as_deref()
-            .and_then(|s| parse_duration(s).ok())
-            .unwrap_or(Duration::from_secs(2))
+            .as_ref()
+            .map_or(Duration::from_secs(2), duration::Duration::get)
     }
 
     /// One poll: Ok(true) when the condition holds; Err carries what was seen, for the
@@ -120,7 +114,7 @@ impl Step for Wait {
 
     async fn apply(&self, cx: &StepCx) -> anyhow::Result<()> {
         if let Some(d) = &self.duration {
-            let d = parse_duration(d).map_err(|e| anyhow!(e))?;
+            let d = d.get();
             // Report progress each second so a long pause shows a bar with its ETA.
             let start = Instant::now();
             let total = d.as_secs().max(1);

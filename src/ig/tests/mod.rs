@@ -6,8 +6,6 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::*;
-pub(super) use crate::report::view::{Format, render};
-pub(super) use crate::report::views::ig::{DiffView, InspectView};
 
 mod diff_cmds;
 mod read_cmds;

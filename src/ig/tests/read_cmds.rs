@@ -1,4 +1,5 @@
-//! Reading packages: the good fixtures, every bad one, the limits, and `ferry ig inspect`'s view.
+//! Reading packages: the good fixtures, every bad one and the limits (rendering is tested
+//! in `report::views::ig`).
 
 use super::*;
 
@@ -168,39 +169,5 @@ fn limits_cover_every_decompressed_byte_and_entry() {
     assert_eq!(
         e.to_string(),
         "bad IG package bd.gov.dghs.core-0.2.1.tgz: more than 3 tar entries"
-    );
-}
-
-#[test]
-fn inspect_renders_human_and_json() {
-    let p = read(&fixture("bd.gov.dghs.core-0.2.1.tgz"));
-    let out = render(&InspectView(&p), Format::Json);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["id"], "bd.gov.dghs.core");
-    assert_eq!(v["version"], "0.2.1");
-    assert_eq!(v["fhirVersions"], serde_json::json!(["4.0.1"]));
-    assert_eq!(v["dependencies"]["hl7.fhir.r4.core"], "4.0.1");
-    assert_eq!(v["counts"]["StructureDefinition"], 3);
-    assert_eq!(v["sha256"].as_str().map(str::len), Some(64));
-    let profiles = v["profiles"].as_array().unwrap();
-    assert_eq!(profiles.len(), 3);
-    assert_eq!(
-        profiles[0]["url"],
-        "https://fhir.dghs.gov.bd/core/StructureDefinition/bd-encounter"
-    );
-    assert_eq!(
-        (profiles[0]["type"].as_str(), profiles[0]["kind"].as_str()),
-        (Some("Encounter"), Some("resource"))
-    );
-    let human = render(&InspectView(&p), Format::Human);
-    assert!(
-        human.starts_with("bd.gov.dghs.core 0.2.1  (bd.gov.dghs.core-0.2.1.tgz)\n"),
-        "{human}"
-    );
-    assert!(
-        human.contains(
-            "resources      CodeSystem 1, SearchParameter 1, StructureDefinition 3, ValueSet 1"
-        ),
-        "{human}"
     );
 }

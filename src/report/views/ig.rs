@@ -158,3 +158,85 @@ fn diff_human(d: &Diff) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::ig::{Limits, diff_files, read_package};
+    use crate::report::view::{Format, render};
+
+    fn fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/ig")
+            .join(name)
+    }
+
+    #[test]
+    fn inspect_renders_human_and_json() {
+        let p = read_package(&fixture("bd.gov.dghs.core-0.2.1.tgz"), &Limits::default()).unwrap();
+        let out = render(&InspectView(&p), Format::Json);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["id"], "bd.gov.dghs.core");
+        assert_eq!(v["version"], "0.2.1");
+        assert_eq!(v["fhirVersions"], serde_json::json!(["4.0.1"]));
+        assert_eq!(v["dependencies"]["hl7.fhir.r4.core"], "4.0.1");
+        assert_eq!(v["counts"]["StructureDefinition"], 3);
+        assert_eq!(v["sha256"].as_str().map(str::len), Some(64));
+        let profiles = v["profiles"].as_array().unwrap();
+        assert_eq!(profiles.len(), 3);
+        assert_eq!(
+            profiles[0]["url"],
+            "https://fhir.dghs.gov.bd/core/StructureDefinition/bd-encounter"
+        );
+        assert_eq!(
+            (profiles[0]["type"].as_str(), profiles[0]["kind"].as_str()),
+            (Some("Encounter"), Some("resource"))
+        );
+        let human = render(&InspectView(&p), Format::Human);
+        assert!(
+            human.starts_with("bd.gov.dghs.core 0.2.1  (bd.gov.dghs.core-0.2.1.tgz)\n"),
+            "{human}"
+        );
+        assert!(
+            human.contains(
+                "resources      CodeSystem 1, SearchParameter 1, StructureDefinition 3, ValueSet 1"
+            ),
+            "{human}"
+        );
+    }
+
+    #[test]
+    fn diff_renders_stable_json_and_grouped_text() {
+        let (a, b) = (
+            fixture("bd.gov.dghs.core-0.2.1.tgz"),
+            fixture("bd.gov.dghs.core-0.3.0.tgz"),
+        );
+        let run = |format| {
+            let d = diff_files(&a, &b, &Limits::default()).unwrap();
+            render(&DiffView(&d), format)
+        };
+        let json = run(Format::Json);
+        assert_eq!(json, run(Format::Json), "deterministic");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            v["old"],
+            serde_json::json!({"id": "bd.gov.dghs.core", "version": "0.2.1"})
+        );
+        assert_eq!(v["new"]["version"], "0.3.0");
+        let f = &v["findings"][0];
+        let keys: Vec<&str> = f.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            ["after", "before", "class", "element", "kind", "profile"]
+        );
+        assert_eq!(f["class"], "tightening");
+        let text = run(Format::Human);
+        assert!(
+            text.contains("  tightening: 13\n  loosening:  0\n  info:       0\n"),
+            "{text}"
+        );
+        assert!(text.contains("[min] Patient.name: 0 -> 1"), "{text}");
+    }
+}
