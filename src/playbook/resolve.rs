@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use super::interpolate::{GitCommit, Scope};
 use super::model::{OnFailure, Playbook, StepDef};
 use crate::error::Error;
-use crate::steps::{self, ParamError, StepSpec};
+use crate::steps::{self, ParamError, Step, StepSpec};
 use crate::target::Target;
 use crate::util::diagnostic::{Diagnostic, render_all};
 use crate::util::duration::parse_duration;

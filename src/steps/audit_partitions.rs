@@ -47,16 +47,6 @@ struct Created {
 }
 
 impl AuditPartitions {
-    pub fn validate(&self) -> Vec<(Option<&'static str>, String)> {
-        if !(0..=120).contains(&self.months_ahead) {
-            return vec![(
-                Some("months_ahead"),
-                "`months_ahead` must be between 0 and 120".into(),
-            )];
-        }
-        vec![]
-    }
-
     async fn client(&self, cx: &StepCx) -> anyhow::Result<tokio_postgres::Client> {
         cx.postgres(&self.database).await
     }
@@ -91,6 +81,15 @@ impl AuditPartitions {
 }
 
 impl Step for AuditPartitions {
+    fn validate(&self) -> Vec<(Option<&'static str>, String)> {
+        if !(0..=120).contains(&self.months_ahead) {
+            return vec![(
+                Some("months_ahead"),
+                "`months_ahead` must be between 0 and 120".into(),
+            )];
+        }
+        vec![]
+    }
     fn describe(&self) -> String {
         format!(
             "ensure {}.{} partitions for this month and the next {} on {}",

@@ -53,7 +53,33 @@ fn ok() -> String {
 }
 
 impl CheckStep {
-    pub fn validate(&self) -> Vec<(Option<&'static str>, String)> {
+    async fn look(&self, cx: &StepCx) -> anyhow::Result<checks::Report> {
+        let target = cx.target()?;
+        let keys =
+            checks::keys(&self.name).ok_or_else(|| anyhow!("unknown check `{}`", self.name))?;
+        let mine: toml::Table = self.thresholds.clone().into_iter().collect();
+        let empty = toml::Table::new();
+        let from_target = target.checks.get(&self.name).unwrap_or(&empty);
+        let params = Params::merge(&self.name, keys, &[from_target, &mine])?;
+        let ccx = CheckCx {
+            target,
+            params,
+            state_dir: cx.state_dir.clone(),
+        };
+        Ok(checks::run(&self.name, &ccx).await)
+    }
+
+    fn expected(&self) -> Status {
+        if self.expect == "alert" {
+            Status::Alert
+        } else {
+            Status::Ok
+        }
+    }
+}
+
+impl Step for CheckStep {
+    fn validate(&self) -> Vec<(Option<&'static str>, String)> {
         let mut out = vec![];
         match checks::keys(&self.name) {
             None => {
@@ -89,33 +115,6 @@ impl CheckStep {
         }
         out
     }
-
-    async fn look(&self, cx: &StepCx) -> anyhow::Result<checks::Report> {
-        let target = cx.target()?;
-        let keys =
-            checks::keys(&self.name).ok_or_else(|| anyhow!("unknown check `{}`", self.name))?;
-        let mine: toml::Table = self.thresholds.clone().into_iter().collect();
-        let empty = toml::Table::new();
-        let from_target = target.checks.get(&self.name).unwrap_or(&empty);
-        let params = Params::merge(&self.name, keys, &[from_target, &mine])?;
-        let ccx = CheckCx {
-            target,
-            params,
-            state_dir: cx.state_dir.clone(),
-        };
-        Ok(checks::run(&self.name, &ccx).await)
-    }
-
-    fn expected(&self) -> Status {
-        if self.expect == "alert" {
-            Status::Alert
-        } else {
-            Status::Ok
-        }
-    }
-}
-
-impl Step for CheckStep {
     fn describe(&self) -> String {
         format!(
             "check {} (expect {})",

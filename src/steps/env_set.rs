@@ -22,25 +22,6 @@ pub struct EnvSet {
 }
 
 impl EnvSet {
-    pub fn validate(&self) -> Vec<(Option<&'static str>, String)> {
-        let mut out = vec![];
-        if self.set.is_empty() {
-            out.push((
-                Some("set"),
-                "`set` must name at least one KEY = \"value\"".into(),
-            ));
-        }
-        for k in self.set.keys() {
-            if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                out.push((
-                    Some("set"),
-                    format!("`{k}` is not a valid environment variable name"),
-                ));
-            }
-        }
-        out
-    }
-
     fn file(&self, cx: &StepCx) -> anyhow::Result<PathBuf> {
         match &self.file {
             Some(f) if f.is_absolute() => Ok(f.clone()),
@@ -61,6 +42,24 @@ fn keys(vars: &BTreeMap<String, String>) -> String {
 }
 
 impl Step for EnvSet {
+    fn validate(&self) -> Vec<(Option<&'static str>, String)> {
+        let mut out = vec![];
+        if self.set.is_empty() {
+            out.push((
+                Some("set"),
+                "`set` must name at least one KEY = \"value\"".into(),
+            ));
+        }
+        for k in self.set.keys() {
+            if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                out.push((
+                    Some("set"),
+                    format!("`{k}` is not a valid environment variable name"),
+                ));
+            }
+        }
+        out
+    }
     fn describe(&self) -> String {
         let f = self
             .file

@@ -31,19 +31,6 @@ fn no_seqscan() -> String {
 }
 
 impl ExplainSeqscan {
-    pub fn validate(&self) -> Vec<(Option<&'static str>, String)> {
-        if self.expect != "seqscan" && self.expect != "no_seqscan" {
-            return vec![(
-                Some("expect"),
-                format!(
-                    "`expect` must be \"seqscan\" or \"no_seqscan\", not `{}`",
-                    self.expect
-                ),
-            )];
-        }
-        vec![]
-    }
-
     /// Ok(detail) when the plan matches `expect`, Err(detail) when it does not.
     async fn judge(&self, cx: &StepCx) -> anyhow::Result<Result<String, String>> {
         only_select(&self.query).map_err(|e| anyhow!(e))?;
@@ -69,6 +56,18 @@ impl ExplainSeqscan {
 }
 
 impl Step for ExplainSeqscan {
+    fn validate(&self) -> Vec<(Option<&'static str>, String)> {
+        if self.expect != "seqscan" && self.expect != "no_seqscan" {
+            return vec![(
+                Some("expect"),
+                format!(
+                    "`expect` must be \"seqscan\" or \"no_seqscan\", not `{}`",
+                    self.expect
+                ),
+            )];
+        }
+        vec![]
+    }
     fn describe(&self) -> String {
         format!(
             "EXPLAIN ANALYZE on {}: expect {} on {}",

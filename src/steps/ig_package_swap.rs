@@ -83,25 +83,6 @@ struct Swap {
 }
 
 impl IgPackageSwap {
-    pub fn validate(&self) -> Vec<(Option<&'static str>, String)> {
-        let mut out = vec![];
-        let id_ok = !self.expect_id.is_empty()
-            && self
-                .expect_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-        if !id_ok {
-            out.push((
-                Some("expect_id"),
-                format!("`{}` is not an NPM package id", self.expect_id),
-            ));
-        }
-        if self.packages_dir.as_os_str().is_empty() {
-            out.push((Some("packages_dir"), "`packages_dir` is empty".into()));
-        }
-        out
-    }
-
     fn root(&self, cx: &StepCx) -> Option<PathBuf> {
         cx.target.as_deref().and_then(|t| t.files_root())
     }
@@ -180,6 +161,24 @@ fn class_path(file: &str) -> String {
 }
 
 impl Step for IgPackageSwap {
+    fn validate(&self) -> Vec<(Option<&'static str>, String)> {
+        let mut out = vec![];
+        let id_ok = !self.expect_id.is_empty()
+            && self
+                .expect_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if !id_ok {
+            out.push((
+                Some("expect_id"),
+                format!("`{}` is not an NPM package id", self.expect_id),
+            ));
+        }
+        if self.packages_dir.as_os_str().is_empty() {
+            out.push((Some("packages_dir"), "`packages_dir` is empty".into()));
+        }
+        out
+    }
     fn describe(&self) -> String {
         format!(
             "swap the {} IG package in {} for {}",

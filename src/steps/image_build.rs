@@ -70,27 +70,6 @@ struct Cp {
 }
 
 impl ImageBuild {
-    pub fn validate(&self) -> Vec<(Option<&'static str>, String)> {
-        let mut out = vec![];
-        if self.tags.is_empty() {
-            out.push((Some("tags"), "`tags` must name at least one tag".into()));
-        }
-        for t in &self.tags {
-            if t.is_empty() || t.contains(char::is_whitespace) {
-                out.push((Some("tags"), format!("`{t}` is not an image tag")));
-            }
-        }
-        // Read now only when the path is already real (not `<target.…>` in `validate`
-        // without a target); otherwise `check` does it.
-        let cwd = std::env::current_dir().unwrap_or_default();
-        if let Ok(text) = std::fs::read_to_string(cwd.join(self.dockerfile_path(&cwd)))
-            && let Err(e) = self.args_declared(&text)
-        {
-            out.push((Some("build_args"), e));
-        }
-        out
-    }
-
     fn dockerfile_path(&self, workdir: &Path) -> PathBuf {
         workdir.join(&self.context).join(&self.dockerfile)
     }
@@ -153,6 +132,26 @@ impl ImageBuild {
 }
 
 impl Step for ImageBuild {
+    fn validate(&self) -> Vec<(Option<&'static str>, String)> {
+        let mut out = vec![];
+        if self.tags.is_empty() {
+            out.push((Some("tags"), "`tags` must name at least one tag".into()));
+        }
+        for t in &self.tags {
+            if t.is_empty() || t.contains(char::is_whitespace) {
+                out.push((Some("tags"), format!("`{t}` is not an image tag")));
+            }
+        }
+        // Read now only when the path is already real (not `<target.…>` in `validate`
+        // without a target); otherwise `check` does it.
+        let cwd = std::env::current_dir().unwrap_or_default();
+        if let Ok(text) = std::fs::read_to_string(cwd.join(self.dockerfile_path(&cwd)))
+            && let Err(e) = self.args_declared(&text)
+        {
+            out.push((Some("build_args"), e));
+        }
+        out
+    }
     fn describe(&self) -> String {
         format!(
             "build {} from {}",

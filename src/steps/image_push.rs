@@ -38,19 +38,6 @@ struct Cp {
 }
 
 impl ImagePush {
-    pub fn validate(&self) -> Vec<(Option<&'static str>, String)> {
-        if self.image.contains('/') && !self.image.contains(char::is_whitespace) {
-            return vec![];
-        }
-        vec![(
-            Some("image"),
-            format!(
-                "`{}` is not a registry image reference (host/name:tag)",
-                self.image
-            ),
-        )]
-    }
-
     /// The registry client, the repository name and the tag.
     fn registry(&self, cx: &StepCx) -> anyhow::Result<(Registry, String, String)> {
         let t = cx.target()?;
@@ -100,6 +87,18 @@ fn docker_config_auth(host: &str) -> Option<(String, String)> {
 }
 
 impl Step for ImagePush {
+    fn validate(&self) -> Vec<(Option<&'static str>, String)> {
+        if self.image.contains('/') && !self.image.contains(char::is_whitespace) {
+            return vec![];
+        }
+        vec![(
+            Some("image"),
+            format!(
+                "`{}` is not a registry image reference (host/name:tag)",
+                self.image
+            ),
+        )]
+    }
     fn describe(&self) -> String {
         format!("push {}", self.image)
     }

@@ -1,5 +1,5 @@
 //! The Step trait, the context the engine hands a step (`StepCx`), and `StepSpec`: one
-//! variant per kind with match dispatch. Steps never import the engine; the engine
+//! variant per kind, generated with its dispatch from the one list in `step_kinds!`. Steps never import the engine; the engine
 //! implements `CheckpointStore` and `Prompter` and passes them in.
 //!
 //! Contract of a step (DESIGN §5): `check` is read-only and may run any number of times;
@@ -69,6 +69,10 @@ pub enum Reversibility {
 #[allow(async_fn_in_trait)]
 pub trait Step {
     fn describe(&self) -> String;
+    /// Semantic checks of the parameters that need no I/O: `(offending key, message)`.
+    fn validate(&self) -> Vec<(Option<&'static str>, String)> {
+        vec![]
+    }
     fn reversibility(&self) -> Reversibility;
     /// Read-only preconditions; run in dry-run, before a run, and again right before `apply`.
     async fn check(&self, cx: &StepCx) -> anyhow::Result<Vec<Check>>;
@@ -87,43 +91,57 @@ pub trait Step {
     }
 }
 
-#[derive(Debug, Clone)]
-pub enum StepSpec {
-    Exec(exec::Exec),
-    Sql(sql::Sql),
-    EnvSet(env_set::EnvSet),
-    Approval(approval::Approval),
-    Wait(wait::Wait),
-    Check(check::CheckStep),
-    ExplainSeqscan(explain_seqscan::ExplainSeqscan),
-    AuditPartitions(audit_partitions::AuditPartitions),
-    IgPackageSwap(ig_package_swap::IgPackageSwap),
-    ImageBuild(image_build::ImageBuild),
-    ImagePush(image_push::ImagePush),
-    RollingRedeploy(rolling_redeploy::RollingRedeploy),
-    Scale(scale::Scale),
-    PoolCapacity(pool_capacity::PoolCapacity),
-    MetadataCheck(metadata_check::MetadataCheck),
+/// The one list of step kinds: `"name" => Variant(module::Type)`. Each module has `KEYS`
+/// (the parameters it accepts besides the common ones) and a `Type` that deserializes from
+/// them and implements `Step`. Adding a kind is one line here and its module.
+macro_rules! step_kinds {
+    ($($name:literal => $variant:ident($module:ident :: $ty:ident),)*) => {
+        /// A typed step: one variant per kind.
+        #[derive(Debug, Clone)]
+        pub enum StepSpec {
+            $($variant($module::$ty),)*
+        }
+
+        /// Every kind with the keys it accepts (besides the common ones).
+        pub const KINDS: &[(&str, &[&str])] = &[$(($name, $module::KEYS),)*];
+
+        impl StepSpec {
+            pub fn from_toml(kind: &str, params: toml::Table) -> Result<StepSpec, ParamError> {
+                match kind {
+                    $($name => Ok(StepSpec::$variant(typed(params)?)),)*
+                    other => Err(ParamError::Invalid(format!("unknown step kind `{other}`"))),
+                }
+            }
+        }
+
+        /// Calls the same method on whichever kind `self` is.
+        macro_rules! dispatch {
+            ($self_:expr, $s:ident => $e:expr) => {
+                match $self_ {
+                    $(StepSpec::$variant($s) => $e,)*
+                }
+            };
+        }
+    };
 }
 
-/// Every kind with the keys it accepts (besides the common ones).
-pub const KINDS: &[(&str, &[&str])] = &[
-    ("exec", exec::KEYS),
-    ("sql", sql::KEYS),
-    ("env_set", env_set::KEYS),
-    ("approval", approval::KEYS),
-    ("wait", wait::KEYS),
-    ("check", check::KEYS),
-    ("explain_seqscan", explain_seqscan::KEYS),
-    ("audit_partitions", audit_partitions::KEYS),
-    ("ig_package_swap", ig_package_swap::KEYS),
-    ("image_build", image_build::KEYS),
-    ("image_push", image_push::KEYS),
-    ("rolling_redeploy", rolling_redeploy::KEYS),
-    ("scale", scale::KEYS),
-    ("pool_capacity", pool_capacity::KEYS),
-    ("metadata_check", metadata_check::KEYS),
-];
+step_kinds! {
+    "exec" => Exec(exec::Exec),
+    "sql" => Sql(sql::Sql),
+    "env_set" => EnvSet(env_set::EnvSet),
+    "approval" => Approval(approval::Approval),
+    "wait" => Wait(wait::Wait),
+    "check" => Check(check::CheckStep),
+    "explain_seqscan" => ExplainSeqscan(explain_seqscan::ExplainSeqscan),
+    "audit_partitions" => AuditPartitions(audit_partitions::AuditPartitions),
+    "ig_package_swap" => IgPackageSwap(ig_package_swap::IgPackageSwap),
+    "image_build" => ImageBuild(image_build::ImageBuild),
+    "image_push" => ImagePush(image_push::ImagePush),
+    "rolling_redeploy" => RollingRedeploy(rolling_redeploy::RollingRedeploy),
+    "scale" => Scale(scale::Scale),
+    "pool_capacity" => PoolCapacity(pool_capacity::PoolCapacity),
+    "metadata_check" => MetadataCheck(metadata_check::MetadataCheck),
+}
 
 pub fn kind_keys(kind: &str) -> Option<&'static [&'static str]> {
     KINDS
@@ -168,72 +186,12 @@ fn typed<T: DeserializeOwned>(t: toml::Table) -> Result<T, ParamError> {
         })
 }
 
-macro_rules! dispatch {
-    ($self:expr, $s:ident => $e:expr) => {
-        match $self {
-            StepSpec::Exec($s) => $e,
-            StepSpec::Sql($s) => $e,
-            StepSpec::EnvSet($s) => $e,
-            StepSpec::Approval($s) => $e,
-            StepSpec::Wait($s) => $e,
-            StepSpec::Check($s) => $e,
-            StepSpec::ExplainSeqscan($s) => $e,
-            StepSpec::AuditPartitions($s) => $e,
-            StepSpec::IgPackageSwap($s) => $e,
-            StepSpec::ImageBuild($s) => $e,
-            StepSpec::ImagePush($s) => $e,
-            StepSpec::RollingRedeploy($s) => $e,
-            StepSpec::Scale($s) => $e,
-            StepSpec::PoolCapacity($s) => $e,
-            StepSpec::MetadataCheck($s) => $e,
-        }
-    };
-}
-
-impl StepSpec {
-    pub fn from_toml(kind: &str, params: toml::Table) -> Result<StepSpec, ParamError> {
-        Ok(match kind {
-            "exec" => StepSpec::Exec(typed(params)?),
-            "sql" => StepSpec::Sql(typed(params)?),
-            "env_set" => StepSpec::EnvSet(typed(params)?),
-            "approval" => StepSpec::Approval(typed(params)?),
-            "wait" => StepSpec::Wait(typed(params)?),
-            "check" => StepSpec::Check(typed(params)?),
-            "explain_seqscan" => StepSpec::ExplainSeqscan(typed(params)?),
-            "audit_partitions" => StepSpec::AuditPartitions(typed(params)?),
-            "ig_package_swap" => StepSpec::IgPackageSwap(typed(params)?),
-            "image_build" => StepSpec::ImageBuild(typed(params)?),
-            "image_push" => StepSpec::ImagePush(typed(params)?),
-            "rolling_redeploy" => StepSpec::RollingRedeploy(typed(params)?),
-            "scale" => StepSpec::Scale(typed(params)?),
-            "pool_capacity" => StepSpec::PoolCapacity(typed(params)?),
-            "metadata_check" => StepSpec::MetadataCheck(typed(params)?),
-            other => return Err(ParamError::Invalid(format!("unknown step kind `{other}`"))),
-        })
-    }
-
-    /// Semantic checks that need no I/O: `(offending key, message)`.
-    pub fn validate(&self) -> Vec<(Option<&'static str>, String)> {
-        match self {
-            StepSpec::Wait(w) => w.validate(),
-            StepSpec::EnvSet(e) => e.validate(),
-            StepSpec::Check(c) => c.validate(),
-            StepSpec::ExplainSeqscan(e) => e.validate(),
-            StepSpec::AuditPartitions(a) => a.validate(),
-            StepSpec::IgPackageSwap(s) => s.validate(),
-            StepSpec::ImageBuild(s) => s.validate(),
-            StepSpec::ImagePush(s) => s.validate(),
-            StepSpec::RollingRedeploy(s) => s.validate(),
-            StepSpec::Scale(s) => s.validate(),
-            StepSpec::PoolCapacity(s) => s.validate(),
-            _ => vec![],
-        }
-    }
-}
-
 impl Step for StepSpec {
     fn describe(&self) -> String {
         dispatch!(self, s => s.describe())
+    }
+    fn validate(&self) -> Vec<(Option<&'static str>, String)> {
+        dispatch!(self, s => s.validate())
     }
     fn reversibility(&self) -> Reversibility {
         dispatch!(self, s => s.reversibility())

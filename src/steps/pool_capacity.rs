@@ -57,18 +57,6 @@ pub struct Numbers {
 }
 
 impl PoolCapacity {
-    pub fn validate(&self) -> Vec<(Option<&'static str>, String)> {
-        match &self.replicas {
-            toml::Value::Integer(n) if *n >= 0 => vec![],
-            toml::Value::String(s) if s == "current" || s.parse::<u32>().is_ok() => vec![],
-            toml::Value::String(s) if crate::util::is_placeholder(s) => vec![],
-            _ => vec![(
-                Some("replicas"),
-                "`replicas` must be a number or \"current\"".into(),
-            )],
-        }
-    }
-
     async fn replicas(&self, cx: &StepCx) -> anyhow::Result<u32> {
         match &self.replicas {
             toml::Value::Integer(n) => Ok(*n as u32),
@@ -202,6 +190,17 @@ async fn rows(
 }
 
 impl Step for PoolCapacity {
+    fn validate(&self) -> Vec<(Option<&'static str>, String)> {
+        match &self.replicas {
+            toml::Value::Integer(n) if *n >= 0 => vec![],
+            toml::Value::String(s) if s == "current" || s.parse::<u32>().is_ok() => vec![],
+            toml::Value::String(s) if crate::util::is_placeholder(s) => vec![],
+            _ => vec![(
+                Some("replicas"),
+                "`replicas` must be a number or \"current\"".into(),
+            )],
+        }
+    }
     fn describe(&self) -> String {
         let r = match &self.replicas {
             toml::Value::Integer(n) => n.to_string(),

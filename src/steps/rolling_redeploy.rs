@@ -75,21 +75,6 @@ struct Rollout {
 }
 
 impl RollingRedeploy {
-    pub fn validate(&self) -> Vec<(Option<&'static str>, String)> {
-        let mut out = vec![];
-        if self.max_surge > 1
-            || self.max_unavailable > 1
-            || self.max_surge + self.max_unavailable == 0
-        {
-            out.push((
-                Some("max_surge"),
-                "one replica at a time: max_surge and max_unavailable are 0 or 1, not both 0"
-                    .into(),
-            ));
-        }
-        out
-    }
-
     fn compose_dir(&self, cx: &StepCx) -> anyhow::Result<PathBuf> {
         cx.target()?
             .files_root()
@@ -118,6 +103,20 @@ impl RollingRedeploy {
 }
 
 impl Step for RollingRedeploy {
+    fn validate(&self) -> Vec<(Option<&'static str>, String)> {
+        let mut out = vec![];
+        if self.max_surge > 1
+            || self.max_unavailable > 1
+            || self.max_surge + self.max_unavailable == 0
+        {
+            out.push((
+                Some("max_surge"),
+                "one replica at a time: max_surge and max_unavailable are 0 or 1, not both 0"
+                    .into(),
+            ));
+        }
+        out
+    }
     fn describe(&self) -> String {
         let v = self
             .verify_version

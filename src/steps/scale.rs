@@ -57,17 +57,6 @@ fn name_for(sibling: &Replica, number: u32) -> String {
 }
 
 impl Scale {
-    pub fn validate(&self) -> Vec<(Option<&'static str>, String)> {
-        let mut out = vec![];
-        if self.replicas == 0 {
-            out.push((
-                Some("replicas"),
-                "`replicas` must be at least 1 (stopping a service is not scaling)".into(),
-            ));
-        }
-        out
-    }
-
     /// Brings the service to `want` running replicas; safe to re-enter.
     async fn converge(&self, e: &Engine, cx: &StepCx, want: u32) -> anyhow::Result<()> {
         let (project, service) = project_service(cx, self.service.as_deref())?;
@@ -137,6 +126,16 @@ impl Scale {
 }
 
 impl Step for Scale {
+    fn validate(&self) -> Vec<(Option<&'static str>, String)> {
+        let mut out = vec![];
+        if self.replicas == 0 {
+            out.push((
+                Some("replicas"),
+                "`replicas` must be at least 1 (stopping a service is not scaling)".into(),
+            ));
+        }
+        out
+    }
     fn describe(&self) -> String {
         format!(
             "scale {} to {} replicas",

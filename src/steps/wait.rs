@@ -26,36 +26,6 @@ pub struct Wait {
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Wait {
-    pub fn validate(&self) -> Vec<(Option<&'static str>, String)> {
-        let mut out = vec![];
-        let n = [
-            self.duration.is_some(),
-            self.http.is_some(),
-            self.sql.is_some(),
-        ]
-        .iter()
-        .filter(|b| **b)
-        .count();
-        if n != 1 {
-            out.push((
-                None,
-                "a `wait` step needs exactly one of `duration`, `http`, `sql`".into(),
-            ));
-        }
-        if self.sql.is_some() && self.database.is_none() {
-            out.push((
-                Some("sql"),
-                "`sql` needs `database` (a name under [postgres.*] in the target)".into(),
-            ));
-        }
-        if let Some(u) = &self.http
-            && reqwest::Url::parse(u).is_err()
-        {
-            out.push((Some("http"), format!("`{u}` is not a URL")));
-        }
-        out
-    }
-
     fn interval(&self) -> Duration {
         self.interval
             .as_ref()
@@ -84,6 +54,35 @@ impl Wait {
 }
 
 impl Step for Wait {
+    fn validate(&self) -> Vec<(Option<&'static str>, String)> {
+        let mut out = vec![];
+        let n = [
+            self.duration.is_some(),
+            self.http.is_some(),
+            self.sql.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if n != 1 {
+            out.push((
+                None,
+                "a `wait` step needs exactly one of `duration`, `http`, `sql`".into(),
+            ));
+        }
+        if self.sql.is_some() && self.database.is_none() {
+            out.push((
+                Some("sql"),
+                "`sql` needs `database` (a name under [postgres.*] in the target)".into(),
+            ));
+        }
+        if let Some(u) = &self.http
+            && reqwest::Url::parse(u).is_err()
+        {
+            out.push((Some("http"), format!("`{u}` is not a URL")));
+        }
+        out
+    }
     fn describe(&self) -> String {
         match (&self.duration, &self.http, &self.sql) {
             (Some(d), _, _) => format!("wait {d}"),
