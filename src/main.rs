@@ -20,7 +20,7 @@ mod target;
 use clap::Parser;
 
 fn main() {
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse().with_absolute_paths();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1,7 +1,20 @@
 //! Regression tests of the hardening issue: a child's untrusted output, a relative state dir,
 //! the exit code of a resumed rollback, the sandbox's external programs.
 
-use crate::harness::Sandbox;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+
+use crate::harness::{Out, Sandbox};
+
+fn out_of(mut c: Command) -> Out {
+    let o = c.output().expect("run ferry");
+    Out {
+        code: o.status.code(),
+        signal: o.status.signal(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
 
 #[test]
 fn exec_output_with_invalid_utf8_and_a_10mb_line_is_decoded_lossily_and_bounded() {
@@ -43,4 +56,44 @@ run = '''printf 'caf\351\n'; head -c 10000000 /dev/zero | tr '\0' x; printf '\na
     );
     assert_eq!(lines[2], "after");
     assert!(lines.iter().any(|l| l == "caf\u{fffd}"), "stderr too");
+}
+
+#[test]
+fn relative_state_dir_and_junit_on_resume_from_another_directory() {
+    let sb = Sandbox::new();
+    sb.write(
+        "work/pb.toml",
+        r#"name = "two"
+
+[[steps]]
+id = "s1"
+kind = "exec"
+run = "touch one"
+
+[[steps]]
+id = "s2"
+kind = "exec"
+run = "touch two"
+"#,
+    );
+    // Started in work/ with a relative state dir, killed right after s1.
+    let mut c = sb.cmd(&["--state-dir", "../state", "run", "pb.toml"]);
+    c.current_dir(sb.path("work"))
+        .env("FERRY_FAILPOINT", "step_done:s1");
+    let out = out_of(c);
+    assert_eq!(out.code, None, "killed by the failpoint: {}", out.stderr);
+    assert!(sb.path("work/one").exists() && !sb.path("work/two").exists());
+    // Resumed from the sandbox's root: the same state dir, named relative to here.
+    let mut c = sb.cmd(&["--state-dir", "state", "--junit", "resume.xml", "resume"]);
+    c.current_dir(sb.path(""));
+    let out = out_of(c);
+    out.expect(0);
+    assert!(
+        sb.path("work/two").exists(),
+        "s2 ran in the run's directory"
+    );
+    assert!(
+        sb.path("resume.xml").exists(),
+        "--junit is relative to where ferry started"
+    );
 }
