@@ -195,7 +195,12 @@ impl Engine {
             let copy = dir.join("playbook.toml");
             std::fs::copy(&req.playbook.path, &copy)?;
             std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600))?;
-            Journal::create(&dir.join("journal.jsonl"))
+            let j = Journal::create(&dir.join("journal.jsonl"))?;
+            // The names of the directory, the journal and the copy must survive a power loss
+            // as surely as the journal's first (synced) record.
+            super::journal::sync_dir(&dir)?;
+            super::journal::sync_dir(dir.parent().unwrap_or(&dir))?;
+            Ok(j)
         };
         let journal = mk().map_err(Error::Other)?;
         let meta = RunMeta {

@@ -97,3 +97,58 @@ run = "touch two"
         "--junit is relative to where ferry started"
     );
 }
+
+fn strace_works() -> bool {
+    Command::new("strace")
+        .args(["-o", "/dev/null", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn a_new_run_directory_and_its_parent_are_fsynced() {
+    if !crate::harness::require("strace (ptrace allowed)", strace_works()) {
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.write(
+        "pb.toml",
+        "name = \"one\"\n[[steps]]\nid = \"s1\"\nkind = \"exec\"\nrun = \"true\"\n",
+    );
+    let log = sb.path("strace.log");
+    // The harness's ferry command, under strace.
+    let ferry = sb.cmd(&["run", "pb.toml"]);
+    let mut c = Command::new("strace");
+    c.args(["-f", "-y", "-s", "4096", "-e", "trace=fsync", "-o"])
+        .arg(&log)
+        .arg(ferry.get_program())
+        .args(ferry.get_args())
+        .current_dir(ferry.get_current_dir().unwrap())
+        .stdin(std::process::Stdio::null());
+    for (k, v) in ferry.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let out = out_of(c);
+    out.expect(0);
+    let ids = sb.run_ids();
+    assert_eq!(ids.len(), 1);
+    let runs = sb.state.join("runs");
+    let run_dir = runs.join(&ids[0]);
+    // `-y` prints each fd with its path: `fsync(3</tmp/…/.ferry/runs/ID>) = 0`.
+    let synced: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("fsync(") && l.trim_end().ends_with("= 0"))
+        .filter_map(|l| Some(l.split_once('<')?.1.split_once('>')?.0.to_owned()))
+        .collect();
+    for dir in [&run_dir, &runs] {
+        let want = dir.canonicalize().unwrap().display().to_string();
+        assert!(
+            synced.contains(&want),
+            "{want} not fsynced; fsyncs: {synced:?}"
+        );
+    }
+}
