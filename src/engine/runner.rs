@@ -323,7 +323,19 @@ impl Engine {
                     .rollback_reason
                     .clone()
                     .unwrap_or_else(|| "requested with `ferry rollback`".into());
-                run.rollback_all(&reason).await
+                let r = run.rollback_all(&reason).await;
+                // `resume` finishing the rollback of a failed step ends as that run would
+                // have: failed (exit 1), so CI never reads a failed upgrade as done.
+                let failed = run.state.steps.iter().any(|s| s.error.is_some());
+                match r {
+                    Ok(()) if !undo && failed => Err(Error::StepFailed {
+                        message: reason,
+                        hint: Some(format!(
+                            "the rollback is complete: the completed steps were undone; `ferry status {run_id}` shows each one"
+                        )),
+                    }),
+                    r => r,
+                }
             }
             (Phase::Forward, false) => run.forward().await,
         };

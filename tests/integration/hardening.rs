@@ -152,3 +152,70 @@ fn a_new_run_directory_and_its_parent_are_fsynced() {
         );
     }
 }
+
+#[test]
+fn resume_that_completes_the_rollback_of_a_failed_run_exits_1() {
+    let sb = Sandbox::new();
+    sb.write(
+        "pb.toml",
+        r#"name = "fails"
+
+[[steps]]
+id = "s1"
+kind = "exec"
+run = "touch one"
+undo = "rm -f one"
+
+[[steps]]
+id = "s2"
+kind = "exec"
+run = "false"
+undo = "true"
+"#,
+    );
+    // s2 fails; the rollback starts and ferry is killed before s1's undo.
+    let out = sb.run_env(
+        &["run", "pb.toml"],
+        &[("FERRY_FAILPOINT", "undo_started:s1")],
+    );
+    assert_eq!(out.code, None, "killed mid-rollback: {}", out.stderr);
+    assert!(sb.path("one").exists(), "s1 not undone yet");
+    let out = sb.run(&["resume", "--format", "json"]);
+    out.expect(1);
+    assert!(!sb.path("one").exists(), "the rollback finished");
+    let end = out
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "run_finished")
+        .unwrap();
+    assert_eq!(end["outcome"], "failed", "{end}");
+    assert_eq!(end["exit_code"], 1, "{end}");
+    assert!(
+        end["message"]
+            .as_str()
+            .unwrap()
+            .contains("step `s2` failed"),
+        "{end}"
+    );
+    // The run is rolled back: nothing more to resume.
+    let st = sb.run(&["status", "--format", "json"]);
+    assert!(st.stdout.contains("\"rolled_back\""), "{}", st.stdout);
+}
+
+#[test]
+fn resume_of_a_requested_rollback_still_exits_0() {
+    let sb = Sandbox::new();
+    sb.write(
+        "pb.toml",
+        "name = \"ok\"\n[[steps]]\nid = \"s1\"\nkind = \"exec\"\nrun = \"touch one\"\nundo = \"rm -f one\"\n\n[[steps]]\nid = \"s2\"\nkind = \"exec\"\nrun = \"touch two\"\nundo = \"rm -f two\"\n",
+    );
+    sb.run(&["run", "pb.toml"]).expect(0);
+    let id = sb.run_ids().pop().unwrap();
+    let out = sb.run_env(
+        &["rollback", &id],
+        &[("FERRY_FAILPOINT", "undo_started:s1")],
+    );
+    assert_eq!(out.code, None, "killed mid-rollback: {}", out.stderr);
+    sb.run(&["resume", &id]).expect(0);
+    assert!(!sb.path("one").exists() && !sb.path("two").exists());
+}
