@@ -219,3 +219,91 @@ fn resume_of_a_requested_rollback_still_exits_0() {
     sb.run(&["resume", &id]).expect(0);
     assert!(!sb.path("one").exists() && !sb.path("two").exists());
 }
+
+/// Programs `sandbox up` runs; fakes of them (never executed: the check comes first).
+const SANDBOX_PROGRAMS: &[&str] = &[
+    "initdb",
+    "pg_ctl",
+    "psql",
+    "pgbouncer",
+    "docker-registry",
+    "htpasswd",
+    "docker-compose",
+    "git",
+    "runuser",
+    "chown",
+];
+
+fn fake_bin_without(sb: &Sandbox, missing: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = sb.path("fakebin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for p in SANDBOX_PROGRAMS.iter().filter(|p| **p != missing) {
+        let f = bin.join(p);
+        std::fs::write(&f, "#!/bin/sh\necho \"fake $0 ran\" >&2\nexit 97\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    bin
+}
+
+#[track_caller]
+fn assert_names_only(out: &Out, missing: &str, package: &str, dir: &std::path::Path) {
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "{missing} (Debian package {package}): not found in"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("scripts/setup-deps"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("apt-get install {package}")),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("runuser:"), "{}", out.stderr);
+    assert!(!out.stderr.contains("fake "), "nothing ran: {}", out.stderr);
+    for other in SANDBOX_PROGRAMS.iter().filter(|p| **p != missing) {
+        assert!(
+            !out.stderr.contains(&format!("  {other} (Debian package")),
+            "only {missing} is missing: {}",
+            out.stderr
+        );
+    }
+    assert!(!dir.exists(), "nothing was started or written");
+}
+
+#[test]
+fn sandbox_up_names_a_program_missing_from_path_before_starting_anything() {
+    let sb = Sandbox::new();
+    // PATH without docker-compose (PostgreSQL's bin dir and /usr/sbin are still searched).
+    let bin = fake_bin_without(&sb, "docker-compose");
+    let dir = sb.path("sbx");
+    let mut c = sb.cmd(&["sandbox", "up", "--dir", dir.to_str().unwrap()]);
+    c.env("PATH", &bin).env_remove("FERRY_SANDBOX_PATH");
+    let out = out_of(c);
+    // Only the PATH programs are faked; on a machine without PostgreSQL or pgBouncer the
+    // fixed directories add their own lines, which this test does not judge.
+    let real_pg = std::path::Path::new("/usr/lib/postgresql/15/bin/initdb").exists()
+        && std::path::Path::new("/usr/sbin/pgbouncer").exists();
+    if real_pg {
+        assert_names_only(&out, "docker-compose", "docker-compose", &dir);
+    } else {
+        assert!(
+            out.stderr
+                .contains("docker-compose (Debian package docker-compose)")
+        );
+    }
+}
+
+#[test]
+fn sandbox_up_without_pgbouncer_names_its_package_and_setup_deps() {
+    let sb = Sandbox::new();
+    let bin = fake_bin_without(&sb, "pgbouncer");
+    let dir = sb.path("sbx");
+    let mut c = sb.cmd(&["sandbox", "up", "--dir", dir.to_str().unwrap()]);
+    c.env("FERRY_SANDBOX_PATH", &bin);
+    let out = out_of(c);
+    assert_names_only(&out, "pgbouncer", "pgbouncer", &dir);
+}
