@@ -322,11 +322,12 @@ impl Engine {
                     .state
                     .rollback_reason
                     .clone()
-                    .unwrap_or_else(|| "requested with `ferry rollback`".into());
+                    .unwrap_or_else(|| REQUESTED_ROLLBACK.into());
                 let r = run.rollback_all(&reason).await;
-                // `resume` finishing the rollback of a failed step ends as that run would
-                // have: failed (exit 1), so CI never reads a failed upgrade as done.
-                let failed = run.state.steps.iter().any(|s| s.error.is_some());
+                // `resume` finishing the rollback a failed step started (not one asked for
+                // with `ferry rollback`) ends as that run would have: failed (exit 1), so CI
+                // never reads a failed upgrade as done.
+                let failed = reason != REQUESTED_ROLLBACK;
                 match r {
                     Ok(()) if !undo && failed => Err(Error::StepFailed {
                         message: reason,
@@ -345,6 +346,10 @@ impl Engine {
         r
     }
 }
+
+/// The journaled reason of a rollback asked for with `ferry rollback` (any other reason is
+/// the failure of a step).
+const REQUESTED_ROLLBACK: &str = "requested with `ferry rollback`";
 
 /// Whether `resume` can continue a run; the error says what it was and what to run instead.
 fn resumable(state: &RunState, run_id: &str) -> Result<(), Error> {

@@ -207,10 +207,28 @@ fn resume_of_a_requested_rollback_still_exits_0() {
     let sb = Sandbox::new();
     sb.write(
         "pb.toml",
-        "name = \"ok\"\n[[steps]]\nid = \"s1\"\nkind = \"exec\"\nrun = \"touch one\"\nundo = \"rm -f one\"\n\n[[steps]]\nid = \"s2\"\nkind = \"exec\"\nrun = \"touch two\"\nundo = \"rm -f two\"\n",
+        r#"name = "ok"
+
+[[steps]]
+id = "s1"
+kind = "exec"
+run = "touch one"
+undo = "rm -f one"
+
+[[steps]]
+id = "s2"
+kind = "exec"
+run = "test -e ready && touch two"
+undo = "rm -f two"
+on_failure = "stop"
+"#,
     );
-    sb.run(&["run", "pb.toml"]).expect(0);
+    // s2 fails once and stops the run; fixed, the run is resumed to its end.
+    sb.run(&["run", "pb.toml"]).expect(1);
+    sb.write("ready", "");
+    sb.run(&["resume"]).expect(0);
     let id = sb.run_ids().pop().unwrap();
+    // A rollback asked for by hand, killed half-way, finished by `resume`: success.
     let out = sb.run_env(
         &["rollback", &id],
         &[("FERRY_FAILPOINT", "undo_started:s1")],
