@@ -17,6 +17,23 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Makes `--state-dir` and `--junit` absolute against the directory ferry was started
+    /// in: `resume` and `rollback` change into the run's own directory before they use them.
+    pub fn with_absolute_paths(mut self) -> Cli {
+        let abs = |p: &mut PathBuf| {
+            if let Ok(a) = std::path::absolute(&*p) {
+                *p = a;
+            }
+        };
+        abs(&mut self.global.state_dir);
+        if let Some(j) = self.global.junit.as_mut() {
+            abs(j);
+        }
+        self
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct Global {
     /// Where runs, journals and locks live.

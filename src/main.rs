@@ -21,7 +21,7 @@ mod util;
 use clap::Parser;
 
 fn main() {
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse().with_absolute_paths();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

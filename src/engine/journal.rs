@@ -8,6 +8,8 @@
 //!   written before a synced one is durable with it (same file, sequential writes).
 //! - The file is preallocated in chunks so that a sync does not also have to flush a size
 //!   change; readers stop at the first NUL byte. A torn last line is ignored.
+//! - A new run directory is fsynced once its journal and playbook copy exist, and so is its
+//!   parent (`runs/`), so that a power loss cannot keep a synced journal under a lost name.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -125,6 +127,14 @@ impl Journal {
             .sync_data()
             .with_context(|| format!("syncing {}", self.path.display()))
     }
+}
+
+/// fsyncs a directory, making the entries created in it durable (a new file's data is synced
+/// through the file; its name only through its directory).
+pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing directory {}", dir.display()))
 }
 
 /// Reads every complete record. A line that does not parse is tolerated only as the last

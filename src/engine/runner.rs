@@ -184,7 +184,12 @@ impl Engine {
             let copy = dir.join("playbook.toml");
             std::fs::copy(&req.playbook.path, &copy)?;
             std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600))?;
-            Journal::create(&dir.join("journal.jsonl"))
+            let j = Journal::create(&dir.join("journal.jsonl"))?;
+            // The names of the directory, the journal and the copy must survive a power loss
+            // as surely as the journal's first (synced) record.
+            super::journal::sync_dir(&dir)?;
+            super::journal::sync_dir(dir.parent().unwrap_or(&dir))?;
+            Ok(j)
         };
         let journal = mk().map_err(Error::Other)?;
         let meta = RunMeta {
@@ -307,8 +312,33 @@ impl Engine {
                     .state
                     .rollback_reason
                     .clone()
-                    .unwrap_or_else(|| "requested with `ferry rollback`".into());
-                run.rollback_all(&reason).await
+                    .unwrap_or_else(|| REQUESTED_ROLLBACK.into());
+                let r = run.rollback_all(&reason).await;
+                // `resume` finishing the rollback a failed step started (not one asked for
+                // with `ferry rollback`) ends as that run would have: failed (exit 1), so CI
+                // never reads a failed upgrade as done.
+                let failed = reason != REQUESTED_ROLLBACK;
+                match r {
+                    Ok(()) if !undo && failed => {
+                        // The step whose failure started the rollback: the last with an error.
+                        let at = run.state.steps.iter().rposition(|s| s.error.is_some());
+                        let def = at.and_then(|i| run.req.playbook.steps.get(i));
+                        Err(Error::StepFailed {
+                            step: def.map_or_else(String::new, |d| d.id.clone()),
+                            kind: def.map_or_else(String::new, |d| d.kind.clone()),
+                            describe: def.map_or_else(String::new, |d| {
+                                crate::steps::Step::describe(&d.spec)
+                            }),
+                            error: at
+                                .and_then(|i| run.state.steps[i].error.clone())
+                                .unwrap_or(reason),
+                            hint: format!(
+                                "the rollback is complete: the completed steps were undone; `ferry status {run_id}` shows each one"
+                            ),
+                        })
+                    }
+                    r => r,
+                }
             }
             (Phase::Forward, false) => run.forward().await,
         };
@@ -322,6 +352,10 @@ impl Engine {
         r
     }
 }
+
+/// The journaled reason of a rollback asked for with `ferry rollback` (any other reason is
+/// the failure of a step).
+const REQUESTED_ROLLBACK: &str = "requested with `ferry rollback`";
 
 /// Whether `resume` can continue a run; the error says what it was and what to run instead.
 fn resumable(state: &RunState, run_id: &str) -> Result<(), Error> {

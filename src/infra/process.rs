@@ -7,6 +7,11 @@
 //!
 //! The death signal fires when the *thread* that forked exits; ferry's runtime is
 //! single-threaded and spawns from the main thread, which lives as long as the process.
+//!
+//! Output is untrusted bytes: it is decoded lossily (invalid UTF-8 becomes U+FFFD), a line is
+//! at most [`MAX_LINE`] bytes (the rest of a longer one is skipped, never buffered, and a
+//! marker says how much), and the tail kept for error messages is [`TAIL_LINES`] lines of at
+//! most [`TAIL_LINE`] bytes per stream.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -14,7 +19,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 use crate::report::Stream;
 
@@ -98,8 +103,8 @@ pub async fn run(
     let mut guard = GroupGuard(Some(pid as i32));
     on_spawn(pid, start_ticks(pid).unwrap_or(0));
 
-    let mut out = BufReader::new(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?).lines();
-    let mut err = BufReader::new(child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?).lines();
+    let mut out = Lines::new(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?);
+    let mut err = Lines::new(child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?);
     let mut tail_err: Vec<String> = vec![];
     let mut tail_out: Vec<String> = vec![];
     let (mut out_open, mut err_open) = (true, true);
@@ -164,11 +169,83 @@ pub async fn run(
     })
 }
 
+/// The longest output line passed on, in bytes; the rest of a longer line is dropped.
+pub const MAX_LINE: usize = 64 * 1024;
+/// Lines per stream kept for error messages, and the bytes kept of each.
+pub const TAIL_LINES: usize = 5;
+pub const TAIL_LINE: usize = 4 * 1024;
+
 fn push_tail(tail: &mut Vec<String>, line: &str) {
-    if tail.len() == 5 {
+    if tail.len() == TAIL_LINES {
         tail.remove(0);
     }
-    tail.push(line.to_owned());
+    let mut end = line.len().min(TAIL_LINE);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    tail.push(line[..end].to_owned());
+}
+
+/// Output lines of a pipe: split on `\n` (a trailing `\r` dropped), decoded lossily, each at
+/// most [`MAX_LINE`] bytes plus a marker naming how many bytes were cut. Memory stays bounded
+/// whatever the child writes. `next_line` is cancel-safe (its state lives here, and it only
+/// awaits in `fill_buf`), as `tokio::select!` needs.
+struct Lines<R> {
+    inner: BufReader<R>,
+    buf: Vec<u8>,
+    /// Bytes of the current line dropped past `MAX_LINE`.
+    dropped: u64,
+}
+
+impl<R: AsyncRead + Unpin> Lines<R> {
+    fn new(r: R) -> Self {
+        Lines {
+            inner: BufReader::with_capacity(64 * 1024, r),
+            buf: Vec::new(),
+            dropped: 0,
+        }
+    }
+
+    async fn next_line(&mut self) -> std::io::Result<Option<String>> {
+        loop {
+            let avail = self.inner.fill_buf().await?;
+            if avail.is_empty() {
+                // EOF: a last line without a newline is still a line.
+                if self.buf.is_empty() && self.dropped == 0 {
+                    return Ok(None);
+                }
+                return Ok(Some(self.take()));
+            }
+            let (chunk, used, eol) = match avail.iter().position(|&b| b == b'\n') {
+                Some(i) => (&avail[..i], i + 1, true),
+                None => (avail, avail.len(), false),
+            };
+            let room = MAX_LINE - self.buf.len();
+            let keep = chunk.len().min(room);
+            self.buf.extend_from_slice(&chunk[..keep]);
+            self.dropped += (chunk.len() - keep) as u64;
+            self.inner.consume(used);
+            if eol {
+                return Ok(Some(self.take()));
+            }
+        }
+    }
+
+    fn take(&mut self) -> String {
+        if self.dropped == 0 && self.buf.last() == Some(&b'\r') {
+            self.buf.pop();
+        }
+        let mut line = String::from_utf8_lossy(&self.buf).into_owned();
+        if self.dropped > 0 {
+            line.push_str(&format!(
+                " … [line truncated: {} more bytes not shown]",
+                self.dropped
+            ));
+        }
+        self.buf.clear();
+        self.dropped = 0;
+        line
+    }
 }
 
 pub fn pid_alive(pid: u32) -> bool {
@@ -217,4 +294,40 @@ pub fn kill_leftover_group(pgid: u32, leader_ticks: u64) -> Vec<u32> {
         unsafe { libc::kill(-(pgid as i32), libc::SIGKILL) };
     }
     members
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines_of(bytes: &[u8]) -> Vec<String> {
+        let mut r = Lines::new(bytes);
+        let mut out = vec![];
+        while let Some(l) = r.next_line().await.unwrap() {
+            out.push(l);
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn invalid_utf8_long_lines_and_crlf() {
+        assert_eq!(
+            lines_of(b"caf\xe9\nok\r\nlast").await,
+            ["caf\u{fffd}", "ok", "last"]
+        );
+        let mut long = vec![b'x'; MAX_LINE + 10];
+        long.extend_from_slice(b"\nnext\n");
+        let got = lines_of(&long).await;
+        assert_eq!(got.len(), 2);
+        assert!(got[0].starts_with(&"x".repeat(MAX_LINE)));
+        assert!(
+            got[0].ends_with("[line truncated: 10 more bytes not shown]"),
+            "{}",
+            &got[0][MAX_LINE..]
+        );
+        assert_eq!(got[1], "next");
+        let mut tail = vec![];
+        push_tail(&mut tail, &got[0]);
+        assert_eq!(tail[0].len(), TAIL_LINE);
+    }
 }

@@ -82,7 +82,7 @@ pub fn write(root: &Path, l: &Layout, dockerfile: &str, standin: &Path) -> anyho
         ".ferry-backup/\nhapi-overlay/hapi-standin\n",
     )?;
     let git = |args: &[&str]| {
-        let mut c = Command::new("git");
+        let mut c = Command::new(super::deps::bin("git"));
         c.arg("-C")
             .arg(root)
             .args([

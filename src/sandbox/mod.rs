@@ -9,6 +9,7 @@
 //! tags, the compose project), every container and image carries `ferry.sandbox=<id>`, and
 //! `down` removes exactly that. `up` on a running sandbox only restarts what is not running.
 
+mod deps;
 mod files;
 mod pg;
 mod proc;
@@ -82,7 +83,7 @@ impl State {
 
 /// Whether the `postgres` user can search `dir` (every parent included).
 fn postgres_reaches(dir: &Path) -> bool {
-    let mut c = std::process::Command::new("runuser");
+    let mut c = std::process::Command::new(deps::bin("runuser"));
     c.args(["-u", "postgres", "--", "test", "-x"]).arg(dir);
     proc::run(c, "access check").is_ok()
 }
@@ -105,6 +106,7 @@ fn standin_binary(opt: Option<&Path>) -> anyhow::Result<PathBuf> {
 /// Starts (or restarts the missing parts of) the sandbox; answers with its status.
 pub async fn up(opts: &UpOptions) -> anyhow::Result<SandboxUp> {
     let dir = std::path::absolute(&opts.dir)?;
+    deps::check(proc::is_root())?;
     if let Some(state) = State::load(&dir) {
         ensure_running(&state).await?;
         let status = status(&dir).await?;
@@ -225,7 +227,7 @@ async fn ensure_running(st: &State) -> anyhow::Result<()> {
     }
     let mut st = st.clone();
     if !proc::alive(st.bouncer_pid) {
-        let mut c = proc::as_service_user("/usr/sbin/pgbouncer");
+        let mut c = proc::as_service_user(&deps::bin("pgbouncer"));
         c.arg("-d")
             .arg(st.services().join("pgbouncer/pgbouncer.ini"));
         proc::run(c, "pgbouncer")?;
@@ -236,7 +238,7 @@ async fn ensure_running(st: &State) -> anyhow::Result<()> {
         )?;
     }
     if !proc::alive(st.registry_pid) {
-        let mut c = std::process::Command::new("docker-registry");
+        let mut c = std::process::Command::new(deps::bin("docker-registry"));
         c.arg("serve").arg(st.dir.join("registry/config.yml"));
         st.registry_pid = proc::spawn_daemon(c, &st.dir.join("registry/registry.log"))?;
         proc::wait_port(st.registry_port, Duration::from_secs(15))?;

@@ -9,7 +9,6 @@ use anyhow::Context;
 
 use super::proc::{self, as_service_user, hand_over};
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 pub const HAPI_SCHEMA: &str = include_str!("../../fixtures/hapi-schema.sql");
 pub const HAPI_DATAGEN: &str = include_str!("../../fixtures/hapi-datagen.sql");
 pub const AUDIT_SCHEMA: &str = include_str!("../../fixtures/audit-schema.sql");
@@ -26,7 +25,7 @@ pub fn init(dir: &Path, port: u16, s: &Secrets) -> anyhow::Result<()> {
     let pwfile = dir.join("pw");
     std::fs::write(&pwfile, format!("{}\n", s.superuser))?;
     hand_over(dir)?;
-    let mut c = as_service_user(&format!("{PG_BIN}/initdb"));
+    let mut c = as_service_user(&super::deps::bin("initdb"));
     c.arg("-D").arg(dir.join("data")).args([
         "-U",
         "postgres",
@@ -76,7 +75,7 @@ pub fn start(dir: &Path, port: u16) -> anyhow::Result<()> {
         "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=40",
         dir.display()
     );
-    let mut c = as_service_user(&format!("{PG_BIN}/pg_ctl"));
+    let mut c = as_service_user(&super::deps::bin("pg_ctl"));
     c.arg("-D")
         .arg(dir.join("data"))
         .arg("-l")
@@ -87,7 +86,7 @@ pub fn start(dir: &Path, port: u16) -> anyhow::Result<()> {
 }
 
 pub fn running(dir: &Path) -> bool {
-    let mut c = as_service_user(&format!("{PG_BIN}/pg_ctl"));
+    let mut c = as_service_user(&super::deps::bin("pg_ctl"));
     c.arg("-D").arg(dir.join("data")).arg("status");
     proc::run(c, "pg_ctl status").is_ok()
 }
@@ -96,7 +95,7 @@ pub fn stop(dir: &Path) -> anyhow::Result<()> {
     if !dir.join("data").exists() || !running(dir) {
         return Ok(());
     }
-    let mut c = as_service_user(&format!("{PG_BIN}/pg_ctl"));
+    let mut c = as_service_user(&super::deps::bin("pg_ctl"));
     c.arg("-D")
         .arg(dir.join("data"))
         .args(["-m", "fast", "-w", "stop"]);
@@ -106,7 +105,7 @@ pub fn stop(dir: &Path) -> anyhow::Result<()> {
 /// Runs SQL (or a whole fixture file with psql meta-commands) over the Unix socket.
 pub fn psql(dir: &Path, port: u16, db: &str, sql: &str) -> anyhow::Result<String> {
     use std::io::Write;
-    let mut child = std::process::Command::new("psql")
+    let mut child = std::process::Command::new(super::deps::bin("psql"))
         .args([
             "-h",
             dir.to_str().unwrap_or("."),
@@ -164,7 +163,7 @@ pub fn start_bouncer(dir: &Path, pg_port: u16, port: u16, s: &Secrets) -> anyhow
         std::fs::Permissions::from_mode(0o600),
     )?;
     hand_over(dir)?;
-    let mut c = as_service_user("/usr/sbin/pgbouncer");
+    let mut c = as_service_user(&super::deps::bin("pgbouncer"));
     c.arg("-d").arg(dir.join("pgbouncer.ini"));
     proc::run(c, "pgbouncer")?;
     proc::wait_port(port, Duration::from_secs(10))?;

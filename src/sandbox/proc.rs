@@ -16,7 +16,7 @@ pub fn is_root() -> bool {
 /// A command run as the `postgres` user when ferry is root, else as ferry's user.
 pub fn as_service_user(prog: &str) -> Command {
     if is_root() {
-        let mut c = Command::new("runuser");
+        let mut c = Command::new(super::deps::bin("runuser"));
         c.args(["-u", "postgres", "--", prog]);
         c
     } else {
@@ -27,7 +27,7 @@ pub fn as_service_user(prog: &str) -> Command {
 /// Gives a directory to the service user (root only).
 pub fn hand_over(dir: &Path) -> anyhow::Result<()> {
     if is_root() {
-        let st = Command::new("chown")
+        let st = Command::new(super::deps::bin("chown"))
             .args(["-R", "postgres:postgres"])
             .arg(dir)
             .status()?;

@@ -9,7 +9,7 @@ use super::proc;
 
 pub fn start(dir: &Path, port: u16, user: &str, password: &str) -> anyhow::Result<u32> {
     std::fs::create_dir_all(dir.join("data"))?;
-    let mut c = Command::new("htpasswd");
+    let mut c = Command::new(super::deps::bin("htpasswd"));
     c.args(["-Bbn", user, password]);
     let line = proc::run(c, "htpasswd")?;
     std::fs::write(dir.join("htpasswd"), line)?;
@@ -19,7 +19,7 @@ pub fn start(dir: &Path, port: u16, user: &str, password: &str) -> anyhow::Resul
         d = dir.display()
     );
     std::fs::write(dir.join("config.yml"), config)?;
-    let mut c = Command::new("docker-registry");
+    let mut c = Command::new(super::deps::bin("docker-registry"));
     c.arg("serve").arg(dir.join("config.yml"));
     let pid = proc::spawn_daemon(c, &dir.join("registry.log"))?;
     proc::wait_port(port, Duration::from_secs(15))?;

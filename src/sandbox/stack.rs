@@ -32,7 +32,7 @@ pub async fn build_and_start(
 ) -> anyhow::Result<()> {
     let engine = engine().await?;
     let root = files_root(st);
-    let mut git = Command::new("git");
+    let mut git = Command::new(super::deps::bin("git"));
     git.arg("-C")
         .arg(&root)
         .args(["rev-parse", "--short", "HEAD"]);
@@ -85,7 +85,7 @@ pub async fn build_and_start(
 }
 
 fn compose(st: &State, args: &[&str]) -> anyhow::Result<String> {
-    let mut c = Command::new("docker-compose");
+    let mut c = Command::new(super::deps::bin("docker-compose"));
     c.current_dir(files_root(st))
         .args(["-p", &st.project])
         .args(args);

@@ -129,8 +129,8 @@ fn kill_during_rollback_then_resume_completes_it() {
         let runs: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
         assert_eq!(runs[0]["state"], "rolling_back");
         let out = sb.run(&["resume"]);
-        // The run failed (step 6) and is now fully rolled back.
-        out.expect(0);
+        // The run failed (step 6) and is now fully rolled back: it exits as the failed run.
+        out.expect(1);
         assert_eq!(sb.read("effects.log"), "", "every effect undone");
         // Newest first: 6 (its partial work), 5, 4 … 1; the killed step's undo may repeat.
         let undos: Vec<u32> = sb

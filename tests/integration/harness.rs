@@ -268,22 +268,33 @@ impl Pg {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = free_port();
-        let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=30",
-            dir.path().display()
-        );
-        let out = as_user(as_postgres, &format!("{PG_BIN}/pg_ctl"))
-            .args(["-D", data.to_str().unwrap(), "-l"])
-            .arg(dir.path().join("pg.log"))
-            .args(["-w", "-t", "30", "-o", &opts, "start"])
-            .output()
-            .expect("pg_ctl start");
-        assert!(
-            out.status.success(),
-            "pg_ctl start failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // A free port can be taken by a parallel test before the postmaster binds it: try
+        // another one then (the log says "could not bind").
+        let log = dir.path().join("pg.log");
+        let mut attempt = 0;
+        let port = loop {
+            attempt += 1;
+            let port = free_port();
+            let opts = format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=30",
+                dir.path().display()
+            );
+            let out = as_user(as_postgres, &format!("{PG_BIN}/pg_ctl"))
+                .args(["-D", data.to_str().unwrap(), "-l"])
+                .arg(&log)
+                .args(["-w", "-t", "30", "-o", &opts, "start"])
+                .output()
+                .expect("pg_ctl start");
+            if out.status.success() {
+                break port;
+            }
+            let logged = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(
+                attempt < 5 && logged.contains("could not bind"),
+                "pg_ctl start failed: {}\n{logged}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
         Some(Pg {
             dir,
             port,

@@ -5,6 +5,7 @@ mod checks;
 mod crash;
 mod docker;
 mod engine;
+mod hardening;
 mod harness;
 mod ig;
 mod prometheus;

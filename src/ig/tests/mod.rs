@@ -1,5 +1,6 @@
 //! Behavioural tests of `ig` on the committed fixtures (`fixtures/ig/`) and the real US
-//! Core packages (`$FERRY_SHARED_DIR`, else `../shared`, else `/work/shared`).
+//! Core packages vendored in `fixtures/ig/real/` (CC0; origin and sha256 in its README).
+//! Nothing here reads outside the repository.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +11,7 @@ use super::*;
 mod diff_cmds;
 mod read_cmds;
 mod us_core;
+mod vendored;
 
 pub(super) fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -17,20 +19,12 @@ pub(super) fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A real US Core package vendored in `fixtures/ig/real/` (inside the repository, so a
+/// fresh clone has it).
 pub(super) fn real(name: &str) -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [
-        std::env::var_os("FERRY_SHARED_DIR").map(PathBuf::from),
-        Some(manifest.join("../shared")),
-        Some(PathBuf::from("/work/shared")),
-    ];
-    let dir = candidates
-        .into_iter()
-        .flatten()
-        .map(|d| d.join("fixtures/real-ig-packages"))
-        .find(|d| d.is_dir())
-        .expect("real IG packages not found: set FERRY_SHARED_DIR to the shared/ checkout");
-    dir.join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/ig/real")
+        .join(name)
 }
 
 pub(super) fn read(path: &Path) -> Package {

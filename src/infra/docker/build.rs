@@ -134,12 +134,39 @@ fn write_context(
     Ok(())
 }
 
+/// The classic builder's "failed to set parent sha256:…: unknown parent image ID …": a cached
+/// layer it chose was deleted (another build's image removed) while this build ran. A build
+/// without the cache cannot hit it.
+pub fn is_unknown_parent(err: &anyhow::Error) -> bool {
+    let msg = format!("{err:#}");
+    msg.contains("unknown parent image ID")
+}
+
 impl Engine {
-    /// Builds and tags; returns the new image id. Each output line goes to `on_line`.
+    /// Builds and tags; returns the new image id. Each output line goes to `on_line`. A build
+    /// whose cached parent layer vanished mid-build ([`is_unknown_parent`]) is retried once
+    /// without the cache.
     pub async fn build_image(
         &self,
         req: &BuildRequest,
         mut on_line: impl FnMut(String),
+    ) -> anyhow::Result<String> {
+        match self.build_once(req, false, &mut on_line).await {
+            Err(e) if is_unknown_parent(&e) => {
+                on_line(format!(
+                    "ferry: {e:#}; a cached layer was removed during the build, retrying without the cache"
+                ));
+                self.build_once(req, true, &mut on_line).await
+            }
+            r => r,
+        }
+    }
+
+    async fn build_once(
+        &self,
+        req: &BuildRequest,
+        nocache: bool,
+        on_line: &mut impl FnMut(String),
     ) -> anyhow::Result<String> {
         let Some(first) = req.tags.first() else {
             bail!("an image build needs at least one tag");
@@ -172,6 +199,7 @@ impl Engine {
             .labels(&req.labels.clone().into_iter().collect())
             .rm(true)
             .forcerm(true)
+            .nocache(nocache)
             .build();
         let mut stream = self
             .docker
@@ -242,5 +270,26 @@ mod tests {
         assert!(m("**/*.log", "dir/sub/a.log"));
         assert!(m("src/*/packages", "src/main/packages/x.tgz"));
         assert!(!m("targets", "target"));
+    }
+
+    #[test]
+    fn unknown_parent_is_recognised_and_nothing_else() {
+        // The daemon's message, as it failed `sandbox::killed_between_two_replicas_then_resumed`.
+        let daemon = anyhow!(
+            "failed to export image: failed to set parent \
+             sha256:6f1b0a4e2c0d9d3b1a8e7c5f4d2b0a9e8c7d6f5e4d3c2b1a0f9e8d7c6b5a4f3e: \
+             unknown parent image ID \
+             sha256:6f1b0a4e2c0d9d3b1a8e7c5f4d2b0a9e8c7d6f5e4d3c2b1a0f9e8d7c6b5a4f3e"
+        )
+        .context("build 127.0.0.1:5000/hapi:0.2.2 from /tmp/ctx");
+        assert!(is_unknown_parent(&daemon));
+        for other in [
+            "Docker engine: failed to export image: no space left on device",
+            "The command '/bin/sh -c false' returned a non-zero code: 1",
+            "pull access denied for nosuch, repository does not exist",
+            "failed to set parent: context canceled",
+        ] {
+            assert!(!is_unknown_parent(&anyhow!("{other}")), "{other}");
+        }
     }
 }
