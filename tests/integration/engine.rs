@@ -19,7 +19,7 @@ undo = "rm -f run-first"
 [[steps]]
 id = "second"
 kind = "exec"
-check = "touch check-second; test -n '{{ word }}'"
+check = "touch check-second; test -n {{ word }}"
 run = "echo $WORD > run-second"
 undo = "rm -f run-second"
 "#;

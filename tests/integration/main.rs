@@ -9,5 +9,6 @@ mod ig;
 mod prometheus;
 mod registry;
 mod sandbox;
+mod security;
 mod sql;
 mod validate;

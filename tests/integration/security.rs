@@ -1,0 +1,158 @@
+//! The guarantees of README's "Security" section: `{{ … }}` quoted for the shell and for SQL
+//! (a `--var` cannot add a command or a statement), passwords refused wherever a URL could
+//! carry one, secrets masked in every output, `env_set` showing no secret value, and
+//! read-only EXPLAIN checks that cannot run side-effecting functions.
+
+use crate::harness::{Pg, Sandbox};
+
+const GREETING: &str = r#"name = "greet"
+[vars]
+greeting = "hello"
+[[steps]]
+id = "write-greeting"
+kind = "exec"
+check = "echo checking {{ greeting }}"
+run = "echo {{ greeting }} >> g.txt"
+done_if = "grep -qxF -- {{ greeting }} g.txt 2>/dev/null"
+undo = "grep -vxF -- {{ greeting }} g.txt > g.new; mv g.new g.txt"
+"#;
+
+#[test]
+fn a_var_cannot_add_a_shell_command() {
+    let sb = Sandbox::new();
+    sb.write("pb.toml", GREETING);
+    let evil = "greeting=x; touch pwned";
+    sb.run(&["run", "pb.toml", "--dry-run", "--var", evil])
+        .expect(0);
+    assert!(!sb.path("pwned").exists(), "dry-run's check ran the --var");
+    sb.run(&["run", "pb.toml", "--var", evil]).expect(0);
+    assert!(!sb.path("pwned").exists(), "run ran the --var");
+    assert_eq!(sb.read("g.txt"), "x; touch pwned\n");
+    let quote = "greeting=it's $(touch pwned2) `touch pwned3`";
+    sb.run(&["run", "pb.toml", "--var", quote]).expect(0);
+    assert_eq!(
+        sb.read("g.txt"),
+        "x; touch pwned\nit's $(touch pwned2) `touch pwned3`\n"
+    );
+    let id = sb.run_ids().pop().unwrap();
+    sb.run(&["rollback", &id]).expect(0);
+    assert_eq!(
+        sb.read("g.txt"),
+        "x; touch pwned\n",
+        "undo removed exactly its line"
+    );
+    for f in ["pwned", "pwned2", "pwned3"] {
+        assert!(!sb.path(f).exists(), "{f}");
+    }
+}
+
+#[test]
+fn raw_is_a_located_warning_and_quotes_around_a_placeholder_an_error() {
+    let sb = Sandbox::new();
+    sb.write(
+        "pb.toml",
+        "name = \"raw\"\n[vars]\nflags = \"-n\"\n[[steps]]\nid = \"a\"\nkind = \"exec\"\nrun = \"echo {{ flags | raw }} hi\"\n",
+    );
+    let out = sb.run(&["validate", "pb.toml"]);
+    out.expect(0);
+    assert!(
+        out.stdout
+            .contains("warning: `flags | raw` is pasted unquoted into a shell command")
+            && out.stdout.contains("pb.toml:7:13"),
+        "{}",
+        out.stdout
+    );
+    sb.write(
+        "pb.toml",
+        "name = \"q\"\n[vars]\ng = \"x\"\n[[steps]]\nid = \"a\"\nkind = \"exec\"\nrun = \"echo '{{ g }}'\"\n",
+    );
+    let out = sb.run(&["validate", "pb.toml"]);
+    out.expect(2);
+    assert!(
+        out.stderr.contains("inside single quotes"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// A cluster with database `app` owned by `hapi` and a target for it.
+fn pg_target(pw: &str) -> Option<(Pg, Sandbox)> {
+    let pg = Pg::start()?;
+    pg.psql(
+        "postgres",
+        &format!("CREATE ROLE hapi LOGIN PASSWORD '{pw}'"),
+    );
+    pg.psql("postgres", "CREATE DATABASE app OWNER hapi");
+    let sb = Sandbox::new();
+    sb.write(
+        "target.toml",
+        &format!(
+            "name = \"test\"\n[postgres.fhir]\nurl = \"{}\"\npassword_env = \"FHIR_DB_PASSWORD\"\n",
+            pg.url("hapi", "app")
+        ),
+    );
+    Some((pg, sb))
+}
+
+const PW: &str = "Sec-Planted-7c1d2e";
+
+#[test]
+fn a_var_cannot_add_an_sql_statement() {
+    let Some((pg, sb)) = pg_target(PW) else {
+        return;
+    };
+    let env = [("FHIR_DB_PASSWORD", PW)];
+    pg.psql(
+        "app",
+        "CREATE TABLE important (id int); CREATE TABLE notes (note text); ALTER TABLE important OWNER TO hapi; ALTER TABLE notes OWNER TO hapi",
+    );
+    sb.write(
+        "pb.toml",
+        "name = \"note\"\n[vars]\nnote = \"hi\"\ntable = \"notes\"\n[[steps]]\nid = \"note\"\nkind = \"sql\"\ndatabase = \"fhir\"\ncheck = \"SELECT {{ note }} IS NOT NULL\"\nstatement = \"INSERT INTO {{ table | ident }} VALUES ({{ note }})\"\nverify = \"SELECT count(*) = 1 FROM notes WHERE note = {{ note }}\"\nrollback = \"DELETE FROM notes WHERE note = {{ note }}\"\n",
+    );
+    let evil = "note=x'); DROP TABLE important; --";
+    let out = sb.run_env(
+        &["run", "pb.toml", "--target", "target.toml", "--var", evil],
+        &env,
+    );
+    out.expect(0);
+    assert_eq!(
+        pg.psql("app", "SELECT to_regclass('public.important') IS NOT NULL"),
+        "t",
+        "the table survived"
+    );
+    assert_eq!(
+        pg.psql("app", "SELECT note FROM notes"),
+        "x'); DROP TABLE important; --"
+    );
+    let back = "note=a\\'); DROP TABLE important; --";
+    sb.run_env(
+        &["run", "pb.toml", "--target", "target.toml", "--var", back],
+        &env,
+    )
+    .expect(0);
+    assert_eq!(pg.psql("app", "SELECT count(*) FROM notes"), "2");
+    assert_eq!(
+        pg.psql("app", "SELECT to_regclass('public.important') IS NOT NULL"),
+        "t"
+    );
+    // The old way of writing it, with its own quotes, no longer validates.
+    sb.write(
+        "old.toml",
+        "name = \"note\"\n[vars]\nnote = \"hi\"\n[[steps]]\nid = \"note\"\nkind = \"sql\"\ndatabase = \"fhir\"\nstatement = \"INSERT INTO notes VALUES ('{{ note }}')\"\n",
+    );
+    let out = sb.run_env(
+        &["run", "old.toml", "--target", "target.toml", "--var", evil],
+        &env,
+    );
+    out.expect(2);
+    assert!(
+        out.stderr.contains("inside a string literal"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        pg.psql("app", "SELECT to_regclass('public.important') IS NOT NULL"),
+        "t"
+    );
+}
