@@ -156,3 +156,55 @@ fn a_var_cannot_add_an_sql_statement() {
         "t"
     );
 }
+
+#[test]
+fn a_password_in_a_url_query_or_conninfo_is_refused() {
+    let sb = Sandbox::new();
+    sb.write(
+        "pb.toml",
+        "name = \"x\"\n[[steps]]\nid = \"a\"\nkind = \"exec\"\nrun = \"true\"\n",
+    );
+    for (url, what) in [
+        (
+            "postgres://hapi@127.0.0.1:1/fhirdb?password=Query-Pw-81c2",
+            "this URL carries a password (`password=` parameter)",
+        ),
+        (
+            "host=127.0.0.1 port=1 dbname=fhirdb user=hapi password=Conninfo-Pw-77aa",
+            "this connection string carries a password",
+        ),
+    ] {
+        let pw = url.rsplit('=').next().unwrap();
+        sb.write(
+            "t.toml",
+            &format!("name = \"staging\"\n[postgres.fhir]\nurl = \"{url}\"\n"),
+        );
+        for args in [
+            &["validate", "pb.toml", "--target", "t.toml"][..],
+            &["run", "pb.toml", "--target", "t.toml", "--format", "json"],
+            &[
+                "check",
+                "connections",
+                "--target",
+                "t.toml",
+                "--format",
+                "json",
+            ],
+        ] {
+            let out = sb.run(args);
+            out.expect(2);
+            assert!(
+                out.stderr
+                    .contains(&format!("the target must not hold secrets: {what}")),
+                "{args:?}: {}",
+                out.stderr
+            );
+            assert!(
+                !out.stderr.contains(pw) && !out.stdout.contains(pw),
+                "{args:?} shows the password:\n{}{}",
+                out.stdout,
+                out.stderr
+            );
+        }
+    }
+}
