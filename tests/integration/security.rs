@@ -208,3 +208,48 @@ fn a_password_in_a_url_query_or_conninfo_is_refused() {
         }
     }
 }
+
+#[test]
+fn check_json_masks_a_secret_the_plan_quotes() {
+    let Some((pg, sb)) = pg_target(PW) else {
+        return;
+    };
+    pg.psql(
+        "app",
+        "CREATE TABLE demo (id int, v text); INSERT INTO demo SELECT g, 'x' || g FROM generate_series(1, 100) g; ALTER TABLE demo OWNER TO hapi; ANALYZE demo",
+    );
+    let env = [("FHIR_DB_PASSWORD", PW)];
+    // The plan's Seq Scan filter quotes the literal, which is the registered password.
+    let query = format!("query=SELECT id FROM demo WHERE v = '{PW}'");
+    for format in ["human", "json"] {
+        let out = sb.run_env(
+            &[
+                "check",
+                "seqscan",
+                "--target",
+                "target.toml",
+                "--set",
+                &query,
+                "--set",
+                "tables=demo",
+                "--format",
+                format,
+            ],
+            &env,
+        );
+        out.expect(1);
+        assert!(
+            !out.stdout.contains(PW) && !out.stderr.contains(PW),
+            "{format} shows the secret:\n{}{}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(out.stdout.contains("***"), "{format}: {}", out.stdout);
+        if format == "json" {
+            let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+            assert_eq!(v["status"], "alert");
+            let filter = v["data"]["seq_scans"][0]["filter"].as_str().unwrap();
+            assert!(filter.contains("'***'"), "{filter}");
+        }
+    }
+}
