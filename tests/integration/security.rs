@@ -253,3 +253,111 @@ fn check_json_masks_a_secret_the_plan_quotes() {
         }
     }
 }
+
+const ENV_ORIG: &str = "# deployment\r\nSPRING_DATASOURCE_PASSWORD=Old-Db-Secret-91f3\nHAPI_IMAGE=reg/hapi:1.0.0\napi_token=\"Old Token-55aa\"";
+const ENV_SECRETS: &[&str] = &[
+    "Old-Db-Secret-91f3",
+    "Old Token-55aa",
+    "New-Db-Secret-42c8",
+    "New-Token-77bb",
+];
+
+fn env_set_playbook(boom: bool) -> String {
+    // (A secret given as --var would be journaled as given: resume needs it. README says so.)
+    let mut pb = "name = \"env\"\n[vars]\ndb_password = \"New-Db-Secret-42c8\"\ntag = { required = true }\n[[steps]]\nid = \"creds\"\nkind = \"env_set\"\nset = { SPRING_DATASOURCE_PASSWORD = \"{{ db_password }}\", HAPI_IMAGE = \"reg/hapi:{{ tag }}\", api_token = \"New-Token-77bb\" }\n".to_owned();
+    if boom {
+        pb += "[[steps]]\nid = \"boom\"\nkind = \"exec\"\nrun = \"exit 9\"\n";
+    }
+    pb
+}
+
+fn no_env_secret_in(sb: &Sandbox, what: &str, text: &str) {
+    for s in ENV_SECRETS {
+        assert!(!text.contains(s), "{what} shows {s}:\n{text}");
+    }
+    let _ = sb;
+}
+
+#[test]
+fn env_set_masks_secret_values_and_journals_none_yet_restores_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    sb.write("files/.env", ENV_ORIG);
+    sb.write("t.toml", "name = \"t\"\n[files]\nroot = \"files\"\n");
+    sb.write("pb.toml", &env_set_playbook(true));
+    let var = "tag=1.1.0";
+    let base = ["run", "pb.toml", "--target", "t.toml", "--var", var];
+    // Dry-run, human: old → new with the secrets masked, the image shown.
+    let mut args = base.to_vec();
+    args.push("--dry-run");
+    let out = sb.run(&args);
+    out.expect(0);
+    no_env_secret_in(&sb, "dry-run", &format!("{}{}", out.stdout, out.stderr));
+    assert!(
+        out.stderr.contains("SPRING_DATASOURCE_PASSWORD: *** → ***")
+            && out.stderr.contains("api_token: *** → ***")
+            && out
+                .stderr
+                .contains("HAPI_IMAGE: reg/hapi:1.0.0 → reg/hapi:1.1.0"),
+        "{}",
+        out.stderr
+    );
+    // A run that fails after the edit and rolls back: JSON and JUnit show no value.
+    let mut args = base.to_vec();
+    args.extend(["--format", "json", "--junit", "j.xml"]);
+    let out = sb.run(&args);
+    out.expect(1);
+    no_env_secret_in(&sb, "json", &format!("{}{}", out.stdout, out.stderr));
+    no_env_secret_in(&sb, "junit", &sb.read("j.xml"));
+    let detail = out
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "check" && e["step"] == "creds")
+        .map(|e| e["detail"].as_str().unwrap_or("").to_owned())
+        .unwrap();
+    assert!(
+        detail.contains("SPRING_DATASOURCE_PASSWORD: *** → ***"),
+        "{detail}"
+    );
+    assert_eq!(
+        std::fs::read(sb.path("files/.env")).unwrap(),
+        ENV_ORIG.as_bytes()
+    );
+    let id = sb.run_ids().pop().unwrap();
+    no_env_secret_in(&sb, "the journal", &sb.journal(&id));
+    // A run that succeeds keeps the old lines in a 0600 backup beside the journal; the
+    // journal names it by path and sha256 only; rollback restores byte for byte.
+    sb.write("pb.toml", &env_set_playbook(false));
+    sb.run(&base).expect(0);
+    let env_now = sb.read("files/.env");
+    assert!(env_now.contains("SPRING_DATASOURCE_PASSWORD=New-Db-Secret-42c8"));
+    let id = sb.run_ids().pop().unwrap();
+    let journal = sb.journal(&id);
+    no_env_secret_in(&sb, "the journal", &journal);
+    assert!(journal.contains("sha256"), "{journal}");
+    let backup = sb
+        .state
+        .join(format!("runs/{id}/backup/creds.env-lines.json"));
+    let mode = std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(
+        std::fs::read_to_string(&backup)
+            .unwrap()
+            .contains("Old-Db-Secret-91f3")
+    );
+    let out = sb.run(&["rollback", &id, "--format", "json"]);
+    out.expect(0);
+    no_env_secret_in(&sb, "rollback", &format!("{}{}", out.stdout, out.stderr));
+    assert_eq!(
+        std::fs::read(sb.path("files/.env")).unwrap(),
+        ENV_ORIG.as_bytes()
+    );
+    assert!(!backup.exists(), "the backup goes once the lines are back");
+    no_env_secret_in(&sb, "the journal", &sb.journal(&id));
+    let leftovers: Vec<_> = std::fs::read_dir(sb.path("files"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+}
