@@ -361,3 +361,126 @@ fn env_set_masks_secret_values_and_journals_none_yet_restores_them() {
         .collect();
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
 }
+
+#[test]
+fn explain_checks_do_not_run_volatile_functions() {
+    let Some((pg, sb)) = pg_target(PW) else {
+        return;
+    };
+    pg.psql(
+        "app",
+        "CREATE TABLE hfj_resource (res_id bigint, res_type text); INSERT INTO hfj_resource SELECT g, 'Patient' FROM generate_series(1, 500) g; ALTER TABLE hfj_resource OWNER TO hapi; ANALYZE hfj_resource",
+    );
+    let env = [("FHIR_DB_PASSWORD", PW)];
+    // A second session of the same role, which pg_terminate_backend may end.
+    let url = format!("{}?application_name=ferry-victim", pg.url("hapi", "app"));
+    let mut victim = std::process::Command::new("psql")
+        .args([url.as_str(), "-XAtq", "-c", "SELECT pg_sleep(120)"])
+        .env("PGPASSWORD", PW)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("psql");
+    let alive = |pg: &Pg| {
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ferry-victim'",
+        ) == "1"
+    };
+    crate::harness::wait_for(
+        "the second session",
+        std::time::Duration::from_secs(20),
+        || alive(&pg),
+    );
+    let kill = "query=SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'ferry-victim'";
+    let out = sb.run_env(
+        &[
+            "check",
+            "seqscan",
+            "--target",
+            "target.toml",
+            "--set",
+            kill,
+            "--format",
+            "json",
+        ],
+        &env,
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let survived = alive(&pg) && victim.try_wait().unwrap().is_none();
+    let _ = victim.kill();
+    let _ = victim.wait();
+    assert!(
+        survived,
+        "the check terminated the other session\n{}",
+        out.stdout
+    );
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect(&out.stdout);
+    let summary = v["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("not ANALYZEd") && summary.contains("pg_terminate_backend("),
+        "{summary}"
+    );
+    assert_eq!(v["data"]["analyzed"], false);
+    // A harmless query is still ANALYZEd, and sees the Seq Scan.
+    let out = sb.run_env(
+        &[
+            "check",
+            "seqscan",
+            "--target",
+            "target.toml",
+            "--set",
+            "query=SELECT res_id FROM hfj_resource WHERE res_type = 'Patient' AND random() < 2",
+            "--format",
+            "json",
+        ],
+        &env,
+    );
+    out.expect(1);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["data"]["analyzed"], true, "{}", out.stdout);
+    assert_eq!(v["data"]["seq_scans"][0]["actual_rows"], 500.0);
+    // A data-modifying CTE is refused before anything is sent.
+    let out = sb.run_env(
+        &[
+            "check",
+            "seqscan",
+            "--target",
+            "target.toml",
+            "--set",
+            "query=WITH d AS (DELETE FROM hfj_resource RETURNING *) SELECT * FROM d",
+        ],
+        &env,
+    );
+    out.expect(3);
+    assert!(
+        out.stdout.contains("`DELETE` changes data"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(pg.psql("app", "SELECT count(*) FROM hfj_resource"), "500");
+    // The step says the same in its check detail.
+    sb.write(
+        "pb.toml",
+        "name = \"x\"\n[[steps]]\nid = \"plan\"\nkind = \"explain_seqscan\"\ndatabase = \"fhir\"\nquery = \"SELECT nextval('s') FROM hfj_resource\"\nexpect = \"seqscan\"\n",
+    );
+    pg.psql("app", "CREATE SEQUENCE s; ALTER SEQUENCE s OWNER TO hapi");
+    let out = sb.run_env(
+        &["run", "pb.toml", "--target", "target.toml", "--dry-run"],
+        &env,
+    );
+    out.expect(0);
+    assert!(
+        out.stderr
+            .contains("not ANALYZEd: the query calls volatile nextval(regclass)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(pg.psql("app", "SELECT last_value FROM s"), "1");
+    assert_eq!(
+        pg.psql("app", "SELECT is_called FROM s"),
+        "f",
+        "nextval never ran"
+    );
+}
