@@ -48,12 +48,16 @@ impl EnvSet {
 
     /// Old and new values of secret-looking keys are secrets from now on: masked wherever
     /// they surface (a child echoing one, an error quoting one).
+    /// Short or flag-like values (`true`, `8080`) are only masked where env_set shows them:
+    /// masking them everywhere would garble every other message.
     fn register(&self, current: &BTreeMap<String, String>) {
+        let worth = |v: &str| v.len() >= 8 && !v.chars().all(|c| c.is_ascii_digit());
         for (k, v) in &self.set {
             if secret_key(k) {
-                redact::register(v);
-                if let Some(old) = current.get(k) {
-                    redact::register(old);
+                for v in std::iter::once(v).chain(current.get(k)) {
+                    if worth(v) {
+                        redact::register(v);
+                    }
                 }
             }
         }
@@ -326,4 +330,28 @@ fn writable(dir: &std::path::Path) -> bool {
     };
     // SAFETY: a valid C string; access(2) has no other preconditions.
     unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_looking_keys_are_masked() {
+        for k in [
+            "SPRING_DATASOURCE_PASSWORD",
+            "db_passwd",
+            "API_TOKEN",
+            "client_secret",
+            "SIGNING_KEY",
+            "AwsCredentials",
+        ] {
+            assert!(secret_key(k), "{k}");
+            assert_eq!(shown(k, "value-1"), "***");
+        }
+        assert!(!secret_key("HAPI_IMAGE"));
+        assert_eq!(shown("HAPI_IMAGE", "reg/hapi:1"), "reg/hapi:1");
+        assert!(redact::register("registered-env-secret"));
+        assert_eq!(shown("HAPI_IMAGE", "registered-env-secret"), "***");
+    }
 }
