@@ -261,6 +261,7 @@ fn validate(g: &Global, a: &PlaybookArgs) -> Result<i32> {
                 path: t.path.display().to_string(),
                 summary: t.summary(),
             }),
+            warnings: pb.warnings.clone(),
         },
     )?;
     Ok(code::DONE)

@@ -339,15 +339,70 @@ fn walk_secret_refs(v: &toml::Value, f: &mut dyn FnMut(&str, &str)) {
     }
 }
 
-/// `scheme://user:password@host…`
-fn url_has_password(url: &str) -> bool {
-    let Some((_, rest)) = url.split_once("://") else {
-        return false;
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    authority
-        .rsplit_once('@')
-        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+/// Where a connection string can carry a password, and the password: `scheme://user:pw@host`,
+/// `scheme://host/db?password=pw` (any case, percent-encoded or not), or libpq's conninfo
+/// form `host=… password=pw`. Both URL and conninfo are what PostgreSQL's clients accept.
+fn embedded_password(s: &str) -> Option<(&'static str, String)> {
+    if let Some((_, rest)) = s.split_once("://") {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        if let Some((userinfo, _)) = authority.rsplit_once('@')
+            && let Some((_, pw)) = userinfo.split_once(':')
+        {
+            return Some(("this URL carries a password", percent_decode(pw)));
+        }
+        let query = rest.split_once('?').map_or("", |(_, q)| q);
+        let query = query.split('#').next().unwrap_or("");
+        for pair in query.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if percent_decode(k).trim().eq_ignore_ascii_case("password") {
+                return Some((
+                    "this URL carries a password (`password=` parameter)",
+                    percent_decode(v),
+                ));
+            }
+        }
+        return None;
+    }
+    // conninfo: `key = value` pairs, values bare or single-quoted.
+    let lower = s.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(i) = lower[from..].find("password").map(|i| i + from) {
+        from = i + "password".len();
+        let starts_word = i == 0 || lower.as_bytes()[i - 1].is_ascii_whitespace();
+        let after = s[from..].trim_start();
+        if starts_word && let Some(v) = after.strip_prefix('=') {
+            let v = v.trim_start();
+            let value = match v.strip_prefix('\'') {
+                Some(q) => q.split('\'').next().unwrap_or(""),
+                None => v.split_whitespace().next().unwrap_or(""),
+            };
+            return Some((
+                "this connection string carries a password (`password=`)",
+                value.to_owned(),
+            ));
+        }
+    }
+    None
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(h) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(h);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn find_inline_secrets(n: &Node, errors: &mut Vec<Diagnostic>) {
@@ -364,12 +419,13 @@ fn find_inline_secrets(n: &Node, errors: &mut Vec<Diagnostic>) {
                 ))),
             );
         }
-        if let Some(url) = v.as_str().filter(|_| k.name.ends_with("url"))
-            && url_has_password(url)
-        {
+        // Any string, not only `*url` keys: a connection string is one wherever it is.
+        if let Some((what, pw)) = v.as_str().and_then(embedded_password) {
+            // The diagnostic quotes the line: mask the password there too.
+            redact::register(&pw);
             errors.push(
                 Diagnostic::new(
-                    "the target must not hold secrets: this URL carries a password",
+                    format!("the target must not hold secrets: {what}"),
                     v.span.clone(),
                 )
                 .help(Some(
@@ -380,5 +436,28 @@ fn find_inline_secrets(n: &Node, errors: &mut Vec<Diagnostic>) {
         if matches!(v.val, Val::Table(_)) {
             find_inline_secrets(v, errors);
         }
+    }
+}
+
+#[cfg(test)]
+mod password_tests {
+    use super::embedded_password;
+
+    #[test]
+    fn passwords_in_every_connection_string_form() {
+        let pw = |s| embedded_password(s).map(|(_, p)| p);
+        assert_eq!(pw("postgres://u:pw1@h/db").as_deref(), Some("pw1"));
+        assert_eq!(pw("postgres://u@h/db?password=pw2").as_deref(), Some("pw2"));
+        assert_eq!(
+            pw("postgres://u@h/db?sslmode=disable&PassWord=p%20w").as_deref(),
+            Some("p w")
+        );
+        assert_eq!(pw("postgres://u@h/db?pass%77ord=x1").as_deref(), Some("x1"));
+        assert_eq!(pw("host=db password=pw3 user=u").as_deref(), Some("pw3"));
+        assert_eq!(pw("host=db password = 'p w4'").as_deref(), Some("p w4"));
+        assert_eq!(pw("postgres://u@h:5432/db"), None);
+        assert_eq!(pw("host=db user=u passfile=/x"), None);
+        assert_eq!(pw("postgres://u@h/db?passfile=/x"), None);
+        assert_eq!(pw("/opt/bd-fhir-national"), None);
     }
 }

@@ -18,22 +18,28 @@ pub async fn run(cx: &CheckCx<'_>) -> anyhow::Result<Report> {
     let tables = cx.params.list("tables", &["hfj_resource"])?;
     let timeout = cx.params.duration("query_timeout", "60s")?;
     let mut client = cx.db("fhir").await?;
-    let (scans, _) = explain(&mut client, &query, timeout).await?;
-    let hits = on_tables(&scans, &tables);
-    let details: Vec<String> = hits.iter().map(|s| s.describe()).collect();
-    let data = json!({"seq_scans": scans, "tables": tables});
-    Ok(if hits.is_empty() {
+    let e = explain(&mut client, &query, timeout).await?;
+    let scans = &e.scans;
+    let hits = on_tables(scans, &tables);
+    let mut details: Vec<String> = hits.iter().map(|s| s.describe()).collect();
+    let data = json!({"seq_scans": scans, "tables": tables, "analyzed": e.not_analyzed.is_none(), "not_analyzed": e.not_analyzed});
+    let note = e
+        .not_analyzed
+        .as_ref()
+        .map(|n| format!(" ({n})"))
+        .unwrap_or_default();
+    let report = if hits.is_empty() {
         Report::ok(format!(
-            "no sequential scan on {} ({} Seq Scan nodes elsewhere)",
+            "no sequential scan on {} ({} Seq Scan nodes elsewhere){note}",
             tables.join(", "),
             scans.len()
         ))
     } else {
         Report::alert(format!(
-            "sequential scan on {}: partitioning is due",
+            "sequential scan on {}: partitioning is due{note}",
             details.join("; ")
         ))
-    }
-    .details(details)
-    .data(data))
+    };
+    details.extend(e.not_analyzed.clone());
+    Ok(report.details(details).data(data))
 }

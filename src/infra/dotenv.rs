@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +20,7 @@ pub struct Edit {
     pub original_len: usize,
 }
 
-fn key_of(line: &str) -> Option<&str> {
+pub fn key_of(line: &str) -> Option<&str> {
     let l = line.trim_start();
     let l = l.strip_prefix("export ").map_or(l, str::trim_start);
     if l.starts_with('#') {
@@ -149,25 +149,65 @@ fn split_ending(line: &str) -> (&str, &str) {
     (body, &line[body.len()..])
 }
 
-/// Temp file in the same directory, fsync, rename, fsync the directory; keeps the mode.
+/// Temp file in the same directory, fsync, rename, fsync the directory; keeps the mode of
+/// the file it replaces (a new file stays 0600). The temp file is created 0600 with
+/// O_EXCL under a random name, so it never follows a planted symlink and is never readable
+/// by others while the (possibly secret) bytes are written.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.ferry-tmp"));
     let perms = std::fs::metadata(path).map(|m| m.permissions()).ok();
-    {
-        let mut f = std::fs::File::create(&tmp)?;
+    let (mut f, tmp) = create_temp(dir, name)?;
+    let written = (|| {
         f.write_all(bytes)?;
         if let Some(p) = perms {
             f.set_permissions(p)?;
         }
         f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// `.<name>.ferry-tmp-<random>` in `dir`: created new (O_EXCL, O_NOFOLLOW), 0600.
+fn create_temp(dir: &Path, name: &str) -> std::io::Result<(std::fs::File, PathBuf)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut last = None;
+    for _ in 0..16 {
+        let mut rnd = [0u8; 8];
+        getrandom(&mut rnd)?;
+        let tmp = dir.join(format!(".{name}.ferry-tmp-{}", hex::encode(rnd)));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((f, tmp)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no temp file name")))
+}
+
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    // SAFETY: buf is valid for buf.len() bytes; getrandom(2) writes at most that many.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n == buf.len() as isize {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]
@@ -199,5 +239,45 @@ mod tests {
         std::fs::write(&p, "A=1\n").unwrap();
         let e = set(&p, &BTreeMap::from([("A".to_owned(), "1".to_owned())])).unwrap();
         assert!(e.replaced.is_empty() && e.appended.is_empty());
+    }
+
+    #[test]
+    fn temp_files_are_private_new_and_random() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let (_, a) = create_temp(dir.path(), ".env").unwrap();
+        let (_, b) = create_temp(dir.path(), ".env").unwrap();
+        assert_ne!(a, b, "a random name each time");
+        assert_eq!(mode(&a), 0o600);
+        assert!(
+            a.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("..env.ferry-tmp-")
+        );
+        // The old fixed name, planted as a symlink, is neither followed nor written.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("..env.ferry-tmp")).unwrap();
+        let p = dir.path().join(".env");
+        write_atomic(&p, b"SECRET_KEY=x\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert_eq!(mode(&p), 0o600, "a new file is 0600");
+        // An existing file keeps its mode.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomic(&p, b"SECRET_KEY=y\n").unwrap();
+        assert_eq!(mode(&p), 0o640);
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "SECRET_KEY=y\n");
+        std::fs::remove_file(&a).unwrap();
+        std::fs::remove_file(&b).unwrap();
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .filter(|n| n.contains("ferry-tmp-"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }

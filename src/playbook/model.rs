@@ -19,6 +19,8 @@ pub struct Playbook {
     /// Every variable's final value (defaults overridden by `--var`).
     pub vars: BTreeMap<String, String>,
     pub steps: Vec<StepDef>,
+    /// Rendered `warning: …` diagnostics (`| raw` in shell or SQL text); `validate` shows them.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -7,12 +7,12 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use super::interpolate::{GitCommit, Scope};
+use super::interpolate::{Context, GitCommit, Scope};
 use super::model::{OnFailure, Playbook, StepDef};
 use crate::error::Error;
 use crate::steps::{self, ParamError, Step, StepSpec};
 use crate::target::Target;
-use crate::util::diagnostic::{Diagnostic, render_all};
+use crate::util::diagnostic::{Diagnostic, render, render_all};
 use crate::util::duration::parse_duration;
 use crate::util::parse::{Key, Node, Val, parse};
 use crate::util::suggest::did_you_mean;
@@ -53,6 +53,7 @@ pub fn load(input: &Input) -> Result<Playbook, Error> {
     let mut r = Resolver {
         text: &text,
         errors: vec![],
+        warnings: vec![],
         global: vec![],
     };
     let pb = r.playbook(&root, input);
@@ -69,6 +70,11 @@ pub fn load(input: &Input) -> Result<Playbook, Error> {
         return Err(Error::Diagnostics(out));
     }
     let mut pb = pb;
+    pb.warnings = r
+        .warnings
+        .iter()
+        .map(|w| render_warning(&shown, &text, w))
+        .collect();
     pb.hash = hex::encode(Sha256::digest(text.as_bytes()));
     pb.path = input.path.to_path_buf();
     Ok(pb)
@@ -77,6 +83,8 @@ pub fn load(input: &Input) -> Result<Playbook, Error> {
 struct Resolver<'t> {
     text: &'t str,
     errors: Vec<Diagnostic>,
+    /// Not errors: `| raw` in shell or SQL text.
+    warnings: Vec<Diagnostic>,
     global: Vec<String>,
 }
 
@@ -171,6 +179,7 @@ impl Resolver<'_> {
             hash: String::new(),
             vars,
             steps,
+            warnings: vec![],
         }
     }
 
@@ -265,7 +274,7 @@ impl Resolver<'_> {
         };
         self.unknown_keys(item, &allowed, &what);
         // Interpolate every string, then type the parameters.
-        let expanded = self.expand(item, scope);
+        let expanded = self.expand(item, &kind, scope);
         let common = |k: &str| expanded.get(k).and_then(|v| v.as_str().map(str::to_owned));
         let mut dur = |key: &str| -> Option<std::time::Duration> {
             let s = common(key)?;
@@ -350,15 +359,19 @@ impl Resolver<'_> {
         })
     }
 
-    /// The step table with `{{ … }}` expanded in every string, errors located in the file.
-    fn expand(&mut self, node: &Node, scope: &Scope) -> toml::Table {
-        let toml::Value::Table(t) = self.expand_value(node, scope) else {
-            return Default::default();
-        };
-        t
+    /// The step table with `{{ … }}` expanded in every string, each top-level key in its
+    /// kind's context (shell, SQL or plain), errors located in the file.
+    fn expand(&mut self, node: &Node, kind: &str, scope: &Scope) -> toml::Table {
+        node.entries()
+            .iter()
+            .map(|(k, v)| {
+                let ctx = steps::text_context(kind, &k.name);
+                (k.name.clone(), self.expand_value(v, ctx, scope))
+            })
+            .collect()
     }
 
-    fn expand_value(&mut self, node: &Node, scope: &Scope) -> toml::Value {
+    fn expand_value(&mut self, node: &Node, ctx: Context, scope: &Scope) -> toml::Value {
         match &node.val {
             Val::Str(s) => {
                 let raw = &self.text[node.span.clone()];
@@ -369,18 +382,33 @@ impl Resolver<'_> {
                     raw.find(needle)
                         .map_or(whole.clone(), |i| start + i..start + i + needle.len())
                 };
-                toml::Value::String(scope.expand(s, &locate, &mut self.errors))
+                toml::Value::String(scope.expand_in(
+                    s,
+                    ctx,
+                    &locate,
+                    &mut self.errors,
+                    &mut self.warnings,
+                ))
             }
             Val::Array(a) => {
-                toml::Value::Array(a.iter().map(|n| self.expand_value(n, scope)).collect())
+                toml::Value::Array(a.iter().map(|n| self.expand_value(n, ctx, scope)).collect())
             }
             Val::Table(t) => toml::Value::Table(
                 t.iter()
-                    .map(|(k, v)| (k.name.clone(), self.expand_value(v, scope)))
+                    .map(|(k, v)| (k.name.clone(), self.expand_value(v, ctx, scope)))
                     .collect(),
             ),
             _ => node.to_toml(),
         }
+    }
+}
+
+/// A warning shown like an error (`file:line:col`, the line, a caret) but not failing.
+fn render_warning(path: &str, text: &str, d: &Diagnostic) -> String {
+    let r = render(path, text, d);
+    match r.strip_prefix("error: ") {
+        Some(rest) => format!("warning: {rest}"),
+        None => r,
     }
 }
 

@@ -210,6 +210,12 @@ impl StepCx {
             .emit(Event::log(Some(&self.step_id), level, message));
     }
 
+    /// This run's directory (`<state-dir>/runs/<run-id>`, 0700): where a step keeps what
+    /// it needs for rollback but must not journal.
+    pub fn run_dir(&self) -> PathBuf {
+        self.state_dir.join("runs").join(&self.run_id)
+    }
+
     /// A path from the playbook: absolute, or relative to ferry's working directory.
     pub fn path(&self, p: &std::path::Path) -> PathBuf {
         if p.is_absolute() {

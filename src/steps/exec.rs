@@ -1,6 +1,9 @@
 //! kind = "exec": a shell command with an optional undo, an idempotency probe (`done_if`)
 //! and a read-only precondition (`check`). Playbook variables reach the command as
-//! upper-case environment variables, never on its argv; output becomes events.
+//! upper-case environment variables, and `{{ name }}` puts a value into the command text
+//! itself (which is `sh -c`'s argv), single-quoted by the resolver (`'\''` for a quote;
+//! `steps::text_context`), so a value is one shell word and never more commands; output
+//! becomes events.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

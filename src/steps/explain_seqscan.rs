@@ -36,9 +36,9 @@ impl ExplainSeqscan {
         only_select(&self.query).map_err(|e| anyhow!(e))?;
         let mut client = cx.postgres(&self.database).await?;
         let limit = cx.timeout.unwrap_or(std::time::Duration::from_secs(300));
-        let (scans, _) = explain(&mut client, &self.query, limit).await?;
-        let hits = on_tables(&scans, &self.tables);
-        let seen = if hits.is_empty() {
+        let e = explain(&mut client, &self.query, limit).await?;
+        let hits = on_tables(&e.scans, &self.tables);
+        let mut seen = if hits.is_empty() {
             format!("no Seq Scan on {}", self.tables.join(", "))
         } else {
             hits.iter()
@@ -46,6 +46,9 @@ impl ExplainSeqscan {
                 .collect::<Vec<_>>()
                 .join("; ")
         };
+        if let Some(n) = &e.not_analyzed {
+            seen += &format!(" ({n})");
+        }
         let want_scan = self.expect == "seqscan";
         Ok(if hits.is_empty() != want_scan {
             Ok(seen)

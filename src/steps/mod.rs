@@ -30,6 +30,7 @@ use serde::de::DeserializeOwned;
 
 pub use cx::{Approvals, Cancel, CheckpointStore, Interrupted, Prompter, StepCx};
 
+use crate::playbook::interpolate::Context;
 use crate::report::CheckStatus;
 use crate::util::duration::parse_duration;
 
@@ -141,6 +142,28 @@ step_kinds! {
     "scale" => Scale(scale::Scale),
     "pool_capacity" => PoolCapacity(pool_capacity::PoolCapacity),
     "metadata_check" => MetadataCheck(metadata_check::MetadataCheck),
+}
+
+/// The one place that says which keys are shell or SQL text, where `{{ … }}` is inserted
+/// quoted (shell: `'…'`; SQL: a string literal, `| ident` an identifier; `| raw` as is).
+/// Every other key (paths, URLs, image tags, messages) gets the value as it is.
+const TEXT_KEYS: &[(&str, Context, &[&str])] = &[
+    ("exec", Context::Shell, &["run", "undo", "check", "done_if"]),
+    (
+        "sql",
+        Context::Sql,
+        &["statement", "rollback", "check", "done_if", "verify"],
+    ),
+    ("wait", Context::Sql, &["sql"]),
+    ("explain_seqscan", Context::Sql, &["query"]),
+    ("check", Context::Sql, &["query"]),
+];
+
+pub fn text_context(kind: &str, key: &str) -> Context {
+    TEXT_KEYS
+        .iter()
+        .find(|(k, _, keys)| *k == kind && keys.contains(&key))
+        .map_or(Context::Plain, |(_, ctx, _)| *ctx)
 }
 
 pub fn kind_keys(kind: &str) -> Option<&'static [&'static str]> {

@@ -19,12 +19,12 @@ fn markers_with(second_check: &str) -> Playbook {
 }
 
 fn markers() -> Playbook {
-    markers_with("touch check-second; test -n '{{ word }}'")
+    markers_with("touch check-second; test -n {{ word }}")
 }
 
 /// `markers` with a second check that fails.
 fn markers_failing_check() -> Playbook {
-    markers_with("false && test -n '{{ word }}'")
+    markers_with("false && test -n {{ word }}")
 }
 
 #[test]

@@ -11,5 +11,6 @@ mod ig;
 mod prometheus;
 mod registry;
 mod sandbox;
+mod security;
 mod sql;
 mod validate;

@@ -17,10 +17,16 @@ pub struct ValidateView {
     pub playbook: String,
     pub steps: usize,
     pub target: Option<ValidTarget>,
+    /// Rendered `warning: …` diagnostics (file:line:col); they do not fail validation.
+    pub warnings: Vec<String>,
 }
 
 impl View for ValidateView {
     fn human(&self, out: &mut String) {
+        for w in &self.warnings {
+            out.push_str(w);
+            out.push('\n');
+        }
         line!(out, "{}: ok ({} steps)", self.playbook, self.steps);
         if let Some(t) = &self.target {
             line!(out, "{}: ok ({})", t.path, t.summary);
