@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::anyhow;
 
 use super::preflight::run_checks;
-use super::records::{Outcome, Record, StepState};
+use super::records::{Ending, Record, StepState};
 use super::runner::{Run, is_interrupted};
 use crate::error::Error;
 use crate::infra::process;
@@ -156,7 +156,7 @@ impl Run<'_> {
         }
         self.rec(
             Record::RunFinished {
-                outcome: Outcome::Done,
+                outcome: Ending::Done,
             },
             true,
         )?;

@@ -33,9 +33,11 @@ pub struct RunMeta {
     pub workdir: PathBuf,
 }
 
+/// How a finished run ended, as its journal records it (`run_finished`'s `outcome` is the
+/// event vocabulary, `report::RunOutcome`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+pub enum Ending {
     Done,
     RolledBack,
     RollbackIncomplete,
@@ -98,7 +100,7 @@ pub enum Record {
         step: Option<String>,
     },
     RunFinished {
-        outcome: Outcome,
+        outcome: Ending,
     },
 }
 
@@ -110,7 +112,7 @@ pub use crate::report::views::status::StepState;
 pub enum Phase {
     Forward,
     RollingBack,
-    Finished(Outcome),
+    Finished(Ending),
 }
 
 #[derive(Debug, Clone)]
@@ -320,7 +322,7 @@ mod tests {
             reason: reason.into(),
         }
     }
-    fn finished(outcome: Outcome) -> Record {
+    fn finished(outcome: Ending) -> Record {
         Record::RunFinished { outcome }
     }
 
@@ -586,14 +588,14 @@ mod tests {
                 step: "b".into(),
                 error: "permission denied".into(),
             },
-            finished(Outcome::RollbackIncomplete),
+            finished(Ending::RollbackIncomplete),
         ]);
         assert_eq!(states(&st), [Done, UndoFailed, Undone]);
         assert_eq!(
             st.last_error.as_deref(),
             Some("b: rollback failed: permission denied")
         );
-        assert_eq!(st.phase, Phase::Finished(Outcome::RollbackIncomplete));
+        assert_eq!(st.phase, Phase::Finished(Ending::RollbackIncomplete));
         assert!(st.is_finished());
         // `ferry rollback` again: the failed undo is retried, then the rest.
         let st = fold(vec![
@@ -652,11 +654,7 @@ mod tests {
 
     #[test]
     fn run_finished_sets_the_outcome() {
-        for outcome in [
-            Outcome::Done,
-            Outcome::RolledBack,
-            Outcome::RollbackIncomplete,
-        ] {
+        for outcome in [Ending::Done, Ending::RolledBack, Ending::RollbackIncomplete] {
             let st = fold(vec![finished(outcome)]);
             assert_eq!(st.phase, Phase::Finished(outcome));
             assert!(st.is_finished());
@@ -669,7 +667,7 @@ mod tests {
             done("b"),
             started("c"),
             done("c"),
-            finished(Outcome::Done),
+            finished(Ending::Done),
         ]);
         assert_eq!(states(&st), [Done, Done, Done]);
         assert_eq!(current(&st), None);
@@ -677,20 +675,20 @@ mod tests {
         let st = fold(vec![
             started("a"),
             done("a"),
-            finished(Outcome::Done),
+            finished(Ending::Done),
             rollback("ferry rollback"),
         ]);
         assert_eq!(st.phase, Phase::RollingBack);
         let st = fold(vec![
             started("a"),
             done("a"),
-            finished(Outcome::Done),
+            finished(Ending::Done),
             rollback("ferry rollback"),
             undo_started("a"),
             undone("a"),
-            finished(Outcome::RolledBack),
+            finished(Ending::RolledBack),
         ]);
-        assert_eq!(st.phase, Phase::Finished(Outcome::RolledBack));
+        assert_eq!(st.phase, Phase::Finished(Ending::RolledBack));
         assert_eq!(states(&st), [Undone, Pending, Pending]);
     }
 

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use super::records::{Outcome, Record, StepState};
+use super::records::{Ending, Record, StepState};
 use super::runner::{Run, is_interrupted};
 use crate::error::Error;
 use crate::report::{Event, Level, Phase, StepStatus};
@@ -48,7 +48,7 @@ impl Run<'_> {
         }
         self.rec(
             Record::RunFinished {
-                outcome: Outcome::RolledBack,
+                outcome: Ending::RolledBack,
             },
             true,
         )?;
@@ -138,7 +138,7 @@ impl Run<'_> {
                 self.emit_end(i, StepStatus::UndoFailed, t0, Some(msg.clone()));
                 self.rec(
                     Record::RunFinished {
-                        outcome: Outcome::RollbackIncomplete,
+                        outcome: Ending::RollbackIncomplete,
                     },
                     true,
                 )?;

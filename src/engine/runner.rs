@@ -12,7 +12,7 @@ use anyhow::anyhow;
 
 use super::journal::Journal;
 use super::lock::{Owner, PgLock, StateLock, acquire_pg};
-use super::records::{Outcome, Phase, Record, RunMeta, RunState, StepMeta, StepRun};
+use super::records::{Ending, Phase, Record, RunMeta, RunState, StepMeta, StepRun};
 use super::signal::Stop;
 use super::store::{JournalStore, NoStore};
 use crate::error::Error;
@@ -305,7 +305,7 @@ impl Engine {
         )?;
         let r = match (run.state.phase, undo) {
             // Rolling back a rolled-back run again is harmless; resuming it is not a thing.
-            (Phase::Finished(Outcome::RolledBack), true) => Ok(()),
+            (Phase::Finished(Ending::RolledBack), true) => Ok(()),
             (Phase::Finished(_), false) => resumable(&run.state, &run_id),
             (Phase::RollingBack, _) | (_, true) => {
                 let reason = run
@@ -360,11 +360,11 @@ const REQUESTED_ROLLBACK: &str = "requested with `ferry rollback`";
 /// Whether `resume` can continue a run; the error says what it was and what to run instead.
 fn resumable(state: &RunState, run_id: &str) -> Result<(), Error> {
     match state.phase {
-        Phase::Finished(Outcome::RollbackIncomplete) => Err(Error::invalid(format!(
+        Phase::Finished(Ending::RollbackIncomplete) => Err(Error::invalid(format!(
             "run {run_id} stopped in the middle of its rollback; finish it with `ferry rollback {run_id}`"
         ))),
         Phase::Finished(o) => {
-            let how = if o == Outcome::Done {
+            let how = if o == Ending::Done {
                 "finished"
             } else {
                 "was rolled back"

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::journal;
 use super::lock::read_owner;
-use super::records::{Outcome, Phase, RunState};
+use super::records::{Ending, Phase, RunState};
 use crate::infra::process::pid_alive;
 use crate::report::views::status::{RunStatus, RunSummary, StepSummary};
 
@@ -39,9 +39,9 @@ pub fn summarize(state_dir: &Path, st: &RunState) -> RunSummary {
     let live = read_owner(state_dir)
         .is_some_and(|o| &o.run_id == id && pid_alive(o.pid) && o.host == super::hostname());
     let state = match st.phase {
-        Phase::Finished(Outcome::Done) => RunStatus::Done,
-        Phase::Finished(Outcome::RolledBack) => RunStatus::RolledBack,
-        Phase::Finished(Outcome::RollbackIncomplete) => RunStatus::RollbackIncomplete,
+        Phase::Finished(Ending::Done) => RunStatus::Done,
+        Phase::Finished(Ending::RolledBack) => RunStatus::RolledBack,
+        Phase::Finished(Ending::RollbackIncomplete) => RunStatus::RollbackIncomplete,
         _ if live => RunStatus::Running,
         Phase::RollingBack => RunStatus::RollingBack,
         Phase::Forward if st.is_stopped() => RunStatus::Stopped,

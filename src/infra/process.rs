@@ -31,14 +31,14 @@ pub struct Shell<'a> {
 }
 
 #[derive(Debug)]
-pub struct Outcome {
+pub struct Exit {
     pub code: Option<i32>,
     pub signal: Option<i32>,
     /// The last lines of stderr (or stdout when stderr was silent), for error messages.
     pub tail: Vec<String>,
 }
 
-impl Outcome {
+impl Exit {
     pub fn success(&self) -> bool {
         self.code == Some(0)
     }
@@ -72,7 +72,7 @@ pub async fn run(
     sh: &Shell<'_>,
     on_line: &mut dyn FnMut(Stream, String),
     on_spawn: &mut dyn FnMut(u32, u64),
-) -> anyhow::Result<Outcome> {
+) -> anyhow::Result<Exit> {
     let parent = std::process::id() as i32;
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
@@ -162,7 +162,7 @@ pub async fn run(
     } else {
         tail_err
     };
-    Ok(Outcome {
+    Ok(Exit {
         code: st.code(),
         signal: st.signal(),
         tail,

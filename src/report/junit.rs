@@ -9,11 +9,11 @@ use super::{CheckStatus, Event, Reporter, StepStatus};
 struct Case {
     name: String,
     secs: f64,
-    outcome: Outcome,
+    outcome: Verdict,
     out: String,
 }
 
-enum Outcome {
+enum Verdict {
     Pass,
     Fail(String),
     Skip(String),
@@ -51,9 +51,9 @@ impl Reporter for JunitReporter {
                 detail,
             } => {
                 let outcome = match status {
-                    CheckStatus::Pass | CheckStatus::Warn => Outcome::Pass,
-                    CheckStatus::Fail => Outcome::Fail(detail.clone()),
-                    CheckStatus::Deferred | CheckStatus::Pending => Outcome::Skip(detail.clone()),
+                    CheckStatus::Pass | CheckStatus::Warn => Verdict::Pass,
+                    CheckStatus::Fail => Verdict::Fail(detail.clone()),
+                    CheckStatus::Deferred | CheckStatus::Pending => Verdict::Skip(detail.clone()),
                 };
                 let out = if *status == CheckStatus::Warn {
                     format!("WARN: {detail}")
@@ -74,11 +74,11 @@ impl Reporter for JunitReporter {
                 elapsed_ms,
             } => {
                 let outcome = match status {
-                    StepStatus::Done | StepStatus::Checked | StepStatus::Undone => Outcome::Pass,
-                    StepStatus::Skipped => Outcome::Skip("already applied".into()),
-                    StepStatus::Interrupted => Outcome::Skip("interrupted".into()),
+                    StepStatus::Done | StepStatus::Checked | StepStatus::Undone => Verdict::Pass,
+                    StepStatus::Skipped => Verdict::Skip("already applied".into()),
+                    StepStatus::Interrupted => Verdict::Skip("interrupted".into()),
                     StepStatus::Failed | StepStatus::UndoFailed => {
-                        Outcome::Fail(error.clone().unwrap_or_default())
+                        Verdict::Fail(error.clone().unwrap_or_default())
                     }
                 };
                 let name = match status {
@@ -102,12 +102,12 @@ impl Reporter for JunitReporter {
         let failures = self
             .cases
             .iter()
-            .filter(|c| matches!(c.outcome, Outcome::Fail(_)))
+            .filter(|c| matches!(c.outcome, Verdict::Fail(_)))
             .count();
         let skipped = self
             .cases
             .iter()
-            .filter(|c| matches!(c.outcome, Outcome::Skip(_)))
+            .filter(|c| matches!(c.outcome, Verdict::Skip(_)))
             .count();
         let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
         x += &format!(
@@ -124,9 +124,9 @@ impl Reporter for JunitReporter {
                 c.secs
             );
             match &c.outcome {
-                Outcome::Pass => {}
-                Outcome::Fail(m) => x += &format!("<failure message=\"{}\"/>", esc(m)),
-                Outcome::Skip(m) => x += &format!("<skipped message=\"{}\"/>", esc(m)),
+                Verdict::Pass => {}
+                Verdict::Fail(m) => x += &format!("<failure message=\"{}\"/>", esc(m)),
+                Verdict::Skip(m) => x += &format!("<skipped message=\"{}\"/>", esc(m)),
             }
             if !c.out.is_empty() {
                 x += &format!("<system-out>{}</system-out>", esc(&c.out));

@@ -10,15 +10,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use super::{State, proc};
-use crate::infra::docker::{self, BuildRequest, Credentials, Engine};
+use crate::infra::docker::{self, BuildRequest, Credentials, Docker};
 
 pub const DOCKERFILE: &str = include_str!("../../fixtures/hapi-standin/Dockerfile");
 const LB_DOCKERFILE: &str = "# Round-robin TCP proxy in front of the hapi replicas (the stand-in's `proxy` mode).\n\
 FROM scratch\nCOPY hapi-standin /app/hapi-standin\nENTRYPOINT [\"/app/hapi-standin\"]\n";
 pub const LABEL: &str = "ferry.sandbox";
 
-async fn engine() -> anyhow::Result<Engine> {
-    Engine::connect(&docker::host(None)).await
+async fn engine() -> anyhow::Result<Docker> {
+    Docker::connect(&docker::host(None)).await
 }
 
 fn files_root(st: &State) -> std::path::PathBuf {

@@ -172,6 +172,16 @@ impl StepCx {
         Ok(())
     }
 
+    /// The Docker engine the target's `[docker] host` names (the local socket by default).
+    pub async fn docker(&self) -> anyhow::Result<crate::infra::docker::Docker> {
+        let host = self
+            .target
+            .as_deref()
+            .and_then(|t| t.docker.as_ref())
+            .and_then(|d| d.host.as_deref());
+        crate::infra::docker::Docker::connect(&crate::infra::docker::host(host)).await
+    }
+
     /// A connection to the target's `[postgres.NAME]`, its password read at use.
     pub async fn postgres(&self, name: &str) -> anyhow::Result<tokio_postgres::Client> {
         let t = self.target()?;

@@ -12,7 +12,7 @@ use anyhow::bail;
 use serde::Deserialize;
 
 use super::{Check, Reversibility, Step, StepCx};
-use crate::infra::process::{self, Outcome, Shell};
+use crate::infra::process::{self, Exit, Shell};
 use crate::report::CheckStatus;
 
 pub const KEYS: &[&str] = &[
@@ -41,7 +41,7 @@ pub struct Exec {
 }
 
 impl Exec {
-    async fn sh(&self, cx: &StepCx, command: &str, with_timeout: bool) -> anyhow::Result<Outcome> {
+    async fn sh(&self, cx: &StepCx, command: &str, with_timeout: bool) -> anyhow::Result<Exit> {
         let cwd = self
             .dir
             .as_deref()

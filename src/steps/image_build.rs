@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{Check, Reversibility, Step, StepCx};
-use crate::infra::docker::{BuildRequest, Engine, dockerfile_args};
+use crate::infra::docker::{BuildRequest, Docker, dockerfile_args};
 use crate::report::{CheckStatus, Level, Stream};
 
 pub const KEYS: &[&str] = &[
@@ -122,7 +122,7 @@ impl ImageBuild {
     }
 
     /// Tag → image id, for the tags present now.
-    async fn tag_ids(&self, eng: &Engine) -> anyhow::Result<BTreeMap<String, Option<String>>> {
+    async fn tag_ids(&self, eng: &Docker) -> anyhow::Result<BTreeMap<String, Option<String>>> {
         let mut out = BTreeMap::new();
         for t in &self.tags {
             out.insert(t.clone(), eng.inspect_image(t).await?.map(|i| i.id));
@@ -168,7 +168,7 @@ impl Step for ImageBuild {
 
     async fn check(&self, cx: &StepCx) -> anyhow::Result<Vec<Check>> {
         let mut checks = vec![];
-        match super::docker_util::engine(cx).await {
+        match cx.docker().await {
             Ok(eng) => {
                 let v = eng.version().await?;
                 checks.push(Check::pass(
@@ -205,7 +205,7 @@ impl Step for ImageBuild {
     }
 
     async fn done(&self, cx: &StepCx) -> anyhow::Result<bool> {
-        let eng = super::docker_util::engine(cx).await?;
+        let eng = cx.docker().await?;
         let want = self.labels(cx)?;
         let mut id = None;
         for t in &self.tags {
@@ -222,7 +222,7 @@ impl Step for ImageBuild {
     }
 
     async fn apply(&self, cx: &StepCx) -> anyhow::Result<()> {
-        let eng = super::docker_util::engine(cx).await?;
+        let eng = cx.docker().await?;
         let mut cp = match cx.checkpoint::<Cp>()? {
             Some(cp) => cp,
             None => {
@@ -264,7 +264,7 @@ impl Step for ImageBuild {
         let Some(cp) = cx.checkpoint::<Cp>()? else {
             return Ok(()); // nothing was recorded, so nothing was built
         };
-        let eng = super::docker_util::engine(cx).await?;
+        let eng = cx.docker().await?;
         for (tag, before) in &cp.before {
             let now = eng.inspect_image(tag).await?.map(|i| i.id);
             match before {

@@ -111,7 +111,7 @@ impl Step for ImagePush {
 
     async fn check(&self, cx: &StepCx) -> anyhow::Result<Vec<Check>> {
         let mut checks = vec![];
-        match super::docker_util::engine(cx).await {
+        match cx.docker().await {
             Ok(eng) => checks.push(match eng.inspect_image(&self.image).await? {
                 Some(i) => Check::pass("image", format!("{} is {}", self.image, i.id)),
                 None if cx.preflight => Check::new(
@@ -153,7 +153,7 @@ impl Step for ImagePush {
     }
 
     async fn done(&self, cx: &StepCx) -> anyhow::Result<bool> {
-        let eng = super::docker_util::engine(cx).await?;
+        let eng = cx.docker().await?;
         let Some(img) = eng.inspect_image(&self.image).await? else {
             return Ok(false);
         };
@@ -181,7 +181,7 @@ impl Step for ImagePush {
                 cp
             }
         };
-        let eng = super::docker_util::engine(cx).await?;
+        let eng = cx.docker().await?;
         let creds = reg.auth().map(|(u, p)| Credentials {
             username: u.to_owned(),
             password: p.to_owned(),

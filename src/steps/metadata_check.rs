@@ -70,7 +70,7 @@ impl MetadataCheck {
     async fn endpoints(&self, cx: &StepCx) -> anyhow::Result<Vec<(String, String)>> {
         let mut out = vec![("the service".to_owned(), self.base(cx)?)];
         if self.per_replica {
-            for (name, url) in crate::steps::docker_util::replica_urls(cx).await? {
+            for (name, url) in crate::steps::replicas::replica_urls(cx).await? {
                 out.push((format!("replica {name}"), url));
             }
         }

@@ -61,7 +61,7 @@ impl PoolCapacity {
         match &self.replicas {
             toml::Value::Integer(n) => Ok(*n as u32),
             toml::Value::String(s) if s == "current" => {
-                crate::steps::docker_util::current_replicas(cx).await
+                crate::steps::replicas::current_replicas(cx).await
             }
             toml::Value::String(s) => Ok(s.parse()?),
             _ => bail!("`replicas` must be a number or \"current\""),

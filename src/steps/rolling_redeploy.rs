@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use anyhow::{Context, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
-use super::docker_util::{TEMP_SUFFIX, engine, fhir_path, project_service, running_replicas};
-use super::replace::{self, Gate, compose_hash};
+use super::replicas::swap::{self, Gate, compose_hash};
+use super::replicas::{TEMP_SUFFIX, fhir_path, project_service, running_replicas};
 use super::{Check, Reversibility, Step, StepCx};
 use crate::infra::dotenv::{self, Edit};
 use crate::report::{CheckStatus, Level, Unit};
@@ -138,7 +138,7 @@ impl Step for RollingRedeploy {
     }
 
     async fn check(&self, cx: &StepCx) -> anyhow::Result<Vec<Check>> {
-        let e = match engine(cx).await {
+        let e = match cx.docker().await {
             Ok(e) => e,
             Err(e) => return Ok(vec![Check::fail("docker", format!("{e:#}"))]),
         };
@@ -195,7 +195,7 @@ impl Step for RollingRedeploy {
     }
 
     async fn apply(&self, cx: &StepCx) -> anyhow::Result<()> {
-        let e = engine(cx).await?;
+        let e = cx.docker().await?;
         let (project, service) = project_service(cx, self.service.as_deref())?;
         let replicas = running_replicas(&e, &project, &service).await?;
         if replicas.is_empty() {
@@ -234,7 +234,7 @@ impl Step for RollingRedeploy {
         }
         let path = fhir_path(cx);
         let gate = self.gate(&path, self.verify_version.as_deref());
-        replace::finish_orphans(&e, cx, &project, &service, &gate).await?;
+        swap::finish_orphans(&e, cx, &project, &service, &gate).await?;
         let replicas = running_replicas(&e, &project, &service).await?;
         let total = replicas.len() as u64;
         for (i, r) in replicas.iter().enumerate() {
@@ -250,7 +250,7 @@ impl Step for RollingRedeploy {
                 Level::Info,
                 format!("replacing {} ({} → {})", r.name, r.image, self.image),
             );
-            replace::replace(
+            swap::replace(
                 &e,
                 cx,
                 &r.name,
@@ -268,7 +268,7 @@ impl Step for RollingRedeploy {
     }
 
     async fn verify(&self, cx: &StepCx) -> anyhow::Result<()> {
-        let e = engine(cx).await?;
+        let e = cx.docker().await?;
         let (project, service) = project_service(cx, self.service.as_deref())?;
         let new_id = e
             .inspect_image(&self.image)
@@ -291,7 +291,7 @@ impl Step for RollingRedeploy {
         let Some(cp) = cx.checkpoint::<Rollout>()? else {
             return Ok(());
         };
-        let e = engine(cx).await?;
+        let e = cx.docker().await?;
         let (project, service) = project_service(cx, self.service.as_deref())?;
         if let Some(edit) = &cp.env_edit {
             dotenv::revert(&self.env_path(cx)?, edit)?;
@@ -310,7 +310,7 @@ impl Step for RollingRedeploy {
         let path = fhir_path(cx);
         let gate = self.gate(&path, None);
         let all = e.replicas(&project, &service).await?;
-        replace::finish_orphans(&e, cx, &project, &service, &gate).await?;
+        swap::finish_orphans(&e, cx, &project, &service, &gate).await?;
         for r in all.iter().filter(|r| r.name.ends_with(TEMP_SUFFIX)) {
             if e.inspect_container(r.name.trim_end_matches(TEMP_SUFFIX))
                 .await?
@@ -331,7 +331,7 @@ impl Step for RollingRedeploy {
                 Level::Info,
                 format!("restoring {} to {}", r.name, cp.previous_image),
             );
-            replace::replace(
+            swap::replace(
                 &e,
                 cx,
                 &r.name,

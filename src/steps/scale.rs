@@ -6,10 +6,10 @@
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use super::docker_util::{engine, fhir_path, project_service, running_replicas};
-use super::replace::{Gate, clone_body, gate};
+use super::replicas::swap::{Gate, clone_body, gate};
+use super::replicas::{fhir_path, project_service, running_replicas};
 use super::{Check, Reversibility, Step, StepCx};
-use crate::infra::docker::{Engine, NUMBER, Replica};
+use crate::infra::docker::{Docker, NUMBER, Replica};
 use crate::report::{Level, Unit};
 use crate::util::duration::Duration;
 
@@ -58,7 +58,7 @@ fn name_for(sibling: &Replica, number: u32) -> String {
 
 impl Scale {
     /// Brings the service to `want` running replicas; safe to re-enter.
-    async fn converge(&self, e: &Engine, cx: &StepCx, want: u32) -> anyhow::Result<()> {
+    async fn converge(&self, e: &Docker, cx: &StepCx, want: u32) -> anyhow::Result<()> {
         let (project, service) = project_service(cx, self.service.as_deref())?;
         let path = fhir_path(cx);
         let g = Gate {
@@ -99,7 +99,7 @@ impl Scale {
                     old.config
                         .labels
                         .as_ref()
-                        .and_then(|l| l.get(super::replace::CONFIG_HASH))
+                        .and_then(|l| l.get(super::replicas::swap::CONFIG_HASH))
                         .map(String::as_str),
                 )
                 .await?;
@@ -149,7 +149,7 @@ impl Step for Scale {
     }
 
     async fn check(&self, cx: &StepCx) -> anyhow::Result<Vec<Check>> {
-        let e = match engine(cx).await {
+        let e = match cx.docker().await {
             Ok(e) => e,
             Err(err) => return Ok(vec![Check::fail("docker", format!("{err:#}"))]),
         };
@@ -179,14 +179,14 @@ impl Step for Scale {
             return Ok(false);
         }
         let (project, service) = project_service(cx, self.service.as_deref())?;
-        Ok(running_replicas(&engine(cx).await?, &project, &service)
+        Ok(running_replicas(&cx.docker().await?, &project, &service)
             .await?
             .len() as u32
             == self.replicas)
     }
 
     async fn apply(&self, cx: &StepCx) -> anyhow::Result<()> {
-        let e = engine(cx).await?;
+        let e = cx.docker().await?;
         if cx.checkpoint::<Scaled>()?.is_none() {
             let (project, service) = project_service(cx, self.service.as_deref())?;
             let previous = running_replicas(&e, &project, &service).await?.len() as u32;
@@ -202,6 +202,6 @@ impl Step for Scale {
         let Some(s) = cx.checkpoint::<Scaled>()? else {
             return Ok(());
         };
-        self.converge(&engine(cx).await?, cx, s.previous).await
+        self.converge(&cx.docker().await?, cx, s.previous).await
     }
 }

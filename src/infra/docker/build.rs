@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::{Engine, describe};
+use super::{Docker, describe};
 
 #[derive(Debug, Clone, Default)]
 pub struct BuildRequest {
@@ -142,7 +142,7 @@ pub fn is_unknown_parent(err: &anyhow::Error) -> bool {
     msg.contains("unknown parent image ID")
 }
 
-impl Engine {
+impl Docker {
     /// Builds and tags; returns the new image id. Each output line goes to `on_line`. A build
     /// whose cached parent layer vanished mid-build ([`is_unknown_parent`]) is retried once
     /// without the cache.

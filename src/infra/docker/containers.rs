@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use anyhow::Context;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 
-use super::{Engine, describe};
+use super::{Docker, describe};
 
 pub const PROJECT: &str = "com.docker.compose.project";
 pub const SERVICE: &str = "com.docker.compose.service";
@@ -31,7 +31,7 @@ pub struct Replica {
     pub labels: HashMap<String, String>,
 }
 
-impl Engine {
+impl Docker {
     /// Every container (running or not) of `project`/`service`, by container number.
     pub async fn replicas(&self, project: &str, service: &str) -> anyhow::Result<Vec<Replica>> {
         let filters = HashMap::from([(

@@ -1,6 +1,6 @@
 //! Container lifecycle for replacing replicas: inspect (config, networks, health, published
 //! ports), create, start, stop, remove, rename, connect to a network; list images. Thin: the
-//! policy of what a replacement copies lives in `steps/replace.rs`.
+//! policy of what a replacement copies lives in `steps/replicas/swap.rs`.
 
 use std::collections::HashMap;
 
@@ -14,7 +14,7 @@ use bollard::query_parameters::{
     RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 
-use super::{Engine, ImageInfo, describe, not_found};
+use super::{Docker, ImageInfo, describe, not_found};
 
 #[derive(Debug, Clone)]
 pub struct ContainerInfo {
@@ -35,7 +35,7 @@ pub struct ContainerInfo {
     pub host_ports: HashMap<String, u16>,
 }
 
-impl Engine {
+impl Docker {
     pub async fn inspect_container(&self, name: &str) -> anyhow::Result<Option<ContainerInfo>> {
         let c = match self.docker.inspect_container(name, None).await {
             Ok(c) => c,

@@ -17,7 +17,6 @@ mod lifecycle;
 use std::collections::HashMap;
 
 use anyhow::{Context, anyhow, bail};
-use bollard::Docker;
 use bollard::auth::DockerCredentials;
 use bollard::query_parameters::TagImageOptionsBuilder;
 use bollard::query_parameters::{PushImageOptionsBuilder, RemoveImageOptionsBuilder};
@@ -40,8 +39,8 @@ pub fn host(target_host: Option<&str>) -> String {
 }
 
 #[derive(Debug, Clone)]
-pub struct Engine {
-    docker: Docker,
+pub struct Docker {
+    docker: bollard::Docker,
     pub host: String,
 }
 
@@ -101,25 +100,26 @@ fn not_found(e: &bollard::errors::Error) -> bool {
     )
 }
 
-impl Engine {
+impl Docker {
     /// Connects and negotiates the API version (one round trip: fails fast when the
     /// socket is absent or nobody answers).
-    pub async fn connect(host: &str) -> anyhow::Result<Engine> {
+    pub async fn connect(host: &str) -> anyhow::Result<Docker> {
         let Some(path) = host.strip_prefix("unix://") else {
             bail!("Docker host `{host}`: only unix:// sockets are supported");
         };
         if !std::path::Path::new(path).exists() {
             bail!("cannot reach the Docker engine at {host}: no such socket");
         }
-        let docker = Docker::connect_with_unix(host, TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
-            .map_err(describe)
-            .with_context(|| format!("cannot connect to the Docker engine at {host}"))?;
+        let docker =
+            bollard::Docker::connect_with_unix(host, TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+                .map_err(describe)
+                .with_context(|| format!("cannot connect to the Docker engine at {host}"))?;
         let docker = docker
             .negotiate_version()
             .await
             .map_err(describe)
             .with_context(|| format!("cannot reach the Docker engine at {host}"))?;
-        Ok(Engine {
+        Ok(Docker {
             docker,
             host: host.to_owned(),
         })

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bollard::models::{ContainerCreateBody, EndpointSettings, NetworkingConfig};
 
-use super::StepCx;
-use super::docker_util::{TEMP_SUFFIX, replica_url};
-use crate::infra::docker::{ContainerInfo, Engine};
+use super::{TEMP_SUFFIX, replica_url};
+use crate::infra::docker::{ContainerInfo, Docker};
+use crate::steps::StepCx;
 
 pub const CONFIG_HASH: &str = "com.docker.compose.config-hash";
 pub const IMAGE_ID: &str = "com.docker.compose.image";
@@ -32,7 +32,7 @@ pub fn temp_name(name: &str) -> String {
 /// Clones whose original is already gone (ferry died between removing the old replica and
 /// renaming its successor): each is gated and given its name.
 pub async fn finish_orphans(
-    engine: &Engine,
+    engine: &Docker,
     cx: &StepCx,
     project: &str,
     service: &str,
@@ -54,7 +54,7 @@ pub async fn finish_orphans(
 
 /// What to create: `old` run on `image`, its own settings kept, the old image's dropped.
 pub async fn clone_body(
-    engine: &Engine,
+    engine: &Docker,
     old: &ContainerInfo,
     image: &str,
     config_hash: Option<&str>,
@@ -145,7 +145,7 @@ pub async fn clone_body(
 
 /// Waits for Docker's health status `healthy` (or running, for an image without a
 /// healthcheck), then for the expected version on the replica's own port.
-pub async fn gate(engine: &Engine, cx: &StepCx, name: &str, g: &Gate<'_>) -> anyhow::Result<()> {
+pub async fn gate(engine: &Docker, cx: &StepCx, name: &str, g: &Gate<'_>) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut seen = String::from("not started");
     loop {
@@ -177,7 +177,7 @@ pub async fn gate(engine: &Engine, cx: &StepCx, name: &str, g: &Gate<'_>) -> any
                 return Ok(());
             };
             let url = replica_url(&info, g.fhir_path)?;
-            match super::metadata_check::fetch(&url).await {
+            match crate::steps::metadata_check::fetch(&url).await {
                 Ok((v, _)) if v == want => return Ok(()),
                 Ok((v, _)) => {
                     seen =
@@ -199,7 +199,7 @@ pub async fn gate(engine: &Engine, cx: &StepCx, name: &str, g: &Gate<'_>) -> any
 /// Replaces `old_name` by a container of `image`. Safe to re-enter: a clone left by an
 /// interrupted attempt is finished (old already gone) or discarded (old still there).
 pub async fn replace(
-    engine: &Engine,
+    engine: &Docker,
     cx: &StepCx,
     old_name: &str,
     image: &str,

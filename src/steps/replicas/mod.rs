@@ -1,23 +1,17 @@
-//! What the Docker step kinds share: the engine the target names, the compose project and
-//! service, the replicas that are running, and each replica's own URL on its published
-//! 127.0.0.1 port (never a container's private address).
+//! The compose service's replicas, as `rolling_redeploy`, `scale`, `pool_capacity` and
+//! `metadata_check` see them: the project and service the target names, the replicas that
+//! are running, and each replica's own URL on its published 127.0.0.1 port (never a
+//! container's private address). `swap` replaces one replica.
+
+pub mod swap;
 
 use anyhow::{Context, anyhow};
 
 use super::StepCx;
-use crate::infra::docker::{self, Engine, Replica};
+use crate::infra::docker::{self, Docker, Replica};
 
 /// The name ending of a replica's temporary clone while it is being replaced.
 pub const TEMP_SUFFIX: &str = "-ferry-next";
-
-pub async fn engine(cx: &StepCx) -> anyhow::Result<Engine> {
-    let host = cx
-        .target
-        .as_deref()
-        .and_then(|t| t.docker.as_ref())
-        .and_then(|d| d.host.as_deref());
-    Engine::connect(&docker::host(host)).await
-}
 
 /// (compose project, service): the step's `service` overrides the target's.
 pub fn project_service(cx: &StepCx, service: Option<&str>) -> anyhow::Result<(String, String)> {
@@ -39,7 +33,7 @@ pub fn project_service(cx: &StepCx, service: Option<&str>) -> anyhow::Result<(St
 
 /// Running replicas, without the temporary clones of a replacement in progress.
 pub async fn running_replicas(
-    engine: &Engine,
+    engine: &Docker,
     project: &str,
     service: &str,
 ) -> anyhow::Result<Vec<Replica>> {
@@ -53,7 +47,7 @@ pub async fn running_replicas(
 
 pub async fn current_replicas(cx: &StepCx) -> anyhow::Result<u32> {
     let (project, service) = project_service(cx, None)?;
-    Ok(running_replicas(&engine(cx).await?, &project, &service)
+    Ok(running_replicas(&cx.docker().await?, &project, &service)
         .await?
         .len() as u32)
 }
@@ -84,7 +78,7 @@ pub fn replica_url(info: &docker::ContainerInfo, path: &str) -> anyhow::Result<S
 /// Every running replica with its own base URL.
 pub async fn replica_urls(cx: &StepCx) -> anyhow::Result<Vec<(String, String)>> {
     let (project, service) = project_service(cx, None)?;
-    let engine = engine(cx).await?;
+    let engine = cx.docker().await?;
     let path = fhir_path(cx);
     let mut out = vec![];
     for r in running_replicas(&engine, &project, &service).await? {
