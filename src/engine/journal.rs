@@ -7,7 +7,9 @@
 //!   effect: before a step's apply or undo starts, for checkpoints, and at the end. A record
 //!   written before a synced one is durable with it (same file, sequential writes).
 //! - The file is preallocated in chunks so that a sync does not also have to flush a size
-//!   change; readers stop at the first NUL byte. A torn last line is ignored.
+//!   change; readers stop where the trailing zeros of the preallocation begin. A torn last
+//!   line (no newline after it) is ignored; anything else that does not parse, a NUL byte
+//!   before the end of the data included, is corruption: `read` fails with [`Corrupt`].
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -66,7 +68,7 @@ impl Journal {
             .with_context(|| format!("opening {}", path.display()))?;
         let mut bytes = vec![];
         file.read_to_end(&mut bytes)?;
-        let data_end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+        let data_end = data_end(&bytes);
         let valid = bytes[..data_end]
             .iter()
             .rposition(|b| *b == b'\n')
@@ -127,15 +129,44 @@ impl Journal {
     }
 }
 
+/// Where the data ends: the preallocation's zeros follow it. A NUL byte before that point is
+/// not the end of the data but corruption, which the line parser then reports.
+fn data_end(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1)
+}
+
+/// A journal that cannot be trusted: a line other than a torn last one does not parse (or
+/// holds a NUL byte). The records before it are in `valid`; the run must not be resumed or
+/// rolled back from them, since what followed is unknown.
+#[derive(Debug, thiserror::Error)]
+#[error("{} is corrupt at line {line}: {reason}", path.display())]
+pub struct Corrupt {
+    pub path: PathBuf,
+    pub line: usize,
+    pub reason: String,
+    pub valid: Vec<Record>,
+}
+
 /// Reads every complete record. A line that does not parse is tolerated only as the last
-/// one (a torn write); anywhere else the journal is corrupt and that is an error.
+/// one without its newline (a torn write); anywhere else the journal is corrupt and that is
+/// a [`Corrupt`] error (downcast it to tell it from an I/O error).
 pub fn read(path: &Path) -> anyhow::Result<Vec<Record>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let data_end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
-    let text = String::from_utf8_lossy(&bytes[..data_end]);
+    let end = data_end(&bytes);
+    let text = String::from_utf8_lossy(&bytes[..end]);
     let lines: Vec<&str> = text.split('\n').collect();
     let mut out = vec![];
     for (i, l) in lines.iter().enumerate() {
+        let torn = i == lines.len() - 1;
+        let corrupt = |reason: String, valid: Vec<Record>| Corrupt {
+            path: path.into(),
+            line: i + 1,
+            reason,
+            valid,
+        };
+        if l.contains('\0') && !torn {
+            return Err(corrupt("a NUL byte inside the line".into(), out).into());
+        }
         if l.trim().is_empty() {
             continue;
         }
@@ -147,8 +178,8 @@ pub fn read(path: &Path) -> anyhow::Result<Vec<Record>> {
                 line.v
             ),
             // Not terminated by a newline: torn by a crash mid-write.
-            Err(_) if i == lines.len() - 1 => {}
-            Err(e) => bail!("{} is corrupt at line {}: {e}", path.display(), i + 1),
+            Err(_) if torn => {}
+            Err(e) => return Err(corrupt(e.to_string(), out).into()),
         }
     }
     Ok(out)
@@ -188,5 +219,24 @@ mod tests {
                 .to_string()
                 .contains("corrupt at line 2")
         );
+    }
+
+    #[test]
+    fn a_nul_byte_in_the_middle_is_corruption_not_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.jsonl");
+        let mut j = Journal::create(&p).unwrap();
+        for s in ["a", "b", "c"] {
+            j.append(&Record::StepDone { step: s.into() }).unwrap();
+        }
+        drop(j);
+        let mut bytes = std::fs::read(&p).unwrap();
+        let second = bytes.iter().position(|b| *b == b'\n').unwrap() + 5;
+        bytes.insert(second, 0);
+        std::fs::write(&p, &bytes).unwrap();
+        let e = read(&p).unwrap_err();
+        let c = e.downcast_ref::<Corrupt>().expect("a Corrupt error");
+        assert_eq!(c.line, 2);
+        assert_eq!(c.valid.len(), 1);
     }
 }
