@@ -41,7 +41,8 @@ impl Run<'_> {
     }
 
     /// Runs `fut` under the step's timeout (unless the step enforces it itself) and the hard
-    /// stop; dropping `fut` kills any child process group it started.
+    /// stop (unless the step stops itself); dropping `fut` kills any child process group it
+    /// started.
     pub(super) async fn guarded<T>(
         &self,
         i: usize,
@@ -50,6 +51,7 @@ impl Run<'_> {
         let def = &self.req.playbook.steps[i];
         let timeout = def.timeout.filter(|_| !def.spec.owns_timeout());
         let hard = self.e.stop.hard.clone();
+        let owns_stop = def.spec.owns_stop();
         let timed = async {
             match timeout {
                 Some(t) => tokio::time::timeout(t, fut)
@@ -58,6 +60,9 @@ impl Run<'_> {
                 None => fut.await,
             }
         };
+        if owns_stop {
+            return timed.await;
+        }
         tokio::select! {
             r = timed => r,
             _ = hard.cancelled() => Err(Interrupted.into()),

@@ -104,6 +104,7 @@ impl Engine {
         )
         .with_checkpoint(cp);
         cx.timeout = step.timeout;
+        cx.hard = self.stop.hard.clone();
         cx.state_dir = self.state_dir.clone();
         if let Some(w) = workdir {
             cx.workdir = w.clone();

@@ -1,7 +1,9 @@
 //! Durability hardening: corrupt journals, SQL timeouts that cancel the backend, signals in
 //! preflight, the database lock's liveness, journal write failures.
 
-use crate::harness::Sandbox;
+use std::time::{Duration, Instant};
+
+use crate::harness::{HAPI_PW, Pg, Sandbox};
 
 const TWO: &str = r#"name = "two"
 [[steps]]
@@ -85,4 +87,98 @@ fn an_empty_journal_does_not_hide_the_other_runs() {
     let out = sb.run(&["resume"]);
     out.expect(2);
     assert!(out.stderr.contains(empty), "{}", out.stderr);
+}
+
+/// A cluster with database fhirdb owned by `hapi` and a target for it.
+fn pg_setup() -> Option<(Pg, Sandbox)> {
+    let pg = Pg::start()?;
+    pg.psql(
+        "postgres",
+        &format!("CREATE ROLE hapi LOGIN PASSWORD '{HAPI_PW}'"),
+    );
+    pg.psql("postgres", "CREATE DATABASE fhirdb OWNER hapi");
+    let sb = Sandbox::new();
+    sb.write(
+        "target.toml",
+        &format!(
+            "name = \"test\"\n[postgres.fhir]\nurl = \"{}\"\npassword_env = \"FHIR_DB_PASSWORD\"\n",
+            pg.url("hapi", "fhirdb")
+        ),
+    );
+    Some((pg, sb))
+}
+
+const PG_ENV: [(&str, &str); 1] = [("FHIR_DB_PASSWORD", HAPI_PW)];
+
+fn sleeping_backends(pg: &Pg) -> String {
+    pg.psql(
+        "fhirdb",
+        "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE '%pg_sleep(6)%' AND pid <> pg_backend_pid()",
+    )
+}
+
+#[test]
+fn an_sql_timeout_cancels_the_statement_on_the_server() {
+    let Some((pg, sb)) = pg_setup() else { return };
+    pg.psql(
+        "fhirdb",
+        "CREATE TABLE t (id int); ALTER TABLE t OWNER TO hapi",
+    );
+    // An INSERT that outlives its timeout must not commit later.
+    sb.write(
+        "insert.toml",
+        r#"name = "insert"
+[[steps]]
+id = "slow-insert"
+kind = "sql"
+database = "fhir"
+timeout = "2s"
+statement = "INSERT INTO t SELECT 1 FROM pg_sleep(6)"
+rollback = "DELETE FROM t"
+"#,
+    );
+    let t0 = Instant::now();
+    let out = sb.run_env(&["run", "insert.toml", "--target", "target.toml"], &PG_ENV);
+    out.expect(1);
+    assert!(out.stderr.contains("timed out"), "{}", out.stderr);
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert_eq!(sleeping_backends(&pg), "0", "the statement is gone");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        pg.psql("fhirdb", "SELECT count(*) FROM t"),
+        "0",
+        "never committed"
+    );
+
+    // DDL in a transaction: the undo must not queue behind the orphaned lock.
+    sb.write(
+        "ddl.toml",
+        r#"name = "ddl"
+[[steps]]
+id = "create"
+kind = "sql"
+database = "fhir"
+statement = "CREATE TABLE d (id int)"
+rollback = "DROP TABLE IF EXISTS d"
+
+[[steps]]
+id = "alter"
+kind = "sql"
+database = "fhir"
+timeout = "2s"
+statement = "ALTER TABLE d ADD COLUMN c int; SELECT pg_sleep(6)"
+rollback = "ALTER TABLE d DROP COLUMN IF EXISTS c"
+"#,
+    );
+    let t0 = Instant::now();
+    let out = sb.run_env(&["run", "ddl.toml", "--target", "target.toml"], &PG_ENV);
+    out.expect(1);
+    assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
+    assert_eq!(sleeping_backends(&pg), "0");
+    assert_eq!(
+        pg.psql("fhirdb", "SELECT to_regclass('public.d') IS NULL"),
+        "t",
+        "rolled back: {}",
+        out.stderr
+    );
 }
