@@ -51,6 +51,12 @@ pub enum Error {
     /// Stopped at a checkpoint by a signal; resumable.
     #[error("run {run_id} interrupted; resume with `ferry resume {run_id}`")]
     Interrupted { run_id: String },
+    /// Stopped by a signal in preflight (or a dry-run's checks), before any step ran:
+    /// nothing changed, no journal was written, nothing to resume.
+    #[error(
+        "run {run_id} stopped by a signal during its checks, before any step ran; nothing was changed and there is nothing to resume"
+    )]
+    StoppedInChecks { run_id: String },
     /// Rollback could not finish; a person must look.
     #[error("{message}")]
     RollbackIncomplete { message: String, hint: String },
@@ -66,7 +72,7 @@ impl Error {
             Error::Precondition(_) => code::PRECONDITION,
             Error::StepFailed { .. } | Error::Other(_) => code::FAILED,
             Error::Locked(_) => code::LOCKED,
-            Error::Interrupted { .. } => code::INTERRUPTED,
+            Error::Interrupted { .. } | Error::StoppedInChecks { .. } => code::INTERRUPTED,
             Error::RollbackIncomplete { .. } => code::ROLLBACK_INCOMPLETE,
         }
     }
@@ -78,7 +84,7 @@ impl Error {
             Error::Precondition(_) => RunOutcome::PreconditionFailed,
             Error::StepFailed { .. } | Error::Other(_) => RunOutcome::Failed,
             Error::Locked(_) => RunOutcome::Locked,
-            Error::Interrupted { .. } => RunOutcome::Interrupted,
+            Error::Interrupted { .. } | Error::StoppedInChecks { .. } => RunOutcome::Interrupted,
             Error::RollbackIncomplete { .. } => RunOutcome::RollbackIncomplete,
         }
     }

@@ -181,7 +181,10 @@ impl Run<'_> {
         // them now, against the world as the earlier steps left it.
         if resumed || !self.checked_upfront || self.recheck.contains(&def.id) {
             let cx = self.step_cx(i);
-            let checks = run_checks(&cx, &def.spec).await;
+            // The second signal stops a check at once (the first waits for the boundary).
+            let Some(checks) = run_checks(&cx, &def.spec, &self.e.stop.hard).await else {
+                return Err(Interrupted.into());
+            };
             let failed: Vec<String> = checks
                 .iter()
                 .filter(|c| c.status == CheckStatus::Fail)

@@ -168,7 +168,16 @@ impl Engine {
             Ok(l) => l,
             Err(e) => return self.ended_early(&run_id, started, e),
         };
-        let (failed, deferred) = self.preflight(&req, false).await;
+        // Stopped in preflight: nothing ran, so no journal is written (nothing to resume).
+        let Some((failed, deferred)) = self.preflight(&req, false).await else {
+            return self.ended_early(
+                &run_id,
+                started,
+                Error::StoppedInChecks {
+                    run_id: run_id.clone(),
+                },
+            );
+        };
         if !failed.is_empty() {
             let why = format!(
                 "precondition failed for {}; nothing was changed",

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{HAPI_PW, Pg, Sandbox};
+use crate::harness::{HAPI_PW, Pg, Sandbox, wait_for};
 
 const TWO: &str = r#"name = "two"
 [[steps]]
@@ -181,4 +181,40 @@ rollback = "ALTER TABLE d DROP COLUMN IF EXISTS c"
         "rolled back: {}",
         out.stderr
     );
+}
+
+#[test]
+fn sigint_in_preflight_stops_the_check_and_leaves_nothing_to_resume() {
+    let sb = Sandbox::new();
+    sb.write(
+        "pb.toml",
+        r#"name = "pre"
+[[steps]]
+id = "slow-check"
+kind = "exec"
+check = "echo $$ > check.pid; exec sleep 15"
+run = "touch ran"
+"#,
+    );
+    for args in [vec!["run", "pb.toml"], vec!["run", "pb.toml", "--dry-run"]] {
+        let _ = std::fs::remove_file(sb.path("check.pid"));
+        let child = sb.spawn(&args, &[]);
+        wait_for("the check to start", Duration::from_secs(10), || {
+            !sb.read("check.pid").trim().is_empty()
+        });
+        let pid: u32 = sb.read("check.pid").trim().parse().unwrap();
+        let t0 = Instant::now();
+        // SAFETY: signalling the ferry we spawned.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{args:?}: {stderr}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert!(stderr.contains("nothing to resume"), "{stderr}");
+        assert!(!crate::harness::pid_alive(pid), "the check's sleep is gone");
+        assert!(!sb.path("ran").exists());
+        assert!(sb.run_ids().is_empty(), "no journal: {:?}", sb.run_ids());
+    }
+    let out = sb.run(&["resume"]);
+    out.expect(2);
 }
