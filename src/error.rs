@@ -57,6 +57,18 @@ pub enum Error {
         "run {run_id} stopped by a signal during its checks, before any step ran; nothing was changed and there is nothing to resume"
     )]
     StoppedInChecks { run_id: String },
+    /// The deployment's database lock was lost mid-run (its session ended or stopped
+    /// answering): stopped at the next checkpoint or step boundary, as on a signal, since
+    /// another operator's run may now start.
+    #[error(
+        "run {run_id} stopped: the database lock in the fhir database was lost ({why}); another ferry run could start against this deployment"
+    )]
+    LockLost {
+        run_id: String,
+        why: String,
+        /// Whether a step had started (resume continues), or it stopped during the checks.
+        resumable: bool,
+    },
     /// Rollback could not finish; a person must look.
     #[error("{message}")]
     RollbackIncomplete { message: String, hint: String },
@@ -72,7 +84,9 @@ impl Error {
             Error::Precondition(_) => code::PRECONDITION,
             Error::StepFailed { .. } | Error::Other(_) => code::FAILED,
             Error::Locked(_) => code::LOCKED,
-            Error::Interrupted { .. } | Error::StoppedInChecks { .. } => code::INTERRUPTED,
+            Error::Interrupted { .. } | Error::StoppedInChecks { .. } | Error::LockLost { .. } => {
+                code::INTERRUPTED
+            }
             Error::RollbackIncomplete { .. } => code::ROLLBACK_INCOMPLETE,
         }
     }
@@ -84,7 +98,9 @@ impl Error {
             Error::Precondition(_) => RunOutcome::PreconditionFailed,
             Error::StepFailed { .. } | Error::Other(_) => RunOutcome::Failed,
             Error::Locked(_) => RunOutcome::Locked,
-            Error::Interrupted { .. } | Error::StoppedInChecks { .. } => RunOutcome::Interrupted,
+            Error::Interrupted { .. } | Error::StoppedInChecks { .. } | Error::LockLost { .. } => {
+                RunOutcome::Interrupted
+            }
             Error::RollbackIncomplete { .. } => RunOutcome::RollbackIncomplete,
         }
     }
@@ -98,6 +114,15 @@ impl Error {
             Error::Locked(_) => {
                 Some("wait for the other run, or `ferry unlock` if its owner is dead".into())
             }
+            Error::LockLost {
+                run_id, resumable, ..
+            } => Some(if *resumable {
+                format!(
+                    "make sure no other ferry is running against this deployment (`ferry status`, and sessions named `ferry pid …` in pg_stat_activity) and that the database is reachable, then `ferry resume {run_id}`"
+                )
+            } else {
+                "nothing ran; make sure the database is reachable and no other ferry is running against this deployment, then run again".into()
+            }),
             _ => None,
         }
     }

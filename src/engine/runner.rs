@@ -73,7 +73,7 @@ impl Engine {
         let owner = self.owner(run_id);
         let local = StateLock::acquire(&self.state_dir, &owner)?;
         let remote = match &req.target {
-            Some(t) => acquire_pg(t, &owner).await?,
+            Some(t) => acquire_pg(t, &owner, self.stop.soft.clone()).await?,
             None => None,
         };
         Ok((local, remote))
@@ -170,13 +170,15 @@ impl Engine {
         };
         // Stopped in preflight: nothing ran, so no journal is written (nothing to resume).
         let Some((failed, deferred)) = self.preflight(&req, false).await else {
-            return self.ended_early(
-                &run_id,
-                started,
-                Error::StoppedInChecks {
+            let e = Error::StoppedInChecks {
+                run_id: run_id.clone(),
+            };
+            let e = lock_lost(Err(e), &lock, &run_id)
+                .err()
+                .unwrap_or(Error::StoppedInChecks {
                     run_id: run_id.clone(),
-                },
-            );
+                });
+            return self.ended_early(&run_id, started, e);
         };
         if !failed.is_empty() {
             let why = format!(
@@ -238,7 +240,7 @@ impl Engine {
             recheck: deferred,
             checked_upfront: true,
         };
-        let r = run.forward().await;
+        let r = lock_lost(run.forward().await, &lock, &run_id);
         self.finished(&run_id, started, &r, RunOutcome::Done);
         drop(lock);
         r
@@ -323,6 +325,7 @@ impl Engine {
             }
             (Phase::Forward, false) => run.forward().await,
         };
+        let r = lock_lost(r, &lock, &run_id);
         let ok = if undo {
             RunOutcome::RolledBack
         } else {
@@ -331,6 +334,28 @@ impl Engine {
         self.finished(&run_id, started, &r, ok);
         drop(lock);
         r
+    }
+}
+
+/// A run stopped because the database lock was lost (the lock's watcher asked for the
+/// stop) says so, rather than that a signal interrupted it.
+fn lock_lost(
+    r: Result<(), Error>,
+    lock: &(StateLock, Option<PgLock>),
+    run_id: &str,
+) -> Result<(), Error> {
+    match (r, lock.1.as_ref().and_then(PgLock::lost)) {
+        (Err(Error::Interrupted { .. }), Some(why)) => Err(Error::LockLost {
+            run_id: run_id.into(),
+            why,
+            resumable: true,
+        }),
+        (Err(Error::StoppedInChecks { .. }), Some(why)) => Err(Error::LockLost {
+            run_id: run_id.into(),
+            why,
+            resumable: false,
+        }),
+        (r, _) => r,
     }
 }
 

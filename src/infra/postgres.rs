@@ -10,6 +10,17 @@ use tokio_postgres::{CancelToken, Client, Config, NoTls};
 
 /// Connects; the password comes from the caller (read from env/file at use), never the URL.
 pub async fn connect(url: &str, password: Option<&str>) -> anyhow::Result<Client> {
+    // Errors surface on the client's next query; the connection task's end is not watched.
+    connect_with(url, password, |_| {}).await.map(|(c, _)| c)
+}
+
+/// Connects with `tune` applied to the configuration; the returned task ends when the
+/// connection does, with the reason (the server's message when it closed it).
+pub async fn connect_with(
+    url: &str,
+    password: Option<&str>,
+    tune: impl FnOnce(&mut Config),
+) -> anyhow::Result<(Client, tokio::task::JoinHandle<String>)> {
     let mut cfg = Config::from_str(url).with_context(|| format!("invalid PostgreSQL URL {url}"))?;
     if let Some(p) = password {
         cfg.password(p);
@@ -18,15 +29,18 @@ pub async fn connect(url: &str, password: Option<&str>) -> anyhow::Result<Client
         cfg.connect_timeout(Duration::from_secs(10));
     }
     cfg.application_name("ferry");
+    tune(&mut cfg);
     let (client, conn) = cfg
         .connect(NoTls)
         .await
         .map_err(|e| anyhow!("cannot connect to {url}: {}", describe(&e)))?;
-    tokio::spawn(async move {
-        // Errors surface on the client's next query; nothing to do here.
-        let _ = conn.await;
+    let task = tokio::spawn(async move {
+        match conn.await {
+            Ok(()) => "the connection was closed".to_owned(),
+            Err(e) => describe(&e),
+        }
     });
-    Ok(client)
+    Ok((client, task))
 }
 
 /// The server's own message (e.g. "password authentication failed for user …") when there

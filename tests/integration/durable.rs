@@ -211,10 +211,169 @@ run = "touch ran"
         assert_eq!(out.status.code(), Some(5), "{args:?}: {stderr}");
         assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
         assert!(stderr.contains("nothing to resume"), "{stderr}");
-        assert!(!crate::harness::pid_alive(pid), "the check's sleep is gone");
+        // Killed with its group (SIGKILL is delivered asynchronously: allow it a moment).
+        wait_for(
+            "the check's sleep to be gone",
+            Duration::from_secs(2),
+            || !crate::harness::pid_alive(pid),
+        );
         assert!(!sb.path("ran").exists());
         assert!(sb.run_ids().is_empty(), "no journal: {:?}", sb.run_ids());
     }
     let out = sb.run(&["resume"]);
     out.expect(2);
+}
+
+const WAITS: &str = r#"name = "waits"
+[[steps]]
+id = "hold"
+kind = "exec"
+run = "touch started; while [ ! -f go ]; do sleep 0.1; done; echo hold >> log"
+
+[[steps]]
+id = "after"
+kind = "exec"
+run = "echo after >> log"
+"#;
+
+fn lock_backend(pg: &Pg) -> String {
+    pg.psql(
+        "fhirdb",
+        "SELECT coalesce(string_agg(l.pid::text, ','), '') FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted",
+    )
+}
+
+#[test]
+fn losing_the_database_lock_mid_run_stops_at_the_next_boundary() {
+    let Some((pg, sb)) = pg_setup() else { return };
+    sb.write("pb.toml", WAITS);
+    let child = sb.spawn(&["run", "pb.toml", "--target", "target.toml"], &PG_ENV);
+    wait_for("the first step", Duration::from_secs(20), || {
+        sb.path("started").exists()
+    });
+    let backend = lock_backend(&pg);
+    assert!(!backend.is_empty(), "ferry holds the lock");
+    pg.psql("fhirdb", &format!("SELECT pg_terminate_backend({backend})"));
+    // The loss is noticed at once (the session ends) or by the next heartbeat.
+    std::thread::sleep(Duration::from_secs(3));
+    sb.write("go", "");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("database lock"), "{stderr}");
+    assert!(stderr.contains("was lost"), "{stderr}");
+    assert!(stderr.contains("ferry resume"), "{stderr}");
+    assert_eq!(sb.read("log"), "hold\n", "the next step did not start");
+    let runs = status_json(&sb);
+    assert_eq!(runs[0]["state"], "interrupted", "{runs}");
+    sb.run_env(&["resume"], &PG_ENV).expect(0);
+    assert_eq!(sb.read("log"), "hold\nafter\n");
+}
+
+#[test]
+fn the_database_lock_outlives_idle_session_timeout() {
+    let Some((pg, sb)) = pg_setup() else { return };
+    pg.psql(
+        "postgres",
+        "ALTER DATABASE fhirdb SET idle_session_timeout = '1s'",
+    );
+    pg.psql(
+        "postgres",
+        "ALTER DATABASE fhirdb SET idle_in_transaction_session_timeout = '1s'",
+    );
+    sb.write("pb.toml", WAITS);
+    let child = sb.spawn(&["run", "pb.toml", "--target", "target.toml"], &PG_ENV);
+    wait_for("the first step", Duration::from_secs(20), || {
+        sb.path("started").exists()
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(!lock_backend(&pg).is_empty(), "the lock is still held");
+    // A second operator (another state dir) is refused while the first runs.
+    let other = sb.dir.path().join("other-state");
+    let out = sb.run_env(
+        &["run", "pb.toml", "--target", "target.toml"],
+        &[PG_ENV[0], ("FERRY_STATE_DIR", other.to_str().unwrap())],
+    );
+    out.expect(4);
+    assert!(
+        out.stderr.contains("fhir database is locked by ferry pid"),
+        "{}",
+        out.stderr
+    );
+    sb.write("go", "");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sb.read("log"), "hold\nafter\n");
+}
+
+/// `unlock --force` on the same host must recognise a live run even when the host name is
+/// too long for the lock session's application_name.
+#[test]
+fn unlock_force_does_not_release_a_live_run_of_a_long_named_host() {
+    let host = "ferry-test-a-rather-long-host-name-for-lock-owner.example.int";
+    let works = std::process::Command::new("unshare")
+        .args(["-u", "sh", "-c", &format!("hostname {host}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !crate::harness::require("unshare -u (root) to set a long host name", works) {
+        return;
+    }
+    let Some((pg, sb)) = pg_setup() else { return };
+    sb.write("pb.toml", WAITS);
+    let in_host = |state: &std::path::Path, args: &[&str]| {
+        let mut line = format!(
+            "hostname {host} && exec {}",
+            crate::harness::bin().display()
+        );
+        for a in args {
+            line += &format!(" '{a}'");
+        }
+        let mut u = std::process::Command::new("unshare");
+        u.args(["-u", "sh", "-c", &line])
+            .current_dir(sb.dir.path())
+            .env("FERRY_STATE_DIR", state)
+            .env("NO_COLOR", "1")
+            .env("FHIR_DB_PASSWORD", HAPI_PW)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        u
+    };
+    let child = in_host(&sb.state, &["run", "pb.toml", "--target", "target.toml"])
+        .spawn()
+        .unwrap();
+    wait_for("the first step", Duration::from_secs(20), || {
+        sb.path("started").exists()
+    });
+    // Another operator on the same host, with its own state dir.
+    let other = sb.dir.path().join("other-state");
+    std::fs::create_dir_all(&other).unwrap();
+    let out = in_host(&other, &["unlock", "--target", "target.toml", "--force"])
+        .output()
+        .unwrap();
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("alive on this host"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!lock_backend(&pg).is_empty(), "the lock is still held");
+    sb.write("go", "");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
