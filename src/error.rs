@@ -16,6 +16,7 @@ pub mod code {
     pub const LOCKED: i32 = 4;
     pub const INTERRUPTED: i32 = 5;
     pub const ROLLBACK_INCOMPLETE: i32 = 6;
+    pub const JOURNAL: i32 = 7;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +70,15 @@ pub enum Error {
         /// Whether a step had started (resume continues), or it stopped during the checks.
         resumable: bool,
     },
+    /// The run's journal could not be written (no space left on device, an I/O error):
+    /// stopped before the next effect, nothing rolled back (that could not be journaled).
+    #[error("{message}")]
+    JournalWrite {
+        message: String,
+        /// The run exists and `ferry resume` continues it once the cause is fixed; None: it
+        /// could not even start (nothing ran, nothing was kept).
+        run_id: Option<String>,
+    },
     /// Rollback could not finish; a person must look.
     #[error("{message}")]
     RollbackIncomplete { message: String, hint: String },
@@ -78,6 +88,27 @@ pub enum Error {
 }
 
 impl Error {
+    /// An error from the journal: [`Error::JournalWrite`] when it is a write failure.
+    pub fn journal(e: anyhow::Error, run_id: Option<&str>) -> Error {
+        match e.downcast_ref::<crate::engine::journal::WriteFailed>() {
+            Some(w) => Error::journal_write(w, run_id),
+            None => Error::Other(e),
+        }
+    }
+
+    pub fn journal_write(w: &crate::engine::journal::WriteFailed, run_id: Option<&str>) -> Error {
+        let message = match run_id {
+            Some(id) => format!(
+                "run {id} stopped: {w}; it stopped before the next effect and rolled nothing back (that could not be journaled)"
+            ),
+            None => format!("cannot start the run: {w}; nothing ran"),
+        };
+        Error::JournalWrite {
+            message,
+            run_id: run_id.map(str::to_owned),
+        }
+    }
+
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Invalid { .. } | Error::Diagnostics(_) => code::INVALID,
@@ -88,6 +119,7 @@ impl Error {
                 code::INTERRUPTED
             }
             Error::RollbackIncomplete { .. } => code::ROLLBACK_INCOMPLETE,
+            Error::JournalWrite { .. } => code::JOURNAL,
         }
     }
 
@@ -102,6 +134,7 @@ impl Error {
                 RunOutcome::Interrupted
             }
             Error::RollbackIncomplete { .. } => RunOutcome::RollbackIncomplete,
+            Error::JournalWrite { .. } => RunOutcome::Failed,
         }
     }
 
@@ -114,6 +147,14 @@ impl Error {
             Error::Locked(_) => {
                 Some("wait for the other run, or `ferry unlock` if its owner is dead".into())
             }
+            Error::JournalWrite { run_id, .. } => Some(match run_id {
+                Some(id) => format!(
+                    "free space on (or repair) the state dir's file system, then `ferry resume {id}`; the step that was running when the journal failed is re-entered (its probe decides whether it runs again)"
+                ),
+                None => {
+                    "free space on (or repair) the state dir's file system and run again".into()
+                }
+            }),
             Error::LockLost {
                 run_id, resumable, ..
             } => Some(if *resumable {

@@ -20,7 +20,9 @@ use crate::steps::{Interrupted, Step, StepCx};
 
 impl Run<'_> {
     pub(super) fn rec(&mut self, r: Record, durable: bool) -> Result<(), Error> {
-        self.store.write(&r, durable).map_err(Error::Other)?;
+        self.store
+            .write(&r, durable)
+            .map_err(|e| Error::journal(e, Some(&self.req.run_id)))?;
         self.state.apply(&r);
         Ok(())
     }
@@ -155,6 +157,11 @@ impl Run<'_> {
                     return Err(Error::Interrupted {
                         run_id: self.req.run_id.clone(),
                     });
+                }
+                // A checkpoint that could not be written: the journal cannot record a
+                // failure or a rollback either; stop here.
+                Err(e) if journal_failed(&e).is_some() => {
+                    return Err(Error::journal(e, Some(&self.req.run_id)));
                 }
                 Err(e) => return self.fail(i, t0, e).await,
             }
@@ -294,4 +301,9 @@ impl Run<'_> {
         self.rollback_all(&e.to_string()).await?;
         Err(e)
     }
+}
+
+/// The journal write failure inside a step's error (a checkpoint that could not be saved).
+pub(super) fn journal_failed(e: &anyhow::Error) -> Option<&super::journal::WriteFailed> {
+    e.downcast_ref::<super::journal::WriteFailed>()
 }

@@ -24,6 +24,22 @@ use super::records::Record;
 
 pub const FORMAT_VERSION: u32 = 1;
 const CHUNK: u64 = 64 * 1024;
+/// Room kept preallocated after each durable record (they precede effects), so that the
+/// records that follow an effect (`step_done`, child records) never meet a full disk: when
+/// it cannot be had, ferry stops before the effect rather than after it.
+const RESERVE: u64 = 16 * 1024;
+
+/// The journal could not be written, preallocated or synced (no space left on device, an
+/// I/O error). Every record before the failing one is intact; the failing one was not
+/// written (preallocation happens first) or is a torn last line.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {}: {source}", path.display())]
+pub struct WriteFailed {
+    pub what: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
 
 #[derive(Serialize, Deserialize)]
 struct Line {
@@ -47,15 +63,27 @@ impl Journal {
             .create_new(true)
             .mode(0o600)
             .open(path)
-            .with_context(|| format!("creating {}", path.display()))?;
+            .map_err(|source| WriteFailed {
+                what: "creating",
+                path: path.into(),
+                source,
+            })?;
         let mut j = Journal {
             file,
             path: path.into(),
             offset: 0,
             allocated: 0,
         };
-        j.grow(0)?;
+        j.grow(RESERVE)?;
         Ok(j)
+    }
+
+    fn failed(&self, what: &'static str, source: std::io::Error) -> WriteFailed {
+        WriteFailed {
+            what,
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// Opens an existing journal for appending after its last complete record; a torn tail
@@ -74,8 +102,14 @@ impl Journal {
             .rposition(|b| *b == b'\n')
             .map_or(0, |i| i + 1);
         if data_end > valid {
-            file.write_all_at(&vec![0u8; data_end - valid], valid as u64)?;
-            file.sync_data()?;
+            let failed = |source| WriteFailed {
+                what: "writing",
+                path: path.into(),
+                source,
+            };
+            file.write_all_at(&vec![0u8; data_end - valid], valid as u64)
+                .map_err(failed)?;
+            file.sync_data().map_err(failed)?;
         }
         Ok(Journal {
             file,
@@ -85,14 +119,25 @@ impl Journal {
         })
     }
 
-    fn grow(&mut self, need: u64) -> anyhow::Result<()> {
+    /// Preallocates (really: blocks reserved, not a sparse size) until `need` more bytes fit.
+    fn grow(&mut self, need: u64) -> Result<(), WriteFailed> {
         while self.offset + need > self.allocated {
             let new = self.allocated + CHUNK;
             // SAFETY: valid fd; posix_fallocate only extends the file with zeros.
             let rc = unsafe { libc::posix_fallocate(self.file.as_raw_fd(), 0, new as libc::off_t) };
-            if rc != 0 {
-                // Filesystems without fallocate: appending still works, only syncs cost more.
-                self.file.set_len(new)?;
+            match rc {
+                0 => {}
+                // A file system that cannot preallocate at all (glibc emulates it where it
+                // can): appending still works, only syncs cost more, and a full disk shows
+                // on the write itself.
+                libc::EOPNOTSUPP | libc::ENOSYS => self
+                    .file
+                    .set_len(new)
+                    .map_err(|e| self.failed("preallocating", e))?,
+                // No space (or another error): say so, never mask it with a sparse size.
+                rc => {
+                    return Err(self.failed("preallocating", std::io::Error::from_raw_os_error(rc)));
+                }
             }
             self.allocated = new;
         }
@@ -101,6 +146,11 @@ impl Journal {
 
     /// Writes a record (survives a kill of ferry, not yet a power loss).
     pub fn append(&mut self, rec: &Record) -> anyhow::Result<()> {
+        self.append_reserving(rec, 0)
+    }
+
+    /// Writes a record once `reserve` more bytes are preallocated after it.
+    fn append_reserving(&mut self, rec: &Record, reserve: u64) -> anyhow::Result<()> {
         // `{"v":1,` + the record's own object without its `{`: the same line `Line` reads,
         // without serde's flatten (a map per record) on the hot path.
         let body = serde_json::to_vec(rec)?;
@@ -108,24 +158,30 @@ impl Journal {
         line.extend_from_slice(format!("{{\"v\":{FORMAT_VERSION},").as_bytes());
         line.extend_from_slice(body.get(1..).unwrap_or_default());
         line.push(b'\n');
-        self.grow(line.len() as u64)?;
+        self.grow(line.len() as u64 + reserve)?;
         self.file
             .write_all_at(&line, self.offset)
-            .with_context(|| format!("writing {}", self.path.display()))?;
+            .map_err(|e| self.failed("writing", e))?;
         self.offset += line.len() as u64;
         Ok(())
     }
 
-    /// Writes a record and makes it, and everything before it, durable.
+    /// Writes a record and makes it, and everything before it, durable. An effect follows a
+    /// durable record, so room for the records after it is preallocated first ([`RESERVE`]);
+    /// the last record of a run needs none.
     pub fn append_durable(&mut self, rec: &Record) -> anyhow::Result<()> {
-        self.append(rec)?;
+        let reserve = match rec {
+            Record::RunFinished { .. } => 0,
+            _ => RESERVE,
+        };
+        self.append_reserving(rec, reserve)?;
         self.sync()
     }
 
     pub fn sync(&mut self) -> anyhow::Result<()> {
         self.file
             .sync_data()
-            .with_context(|| format!("syncing {}", self.path.display()))
+            .map_err(|e| self.failed("syncing", e).into())
     }
 }
 

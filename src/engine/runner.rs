@@ -199,7 +199,24 @@ impl Engine {
             std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600))?;
             Journal::create(&dir.join("journal.jsonl"))
         };
-        let journal = mk().map_err(Error::Other)?;
+        // A journal that cannot be started leaves nothing behind: nothing ran.
+        let abandon = |e: anyhow::Error| {
+            let _ = std::fs::remove_dir_all(&dir);
+            match Error::journal(e, None) {
+                Error::Other(e) => Error::JournalWrite {
+                    message: format!(
+                        "cannot start the run in {}: {e:#}; nothing ran",
+                        dir.display()
+                    ),
+                    run_id: None,
+                },
+                e => e,
+            }
+        };
+        let journal = match mk() {
+            Ok(j) => j,
+            Err(e) => return self.ended_early(&run_id, started, abandon(e)),
+        };
         let meta = RunMeta {
             run_id: run_id.clone(),
             playbook_name: req.playbook.name.clone(),
@@ -231,7 +248,9 @@ impl Engine {
         let state = RunState::fold(std::slice::from_ref(&first))
             .ok_or_else(|| Error::Other(anyhow!("bad run record")))?;
         let store = JournalStore::new(journal);
-        store.write(&first, true).map_err(Error::Other)?;
+        if let Err(e) = store.write(&first, true) {
+            return self.ended_early(&run_id, started, abandon(e));
+        }
         let mut run = Run {
             e: self,
             req,
@@ -291,7 +310,10 @@ impl Engine {
         let path = super::runs_dir(&self.state_dir)
             .join(&run_id)
             .join("journal.jsonl");
-        let journal = Journal::open(&path).map_err(Error::Other)?;
+        let journal = match Journal::open(&path) {
+            Ok(j) => j,
+            Err(e) => return self.ended_early(&run_id, started, Error::journal(e, Some(&run_id))),
+        };
         let store = JournalStore::new(journal);
         let state = align(state, &req.playbook);
         let mut run = Run {

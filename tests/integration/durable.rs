@@ -377,3 +377,128 @@ fn unlock_force_does_not_release_a_live_run_of_a_long_named_host() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A small tmpfs (root only), unmounted on drop.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-tmpfs-")
+            .tempdir()
+            .ok()?;
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .output()
+            .is_ok_and(|o| o.status.success());
+        crate::harness::require("mount -t tmpfs (root)", ok).then_some(Tmpfs(dir))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+
+    /// Leaves about `free` bytes free.
+    fn fill_leaving(&self, free: u64) {
+        let filler = self.path().join("filler");
+        let _ = std::fs::remove_file(&filler);
+        let f = std::fs::File::create(&filler).unwrap();
+        let mut total = 0u64;
+        let block = vec![1u8; 4096];
+        use std::io::Write;
+        let mut w = std::io::BufWriter::new(&f);
+        while w.write_all(&block).is_ok() {
+            total += 4096;
+        }
+        let _ = w.flush();
+        drop(w);
+        f.set_len(total.saturating_sub(free)).unwrap();
+    }
+
+    fn free(&self) {
+        let _ = std::fs::remove_file(self.path().join("filler"));
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+fn many_steps(sb: &Sandbox, n: usize) {
+    let mut pb = String::from("name = \"many\"\n");
+    for i in 1..=n {
+        pb += &format!(
+            "\n[[steps]]\nid = \"step-{i}\"\nkind = \"exec\"\nrun = \"echo {i} >> effects.log\"\n"
+        );
+    }
+    sb.write("many.toml", &pb);
+}
+
+fn effects(sb: &Sandbox) -> Vec<usize> {
+    sb.read("effects.log")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_full_disk_under_the_journal_stops_before_the_next_effect_with_its_cause() {
+    let Some(fs) = Tmpfs::mount("1m") else { return };
+    let sb = Sandbox::new();
+    let state = fs.path().to_str().unwrap().to_owned();
+    let env = [("FERRY_STATE_DIR", state.as_str())];
+    many_steps(&sb, 300);
+
+    // Room for the lock's owner record, not for the run: said so, nothing ran, nothing left.
+    fs.fill_leaving(16 * 1024);
+    let out = sb.run_env(&["run", "many.toml"], &env);
+    out.expect(7);
+    assert!(
+        out.stderr.contains("No space left on device"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("nothing ran"), "{}", out.stderr);
+    assert!(effects(&sb).is_empty());
+    let runs = fs.path().join("runs");
+    assert_eq!(
+        std::fs::read_dir(&runs).map(|d| d.count()).unwrap_or(0),
+        0,
+        "no run directory left"
+    );
+
+    // Room for the first chunk of the journal only: the run stops mid-way, before an effect.
+    fs.fill_leaving(128 * 1024);
+    let out = sb.run_env(&["run", "many.toml"], &env);
+    out.expect(7);
+    assert!(
+        out.stderr.contains("No space left on device"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("ferry resume"), "{}", out.stderr);
+    let done = effects(&sb);
+    assert!(!done.is_empty() && done.len() < 300, "{}", done.len());
+    assert_eq!(done, (1..=done.len()).collect::<Vec<_>>());
+    let st = sb.run_env(&["status", "--format", "json"], &env);
+    st.expect(0);
+    let v: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    assert_eq!(v[0]["state"], "interrupted", "{v}");
+
+    // Space again: resume finishes, every effect exactly once.
+    fs.free();
+    sb.run_env(&["resume"], &env).expect(0);
+    assert_eq!(effects(&sb), (1..=300).collect::<Vec<_>>());
+}
