@@ -502,3 +502,44 @@ fn a_full_disk_under_the_journal_stops_before_the_next_effect_with_its_cause() {
     sb.run_env(&["resume"], &env).expect(0);
     assert_eq!(effects(&sb), (1..=300).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_second_sigint_cancels_a_running_statement_on_the_server() {
+    let Some((pg, sb)) = pg_setup() else { return };
+    pg.psql(
+        "fhirdb",
+        "CREATE TABLE t (id int); ALTER TABLE t OWNER TO hapi",
+    );
+    sb.write(
+        "insert.toml",
+        r#"name = "insert"
+[[steps]]
+id = "slow-insert"
+kind = "sql"
+database = "fhir"
+statement = "INSERT INTO t SELECT 1 FROM pg_sleep(6)"
+rollback = "DELETE FROM t"
+"#,
+    );
+    let child = sb.spawn(&["run", "insert.toml", "--target", "target.toml"], &PG_ENV);
+    wait_for("the statement to run", Duration::from_secs(20), || {
+        sleeping_backends(&pg) == "1"
+    });
+    let t0 = Instant::now();
+    for _ in 0..2 {
+        // SAFETY: signalling the ferry we spawned.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert_eq!(sleeping_backends(&pg), "0", "the statement is gone");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        pg.psql("fhirdb", "SELECT count(*) FROM t"),
+        "0",
+        "never committed"
+    );
+}
