@@ -380,3 +380,23 @@ pub async fn unlock_pg(
         terminated: ended,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_tag_survives_the_63_byte_cut_and_tells_long_hosts_apart() {
+        let a = "ferry-test-a-rather-long-host-name-for-lock-owner.example.int";
+        let b = "ferry-test-a-rather-long-host-name-for-lock-owner.example.org";
+        assert_ne!(host_tag(a), host_tag(b));
+        let name = format!(
+            "ferry pid 4194304 on {}: run --dry-run run 20261201-205503.123-abcd",
+            host_tag(a)
+        );
+        let cut = truncate_bytes(&name, 63);
+        let words: Vec<&str> = cut.split_whitespace().collect();
+        assert_eq!(words[4].trim_end_matches(':'), host_tag(a));
+        assert_eq!(truncate_bytes("héllo", 2), "h");
+    }
+}
