@@ -102,7 +102,8 @@ const CANCEL_WAIT: Duration = Duration::from_secs(30);
 /// passes or `stop` resolves. In the last two cases dropping `work` would leave the
 /// statement running on the server (and committing later, or holding its locks): instead
 /// the backend's query is cancelled and `work` is awaited until the server has answered,
-/// i.e. until the statement is gone. `Err(Stopped)` then; `work`'s own result otherwise.
+/// i.e. until the statement is gone. `Err(StoppedError)` then, unless `work` still
+/// succeeded (it finished before the cancel reached it); `work`'s own result otherwise.
 /// The caller rolls back a transaction `work` left open (see [`rollback`]).
 pub async fn cancellable<T>(
     token: CancelToken,
@@ -125,11 +126,12 @@ pub async fn cancellable<T>(
     let t0 = std::time::Instant::now();
     loop {
         let _ = token.cancel_query(NoTls).await;
-        if tokio::time::timeout(Duration::from_secs(2), &mut work)
-            .await
-            .is_ok()
-        {
-            return Err(anyhow::Error::new(StoppedError { why, gone: true }));
+        match tokio::time::timeout(Duration::from_secs(2), &mut work).await {
+            // It finished before the cancel took effect (a COMMIT already under way): the
+            // truth is that it succeeded.
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(_)) => return Err(anyhow::Error::new(StoppedError { why, gone: true })),
+            Err(_) => {}
         }
         if t0.elapsed() >= CANCEL_WAIT {
             return Err(anyhow::Error::new(StoppedError { why, gone: false }));
