@@ -49,9 +49,20 @@ pub async fn main(cli: Cli) -> Result<i32> {
         } => {
             let id = match run_id {
                 Some(id) => id.clone(),
-                None => status::newest_unfinished(&g.state_dir).ok_or_else(|| {
-                    Error::invalid(format!("no unfinished run in {}", g.state_dir.display()))
-                })?,
+                None => status::newest_unfinished(&g.state_dir)
+                    .map_err(|e| match e {
+                        status::LoadError::Corrupt { ref path, .. } => Error::invalid_with_hint(
+                            format!("{e}; the newest run is corrupt, so `ferry resume` picks none"),
+                            format!(
+                                "{}; to resume an older run, name it: `ferry resume RUN_ID` (see `ferry status`)",
+                                status::LoadError::inspect_hint(path)
+                            ),
+                        ),
+                        e => load_error(e),
+                    })?
+                    .ok_or_else(|| {
+                        Error::invalid(format!("no unfinished run in {}", g.state_dir.display()))
+                    })?,
             };
             continue_run(g, &id, *accept_changes, false, *yes, approve).await
         }
@@ -394,7 +405,7 @@ async fn continue_run(
     yes: bool,
     approve: &[String],
 ) -> Result<i32> {
-    let state = status::load(&g.state_dir, id).map_err(|e| Error::invalid(format!("{e:#}")))?;
+    let state = status::load(&g.state_dir, id).map_err(load_error)?;
     let m = &state.meta;
     let target = load_target(m.target.as_deref())?;
     let mut path = m.playbook.clone();
@@ -422,6 +433,16 @@ async fn continue_run(
     conclude(&fan, r)
 }
 
+/// A run that cannot be loaded: nothing runs (exit 2); a corrupt one says how to inspect it.
+fn load_error(e: status::LoadError) -> Error {
+    match &e {
+        status::LoadError::Corrupt { path, .. } => {
+            Error::invalid_with_hint(format!("{e}"), status::LoadError::inspect_hint(path))
+        }
+        _ => Error::invalid(format!("{e:#}")),
+    }
+}
+
 fn show_status(g: &Global, run_id: Option<&str>) -> Result<i32> {
     let ids = match run_id {
         Some(id) => vec![id.to_owned()],
@@ -429,8 +450,14 @@ fn show_status(g: &Global, run_id: Option<&str>) -> Result<i32> {
     };
     let mut runs = vec![];
     for id in ids {
-        let st = status::load(&g.state_dir, &id).map_err(|e| Error::invalid(format!("{e:#}")))?;
-        runs.push(status::summarize(&g.state_dir, &st));
+        match status::load(&g.state_dir, &id) {
+            Ok(st) => runs.push(status::summarize(&g.state_dir, &st)),
+            // A corrupt run is listed as such; it does not hide the others.
+            Err(e) => match status::summarize_corrupt(&g.state_dir, &e) {
+                Some(s) => runs.push(s),
+                None => return Err(load_error(e)),
+            },
+        }
     }
     show(
         g,

@@ -20,7 +20,9 @@ use crate::util::duration::fmt_duration;
 
 impl Run<'_> {
     pub(super) fn rec(&mut self, r: Record, durable: bool) -> Result<(), Error> {
-        self.store.write(&r, durable).map_err(Error::Other)?;
+        self.store
+            .write(&r, durable)
+            .map_err(|e| Error::journal(e, Some(&self.req.run_id)))?;
         self.state.apply(&r);
         Ok(())
     }
@@ -41,7 +43,8 @@ impl Run<'_> {
     }
 
     /// Runs `fut` under the step's timeout (unless the step enforces it itself) and the hard
-    /// stop; dropping `fut` kills any child process group it started.
+    /// stop (unless the step stops itself); dropping `fut` kills any child process group it
+    /// started.
     pub(super) async fn guarded<T>(
         &self,
         i: usize,
@@ -50,6 +53,7 @@ impl Run<'_> {
         let def = &self.req.playbook.steps[i];
         let timeout = def.timeout.filter(|_| !def.spec.owns_timeout());
         let hard = self.e.stop.hard.clone();
+        let owns_stop = def.spec.owns_stop();
         let timed = async {
             match timeout {
                 Some(t) => tokio::time::timeout(t, fut)
@@ -58,6 +62,9 @@ impl Run<'_> {
                 None => fut.await,
             }
         };
+        if owns_stop {
+            return timed.await;
+        }
         tokio::select! {
             r = timed => r,
             _ = hard.cancelled() => Err(Interrupted.into()),
@@ -151,6 +158,11 @@ impl Run<'_> {
                         run_id: self.req.run_id.clone(),
                     });
                 }
+                // A checkpoint that could not be written: the journal cannot record a
+                // failure or a rollback either; stop here.
+                Err(e) if journal_failed(&e).is_some() => {
+                    return Err(Error::journal(e, Some(&self.req.run_id)));
+                }
                 Err(e) => return self.fail(i, t0, e).await,
             }
         }
@@ -176,7 +188,10 @@ impl Run<'_> {
         // them now, against the world as the earlier steps left it.
         if resumed || !self.checked_upfront || self.recheck.contains(&def.id) {
             let cx = self.step_cx(i);
-            let checks = run_checks(&cx, &def.spec).await;
+            // The second signal stops a check at once (the first waits for the boundary).
+            let Some(checks) = run_checks(&cx, &def.spec, &self.e.stop.hard).await else {
+                return Err(Interrupted.into());
+            };
             let failed: Vec<String> = checks
                 .iter()
                 .filter(|c| c.status == CheckStatus::Fail)
@@ -286,4 +301,9 @@ impl Run<'_> {
         self.rollback_all(&e.to_string()).await?;
         Err(e)
     }
+}
+
+/// The journal write failure inside a step's error (a checkpoint that could not be saved).
+pub(super) fn journal_failed(e: &anyhow::Error) -> Option<&super::journal::WriteFailed> {
+    e.downcast_ref::<super::journal::WriteFailed>()
 }

@@ -7,7 +7,9 @@
 //!   effect: before a step's apply or undo starts, for checkpoints, and at the end. A record
 //!   written before a synced one is durable with it (same file, sequential writes).
 //! - The file is preallocated in chunks so that a sync does not also have to flush a size
-//!   change; readers stop at the first NUL byte. A torn last line is ignored.
+//!   change; readers stop where the trailing zeros of the preallocation begin. A torn last
+//!   line (no newline after it) is ignored; anything else that does not parse, a NUL byte
+//!   before the end of the data included, is corruption: `read` fails with [`Corrupt`].
 //! - A new run directory is fsynced once its journal and playbook copy exist, and so is its
 //!   parent (`runs/`), so that a power loss cannot keep a synced journal under a lost name.
 
@@ -24,6 +26,22 @@ use super::records::Record;
 
 pub const FORMAT_VERSION: u32 = 1;
 const CHUNK: u64 = 64 * 1024;
+/// Room kept preallocated after each durable record (they precede effects), so that the
+/// records that follow an effect (`step_done`, child records) never meet a full disk: when
+/// it cannot be had, ferry stops before the effect rather than after it.
+const RESERVE: u64 = 16 * 1024;
+
+/// The journal could not be written, preallocated or synced (no space left on device, an
+/// I/O error). Every record before the failing one is intact; the failing one was not
+/// written (preallocation happens first) or is a torn last line.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {}: {source}", path.display())]
+pub struct WriteFailed {
+    pub what: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
 
 #[derive(Serialize, Deserialize)]
 struct Line {
@@ -47,15 +65,27 @@ impl Journal {
             .create_new(true)
             .mode(0o600)
             .open(path)
-            .with_context(|| format!("creating {}", path.display()))?;
+            .map_err(|source| WriteFailed {
+                what: "creating",
+                path: path.into(),
+                source,
+            })?;
         let mut j = Journal {
             file,
             path: path.into(),
             offset: 0,
             allocated: 0,
         };
-        j.grow(0)?;
+        j.grow(RESERVE)?;
         Ok(j)
+    }
+
+    fn failed(&self, what: &'static str, source: std::io::Error) -> WriteFailed {
+        WriteFailed {
+            what,
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// Opens an existing journal for appending after its last complete record; a torn tail
@@ -68,14 +98,20 @@ impl Journal {
             .with_context(|| format!("opening {}", path.display()))?;
         let mut bytes = vec![];
         file.read_to_end(&mut bytes)?;
-        let data_end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+        let data_end = data_end(&bytes);
         let valid = bytes[..data_end]
             .iter()
             .rposition(|b| *b == b'\n')
             .map_or(0, |i| i + 1);
         if data_end > valid {
-            file.write_all_at(&vec![0u8; data_end - valid], valid as u64)?;
-            file.sync_data()?;
+            let failed = |source| WriteFailed {
+                what: "writing",
+                path: path.into(),
+                source,
+            };
+            file.write_all_at(&vec![0u8; data_end - valid], valid as u64)
+                .map_err(failed)?;
+            file.sync_data().map_err(failed)?;
         }
         Ok(Journal {
             file,
@@ -85,14 +121,25 @@ impl Journal {
         })
     }
 
-    fn grow(&mut self, need: u64) -> anyhow::Result<()> {
+    /// Preallocates (really: blocks reserved, not a sparse size) until `need` more bytes fit.
+    fn grow(&mut self, need: u64) -> Result<(), WriteFailed> {
         while self.offset + need > self.allocated {
             let new = self.allocated + CHUNK;
             // SAFETY: valid fd; posix_fallocate only extends the file with zeros.
             let rc = unsafe { libc::posix_fallocate(self.file.as_raw_fd(), 0, new as libc::off_t) };
-            if rc != 0 {
-                // Filesystems without fallocate: appending still works, only syncs cost more.
-                self.file.set_len(new)?;
+            match rc {
+                0 => {}
+                // A file system that cannot preallocate at all (glibc emulates it where it
+                // can): appending still works, only syncs cost more, and a full disk shows
+                // on the write itself.
+                libc::EOPNOTSUPP | libc::ENOSYS => self
+                    .file
+                    .set_len(new)
+                    .map_err(|e| self.failed("preallocating", e))?,
+                // No space (or another error): say so, never mask it with a sparse size.
+                rc => {
+                    return Err(self.failed("preallocating", std::io::Error::from_raw_os_error(rc)));
+                }
             }
             self.allocated = new;
         }
@@ -101,6 +148,11 @@ impl Journal {
 
     /// Writes a record (survives a kill of ferry, not yet a power loss).
     pub fn append(&mut self, rec: &Record) -> anyhow::Result<()> {
+        self.append_reserving(rec, 0)
+    }
+
+    /// Writes a record once `reserve` more bytes are preallocated after it.
+    fn append_reserving(&mut self, rec: &Record, reserve: u64) -> anyhow::Result<()> {
         // `{"v":1,` + the record's own object without its `{`: the same line `Line` reads,
         // without serde's flatten (a map per record) on the hot path.
         let body = serde_json::to_vec(rec)?;
@@ -108,24 +160,30 @@ impl Journal {
         line.extend_from_slice(format!("{{\"v\":{FORMAT_VERSION},").as_bytes());
         line.extend_from_slice(body.get(1..).unwrap_or_default());
         line.push(b'\n');
-        self.grow(line.len() as u64)?;
+        self.grow(line.len() as u64 + reserve)?;
         self.file
             .write_all_at(&line, self.offset)
-            .with_context(|| format!("writing {}", self.path.display()))?;
+            .map_err(|e| self.failed("writing", e))?;
         self.offset += line.len() as u64;
         Ok(())
     }
 
-    /// Writes a record and makes it, and everything before it, durable.
+    /// Writes a record and makes it, and everything before it, durable. An effect follows a
+    /// durable record, so room for the records after it is preallocated first ([`RESERVE`]);
+    /// the last record of a run needs none.
     pub fn append_durable(&mut self, rec: &Record) -> anyhow::Result<()> {
-        self.append(rec)?;
+        let reserve = match rec {
+            Record::RunFinished { .. } => 0,
+            _ => RESERVE,
+        };
+        self.append_reserving(rec, reserve)?;
         self.sync()
     }
 
     pub fn sync(&mut self) -> anyhow::Result<()> {
         self.file
             .sync_data()
-            .with_context(|| format!("syncing {}", self.path.display()))
+            .map_err(|e| self.failed("syncing", e).into())
     }
 }
 
@@ -137,15 +195,44 @@ pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("syncing directory {}", dir.display()))
 }
 
+/// Where the data ends: the preallocation's zeros follow it. A NUL byte before that point is
+/// not the end of the data but corruption, which the line parser then reports.
+fn data_end(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1)
+}
+
+/// A journal that cannot be trusted: a line other than a torn last one does not parse (or
+/// holds a NUL byte). The records before it are in `valid`; the run must not be resumed or
+/// rolled back from them, since what followed is unknown.
+#[derive(Debug, thiserror::Error)]
+#[error("{} is corrupt at line {line}: {reason}", path.display())]
+pub struct Corrupt {
+    pub path: PathBuf,
+    pub line: usize,
+    pub reason: String,
+    pub valid: Vec<Record>,
+}
+
 /// Reads every complete record. A line that does not parse is tolerated only as the last
-/// one (a torn write); anywhere else the journal is corrupt and that is an error.
+/// one without its newline (a torn write); anywhere else the journal is corrupt and that is
+/// a [`Corrupt`] error (downcast it to tell it from an I/O error).
 pub fn read(path: &Path) -> anyhow::Result<Vec<Record>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let data_end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
-    let text = String::from_utf8_lossy(&bytes[..data_end]);
+    let end = data_end(&bytes);
+    let text = String::from_utf8_lossy(&bytes[..end]);
     let lines: Vec<&str> = text.split('\n').collect();
     let mut out = vec![];
     for (i, l) in lines.iter().enumerate() {
+        let torn = i == lines.len() - 1;
+        let corrupt = |reason: String, valid: Vec<Record>| Corrupt {
+            path: path.into(),
+            line: i + 1,
+            reason,
+            valid,
+        };
+        if l.contains('\0') && !torn {
+            return Err(corrupt("a NUL byte inside the line".into(), out).into());
+        }
         if l.trim().is_empty() {
             continue;
         }
@@ -157,8 +244,8 @@ pub fn read(path: &Path) -> anyhow::Result<Vec<Record>> {
                 line.v
             ),
             // Not terminated by a newline: torn by a crash mid-write.
-            Err(_) if i == lines.len() - 1 => {}
-            Err(e) => bail!("{} is corrupt at line {}: {e}", path.display(), i + 1),
+            Err(_) if torn => {}
+            Err(e) => return Err(corrupt(e.to_string(), out).into()),
         }
     }
     Ok(out)
@@ -198,5 +285,24 @@ mod tests {
                 .to_string()
                 .contains("corrupt at line 2")
         );
+    }
+
+    #[test]
+    fn a_nul_byte_in_the_middle_is_corruption_not_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.jsonl");
+        let mut j = Journal::create(&p).unwrap();
+        for s in ["a", "b", "c"] {
+            j.append(&Record::StepDone { step: s.into() }).unwrap();
+        }
+        drop(j);
+        let mut bytes = std::fs::read(&p).unwrap();
+        let second = bytes.iter().position(|b| *b == b'\n').unwrap() + 5;
+        bytes.insert(second, 0);
+        std::fs::write(&p, &bytes).unwrap();
+        let e = read(&p).unwrap_err();
+        let c = e.downcast_ref::<Corrupt>().expect("a Corrupt error");
+        assert_eq!(c.line, 2);
+        assert_eq!(c.valid.len(), 1);
     }
 }

@@ -6,11 +6,14 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::report::views::unlock::{DatabaseUnlock, StateDirUnlock};
+use crate::steps::Cancel;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Owner {
@@ -120,17 +123,64 @@ pub fn unlock(state_dir: &Path) -> Result<StateDirUnlock, Error> {
 /// The advisory-lock key ferry holds in the target's `fhir` database ("ferry" in ASCII).
 const PG_LOCK_KEY: i64 = 0x66_65_72_72_79;
 
+/// How often the lock's session is checked (and kept from looking idle).
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// A heartbeat that gets no answer this long means the lock can no longer be trusted.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Held for the length of a run when the target has a `[postgres.fhir]`: two operators on
 /// two machines (two state dirs) cannot run against the same deployment at once. The lock is
 /// a session-level advisory lock, so it dies with ferry's connection; the session's
 /// `application_name` names the owner for whoever is refused.
+///
+/// The session is kept alive (TCP keepalives, `idle_session_timeout` and
+/// `idle_in_transaction_session_timeout` off for it, a heartbeat query every [`HEARTBEAT`]
+/// that also checks the lock is still granted). When the session ends or a heartbeat fails,
+/// the lock is lost: [`PgLock::lost`] says why and `on_lost` (the engine's soft stop) is
+/// cancelled, so the run stops at its next checkpoint or step boundary.
 pub struct PgLock {
-    _client: tokio_postgres::Client,
+    _client: Arc<tokio_postgres::Client>,
+    lost: Arc<Mutex<Option<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl PgLock {
+    /// Why the lock was lost, once it was.
+    pub fn lost(&self) -> Option<String> {
+        self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for PgLock {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The host as it appears in the lock session's `application_name`: at most 24 characters
+/// of it and a hash of the whole name, so that a name cut short still identifies its host.
+pub fn host_tag(host: &str) -> String {
+    use sha2::Digest;
+    let short: String = host.chars().take(24).collect();
+    let hash = hex::encode(sha2::Sha256::digest(host.as_bytes()));
+    format!("{short}#{}", &hash[..8])
+}
+
+/// `s` cut to at most `max` bytes on a character boundary.
+fn truncate_bytes(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 pub async fn acquire_pg(
     target: &crate::target::Target,
     owner: &Owner,
+    on_lost: Cancel,
 ) -> Result<Option<PgLock>, Error> {
     let Ok(pg) = target.postgres("fhir") else {
         return Ok(None);
@@ -138,17 +188,26 @@ pub async fn acquire_pg(
     let pw = target
         .secret(&pg.password_env, &pg.password_file)
         .map_err(|e| Error::Precondition(format!("database lock: {e}")))?;
-    let client = crate::infra::postgres::connect(&pg.url, pw.as_deref())
-        .await
-        .map_err(|e| {
-            Error::Precondition(format!(
-                "cannot take the run lock in the fhir database: {e:#}"
-            ))
-        })?;
-    // Parsed back by `unlock_pg`: "ferry pid PID on HOST: COMMAND run RUN_ID".
+    let (client, conn) = crate::infra::postgres::connect_with(&pg.url, pw.as_deref(), |c| {
+        c.keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3);
+    })
+    .await
+    .map_err(|e| {
+        Error::Precondition(format!(
+            "cannot take the run lock in the fhir database: {e:#}"
+        ))
+    })?;
+    // Parsed back by `unlock_pg`: "ferry pid PID on HOSTTAG: COMMAND run RUN_ID", cut to the
+    // server's 63 bytes (the pid and the host tag always fit; see `host_tag`).
     let me = format!(
         "ferry pid {} on {}: {} run {}",
-        owner.pid, owner.host, owner.command, owner.run_id
+        owner.pid,
+        host_tag(&owner.host),
+        owner.command,
+        owner.run_id
     );
     let q = |e: tokio_postgres::Error| {
         Error::Other(anyhow::anyhow!(
@@ -156,20 +215,78 @@ pub async fn acquire_pg(
             crate::infra::postgres::describe(&e)
         ))
     };
-    // application_name is capped at 63 bytes by the server; keep the useful end.
-    let name: String = me.chars().take(63).collect();
+    let name = truncate_bytes(&me, 63);
     client
         .execute("SELECT set_config('application_name', $1, false)", &[&name])
         .await
         .map_err(q)?;
+    // The server must not end this session for being idle: that would free the lock.
+    // idle_session_timeout exists from PostgreSQL 14; an older server has none to turn off.
+    client
+        .batch_execute("SET idle_in_transaction_session_timeout = 0")
+        .await
+        .map_err(q)?;
+    let _ = client.batch_execute("SET idle_session_timeout = 0").await;
     let got: bool = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&PG_LOCK_KEY])
         .await
         .map_err(q)?
         .get(0);
     if got {
-        return Ok(Some(PgLock { _client: client }));
+        let client = Arc::new(client);
+        let lost = Arc::new(Mutex::new(None::<String>));
+        let mark = {
+            let lost = lost.clone();
+            move |why: String| {
+                let mut l = lost.lock().unwrap_or_else(|e| e.into_inner());
+                if l.is_none() {
+                    *l = Some(why);
+                }
+                drop(l);
+                on_lost.cancel();
+            }
+        };
+        let watch_conn = {
+            let mark = mark.clone();
+            tokio::spawn(async move {
+                let why = conn.await.unwrap_or_else(|e| e.to_string());
+                mark(format!("its session ended ({why})"));
+            })
+        };
+        let heartbeat = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(HEARTBEAT).await;
+                    let r = tokio::time::timeout(
+                        HEARTBEAT_TIMEOUT,
+                        client.query_one(HELD, &[&PG_LOCK_KEY]),
+                    )
+                    .await;
+                    let why = match r {
+                        Ok(Ok(row)) if row.get::<_, bool>(0) => continue,
+                        Ok(Ok(_)) => "its session no longer holds it".to_owned(),
+                        Ok(Err(e)) => format!(
+                            "its session failed ({})",
+                            crate::infra::postgres::describe(&e)
+                        ),
+                        Err(_) => format!(
+                            "its session did not answer within {}s",
+                            HEARTBEAT_TIMEOUT.as_secs()
+                        ),
+                    };
+                    mark(why);
+                    return;
+                }
+            })
+        };
+        return Ok(Some(PgLock {
+            _client: client,
+            lost,
+            tasks: vec![watch_conn, heartbeat],
+        }));
     }
+
     let holder = pg_holder(&client).await?;
     Err(Error::Locked(format!(
         "the deployment's fhir database is locked by {}",
@@ -179,6 +296,10 @@ pub async fn acquire_pg(
         )
     )))
 }
+
+/// True while this session holds ferry's advisory lock.
+const HELD: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
+     AND pid = pg_backend_pid() AND ((classid::bigint << 32) | objid::bigint) = $1)";
 
 /// (backend pid, application_name, client address) of the session holding ferry's lock.
 async fn pg_holder(
@@ -223,7 +344,15 @@ pub async fn unlock_pg(
         ),
         _ => (None, String::new()),
     };
-    let here = host == super::hostname();
+    // The host tag carries a hash of the whole host name, so a long name cut short by the
+    // server's 63 bytes is still recognised (and never taken for another host).
+    // A name without a tag (an older ferry) is trusted only when it was not cut short.
+    let me = super::hostname();
+    let here = if host.contains('#') {
+        host == host_tag(&me)
+    } else {
+        host == me && name.len() < 63
+    };
     let dead_here = here && pid.is_some_and(|p| !crate::infra::process::pid_alive(p));
     if !(dead_here || force && !here) {
         let why = if here {
@@ -250,4 +379,24 @@ pub async fn unlock_pg(
         backend,
         terminated: ended,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_tag_survives_the_63_byte_cut_and_tells_long_hosts_apart() {
+        let a = "ferry-test-a-rather-long-host-name-for-lock-owner.example.int";
+        let b = "ferry-test-a-rather-long-host-name-for-lock-owner.example.org";
+        assert_ne!(host_tag(a), host_tag(b));
+        let name = format!(
+            "ferry pid 4194304 on {}: run --dry-run run 20261201-205503.123-abcd",
+            host_tag(a)
+        );
+        let cut = truncate_bytes(&name, 63);
+        let words: Vec<&str> = cut.split_whitespace().collect();
+        assert_eq!(words[4].trim_end_matches(':'), host_tag(a));
+        assert_eq!(truncate_bytes("héllo", 2), "h");
+    }
 }

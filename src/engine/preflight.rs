@@ -8,14 +8,23 @@ use std::time::Instant;
 use super::runner::{Engine, RunRequest};
 use crate::error::Error;
 use crate::report::{CheckStatus, Event, Mode, Phase, RunOutcome, StepStatus};
-use crate::steps::{Check, Step, StepCx};
+use crate::steps::{Cancel, Check, Step, StepCx};
 
 impl Engine {
     /// Every step's `check`, for real; nothing applied, nothing journaled, no lock taken.
     pub async fn dry_run(&self, req: RunRequest) -> Result<(), Error> {
         let started = Instant::now();
         self.started(&req, Mode::DryRun);
-        let (failed, _) = self.preflight(&req, true).await;
+        let (failed, _) = match self.preflight(&req, true).await {
+            Some(r) => r,
+            None => {
+                let r = Err(Error::StoppedInChecks {
+                    run_id: req.run_id.clone(),
+                });
+                self.finished(&req.run_id, started, &r, RunOutcome::ChecksPassed);
+                return r;
+            }
+        };
         let r = if failed.is_empty() {
             Ok(())
         } else {
@@ -30,17 +39,22 @@ impl Engine {
     }
 
     /// Runs every step's checks in order, reporting each; returns failed step ids and the
-    /// ids whose checks were deferred.
+    /// ids whose checks were deferred, or None when a signal stopped it (the first one
+    /// cancels the running check: checks change nothing, so nothing is lost; dropping it
+    /// kills its process group).
     pub(super) async fn preflight(
         &self,
         req: &RunRequest,
         dry_run: bool,
-    ) -> (Vec<String>, HashSet<String>) {
+    ) -> Option<(Vec<String>, HashSet<String>)> {
         let mut failed = vec![];
         let mut deferred = HashSet::new();
         let total = req.playbook.steps.len();
         let mut changes_before = false;
         for (i, step) in req.playbook.steps.iter().enumerate() {
+            if self.stop.soft.is_cancelled() {
+                return None;
+            }
             let mut cx = self.cx(req, step, None, None, None);
             cx.dry_run = dry_run;
             cx.preflight = true;
@@ -61,7 +75,17 @@ impl Engine {
                     phase: Phase::Check,
                 });
             }
-            let checks = run_checks(&cx, &step.spec).await;
+            let Some(checks) = run_checks(&cx, &step.spec, &self.stop.soft).await else {
+                if dry_run {
+                    self.sink.emit(Event::StepFinished {
+                        step: step.id.clone(),
+                        status: StepStatus::Interrupted,
+                        elapsed_ms: t0.elapsed().as_millis() as u64,
+                        error: None,
+                    });
+                }
+                return None;
+            };
             let bad = checks.iter().any(|c| c.status == CheckStatus::Fail);
             if checks.iter().any(|c| c.status == CheckStatus::Deferred) {
                 deferred.insert(step.id.clone());
@@ -90,14 +114,21 @@ impl Engine {
                 });
             }
         }
-        (failed, deferred)
+        if self.stop.soft.is_cancelled() {
+            return None;
+        }
+        Some((failed, deferred))
     }
 }
 
 /// Checks never abort a run by erroring: an error is a failed check with its message.
-pub(super) async fn run_checks(cx: &StepCx, step: &impl Step) -> Vec<Check> {
-    match step.check(cx).await {
-        Ok(c) => c,
-        Err(e) => vec![Check::fail("check", format!("{e:#}"))],
+/// None: `stop` fired first and the checks were dropped (their process groups killed).
+pub(super) async fn run_checks(cx: &StepCx, step: &impl Step, stop: &Cancel) -> Option<Vec<Check>> {
+    tokio::select! {
+        r = step.check(cx) => Some(match r {
+            Ok(c) => c,
+            Err(e) => vec![Check::fail("check", format!("{e:#}"))],
+        }),
+        _ = stop.cancelled() => None,
     }
 }

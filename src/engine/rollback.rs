@@ -126,6 +126,9 @@ impl Run<'_> {
                     run_id: self.req.run_id.clone(),
                 })
             }
+            Err(e) if super::forward::journal_failed(&e).is_some() => {
+                Err(Error::journal(e, Some(&self.req.run_id)))
+            }
             Err(e) => {
                 let msg = crate::report::redact::redact(&format!("{e:#}")).into_owned();
                 self.rec(

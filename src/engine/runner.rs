@@ -72,7 +72,7 @@ impl Engine {
         let owner = self.owner(run_id);
         let local = StateLock::acquire(&self.state_dir, &owner)?;
         let remote = match &req.target {
-            Some(t) => acquire_pg(t, &owner).await?,
+            Some(t) => acquire_pg(t, &owner, self.stop.soft.clone()).await?,
             None => None,
         };
         Ok((local, remote))
@@ -103,6 +103,7 @@ impl Engine {
         )
         .with_checkpoint(cp);
         cx.timeout = step.timeout;
+        cx.hard = self.stop.hard.clone();
         cx.state_dir = self.state_dir.clone();
         if let Some(w) = workdir {
             cx.workdir = w.clone();
@@ -166,7 +167,18 @@ impl Engine {
             Ok(l) => l,
             Err(e) => return self.ended_early(&run_id, started, e),
         };
-        let (failed, deferred) = self.preflight(&req, false).await;
+        // Stopped in preflight: nothing ran, so no journal is written (nothing to resume).
+        let Some((failed, deferred)) = self.preflight(&req, false).await else {
+            let e = Error::StoppedInChecks {
+                run_id: run_id.clone(),
+            };
+            let e = lock_lost(Err(e), &lock, &run_id)
+                .err()
+                .unwrap_or(Error::StoppedInChecks {
+                    run_id: run_id.clone(),
+                });
+            return self.ended_early(&run_id, started, e);
+        };
         if !failed.is_empty() {
             let why = format!(
                 "precondition failed for {}; nothing was changed",
@@ -191,7 +203,24 @@ impl Engine {
             super::journal::sync_dir(dir.parent().unwrap_or(&dir))?;
             Ok(j)
         };
-        let journal = mk().map_err(Error::Other)?;
+        // A journal that cannot be started leaves nothing behind: nothing ran.
+        let abandon = |e: anyhow::Error| {
+            let _ = std::fs::remove_dir_all(&dir);
+            match Error::journal(e, None) {
+                Error::Other(e) => Error::JournalWrite {
+                    message: format!(
+                        "cannot start the run in {}: {e:#}; nothing ran",
+                        dir.display()
+                    ),
+                    run_id: None,
+                },
+                e => e,
+            }
+        };
+        let journal = match mk() {
+            Ok(j) => j,
+            Err(e) => return self.ended_early(&run_id, started, abandon(e)),
+        };
         let meta = RunMeta {
             run_id: run_id.clone(),
             playbook_name: req.playbook.name.clone(),
@@ -223,7 +252,9 @@ impl Engine {
         let state = RunState::fold(std::slice::from_ref(&first))
             .ok_or_else(|| Error::Other(anyhow!("bad run record")))?;
         let store = JournalStore::new(journal);
-        store.write(&first, true).map_err(Error::Other)?;
+        if let Err(e) = store.write(&first, true) {
+            return self.ended_early(&run_id, started, abandon(e));
+        }
         let mut run = Run {
             e: self,
             req,
@@ -232,7 +263,7 @@ impl Engine {
             recheck: deferred,
             checked_upfront: true,
         };
-        let r = run.forward().await;
+        let r = lock_lost(run.forward().await, &lock, &run_id);
         self.finished(&run_id, started, &r, RunOutcome::Done);
         drop(lock);
         r
@@ -283,7 +314,10 @@ impl Engine {
         let path = super::runs_dir(&self.state_dir)
             .join(&run_id)
             .join("journal.jsonl");
-        let journal = Journal::open(&path).map_err(Error::Other)?;
+        let journal = match Journal::open(&path) {
+            Ok(j) => j,
+            Err(e) => return self.ended_early(&run_id, started, Error::journal(e, Some(&run_id))),
+        };
         let store = JournalStore::new(journal);
         let state = align(state, &req.playbook);
         let mut run = Run {
@@ -342,6 +376,7 @@ impl Engine {
             }
             (Phase::Forward, false) => run.forward().await,
         };
+        let r = lock_lost(r, &lock, &run_id);
         let ok = if undo {
             RunOutcome::RolledBack
         } else {
@@ -356,6 +391,28 @@ impl Engine {
 /// The journaled reason of a rollback asked for with `ferry rollback` (any other reason is
 /// the failure of a step).
 const REQUESTED_ROLLBACK: &str = "requested with `ferry rollback`";
+
+/// A run stopped because the database lock was lost (the lock's watcher asked for the
+/// stop) says so, rather than that a signal interrupted it.
+fn lock_lost(
+    r: Result<(), Error>,
+    lock: &(StateLock, Option<PgLock>),
+    run_id: &str,
+) -> Result<(), Error> {
+    match (r, lock.1.as_ref().and_then(PgLock::lost)) {
+        (Err(Error::Interrupted { .. }), Some(why)) => Err(Error::LockLost {
+            run_id: run_id.into(),
+            why,
+            resumable: true,
+        }),
+        (Err(Error::StoppedInChecks { .. }), Some(why)) => Err(Error::LockLost {
+            run_id: run_id.into(),
+            why,
+            resumable: false,
+        }),
+        (r, _) => r,
+    }
+}
 
 /// Whether `resume` can continue a run; the error says what it was and what to run instead.
 fn resumable(state: &RunState, run_id: &str) -> Result<(), Error> {

@@ -103,6 +103,9 @@ pub struct StepCx {
     pub approvals: Arc<Approvals>,
     pub prompter: Arc<dyn Prompter>,
     pub cancel: Cancel,
+    /// The second signal: stop the current step now. Steps that own it (`owns_stop`) must
+    /// end their effect themselves (e.g. cancel a running SQL statement on the server).
+    pub hard: Cancel,
     pub sink: Arc<dyn Sink>,
     pub store: Arc<dyn CheckpointStore>,
     checkpoint: Mutex<Option<serde_json::Value>>,
@@ -136,6 +139,7 @@ impl StepCx {
             approvals,
             prompter,
             cancel,
+            hard: Cancel::default(),
             sink,
             store,
             checkpoint: Mutex::new(None),

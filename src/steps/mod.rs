@@ -89,6 +89,11 @@ pub trait Step {
     fn owns_timeout(&self) -> bool {
         false
     }
+    /// True when the step stops itself on the hard stop (`cx.hard`) instead of being
+    /// dropped by the engine (a dropped SQL future leaves its statement running).
+    fn owns_stop(&self) -> bool {
+        false
+    }
 }
 
 /// The one list of step kinds: `"name" => Variant(module::Type)`. Each module has `KEYS`
@@ -235,6 +240,9 @@ impl Step for StepSpec {
     }
     fn owns_timeout(&self) -> bool {
         dispatch!(self, s => s.owns_timeout())
+    }
+    fn owns_stop(&self) -> bool {
+        dispatch!(self, s => s.owns_stop())
     }
 }
 

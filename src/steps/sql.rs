@@ -8,7 +8,7 @@ use serde::Deserialize;
 use tokio_postgres::Client;
 
 use super::exec::one_line;
-use super::{Check, Reversibility, Step, StepCx};
+use super::{Check, Interrupted, Reversibility, Step, StepCx};
 use crate::infra::postgres;
 
 pub const KEYS: &[&str] = &[
@@ -39,30 +39,75 @@ fn yes() -> bool {
 }
 
 impl Sql {
+    /// A session for this step; with a step `timeout`, its `statement_timeout` is set just
+    /// above it (the server's own stop, should the cancel in `postgres::cancellable` not get through).
     async fn connect(&self, cx: &StepCx) -> anyhow::Result<Client> {
-        cx.postgres(&self.database).await
+        let client = cx.postgres(&self.database).await?;
+        if let Some(t) = cx.timeout {
+            postgres::set_statement_timeout(&client, t).await?;
+        }
+        Ok(client)
+    }
+
+    /// After a read-only query under `postgres::cancellable`: a stopped one has its
+    /// transaction rolled back on the server; the hard stop is `Interrupted`.
+    async fn stopped<T>(client: &Client, r: anyhow::Result<T>) -> anyhow::Result<T> {
+        let stopped = r
+            .as_ref()
+            .err()
+            .and_then(|e| e.downcast_ref::<postgres::StoppedError>())
+            .map(|s| (s.why, s.gone));
+        if stopped.is_some() {
+            postgres::rollback(client).await;
+        }
+        if stopped == Some((postgres::Stopped::Stop, true)) {
+            return Err(Interrupted.into());
+        }
+        r
     }
 
     async fn exec(&self, cx: &StepCx, sql: &str, what: &str) -> anyhow::Result<()> {
         let mut client = self.connect(cx).await?;
-        let r = if self.transaction {
-            let tx = client
-                .transaction()
-                .await
-                .map_err(|e| anyhow!(postgres::describe(&e)))?;
-            tx.batch_execute(sql)
-                .await
-                .map_err(|e| anyhow!(postgres::describe(&e)))?;
-            tx.commit()
-                .await
-                .map_err(|e| anyhow!(postgres::describe(&e)))
-        } else {
-            client
-                .batch_execute(sql)
-                .await
-                .map_err(|e| anyhow!(postgres::describe(&e)))
+        let token = client.cancel_token();
+        let transaction = self.transaction;
+        let work = async {
+            if transaction {
+                let tx = client
+                    .transaction()
+                    .await
+                    .map_err(|e| anyhow!(postgres::describe(&e)))?;
+                tx.batch_execute(sql)
+                    .await
+                    .map_err(|e| anyhow!(postgres::describe(&e)))?;
+                tx.commit()
+                    .await
+                    .map_err(|e| anyhow!(postgres::describe(&e)))
+            } else {
+                client
+                    .batch_execute(sql)
+                    .await
+                    .map_err(|e| anyhow!(postgres::describe(&e)))
+            }
         };
-        r.with_context(|| format!("{what} `{}` on {}", one_line(sql), self.database))
+        let r = postgres::cancellable(token, cx.timeout, cx.hard.cancelled(), work).await;
+        let stopped = r
+            .as_ref()
+            .err()
+            .and_then(|e| e.downcast_ref::<postgres::StoppedError>())
+            .map(|s| (s.why, s.gone));
+        if r.is_err() && transaction {
+            // The dropped transaction queued a ROLLBACK; wait until the server ran it, so
+            // that its locks are gone before an undo runs.
+            postgres::rollback(&client).await;
+        }
+        if stopped == Some((postgres::Stopped::Stop, true)) {
+            return Err(Interrupted.into());
+        }
+        let r = r.with_context(|| format!("{what} `{}` on {}", one_line(sql), self.database));
+        if stopped.is_some() && transaction {
+            return r.context("the transaction was rolled back");
+        }
+        r
     }
 }
 
@@ -109,9 +154,15 @@ impl Step for Sql {
             return Ok(false);
         };
         let mut client = self.connect(cx).await?;
-        postgres::query_bool_read_only(&mut client, q)
-            .await
-            .context("done_if")
+        let token = client.cancel_token();
+        let r = postgres::cancellable(
+            token,
+            cx.timeout,
+            cx.hard.cancelled(),
+            postgres::query_bool_read_only(&mut client, q),
+        )
+        .await;
+        Self::stopped(&client, r).await.context("done_if")
     }
 
     async fn apply(&self, cx: &StepCx) -> anyhow::Result<()> {
@@ -121,7 +172,15 @@ impl Step for Sql {
     async fn verify(&self, cx: &StepCx) -> anyhow::Result<()> {
         let Some(q) = &self.verify else { return Ok(()) };
         let mut client = self.connect(cx).await?;
-        match postgres::query_bool_read_only(&mut client, q).await? {
+        let token = client.cancel_token();
+        let r = postgres::cancellable(
+            token,
+            cx.timeout,
+            cx.hard.cancelled(),
+            postgres::query_bool_read_only(&mut client, q),
+        )
+        .await;
+        match Self::stopped(&client, r).await? {
             true => Ok(()),
             false => Err(anyhow!(
                 "verify `{}` is false after the statement",
@@ -135,5 +194,14 @@ impl Step for Sql {
             Some(r) => self.exec(cx, r, "rollback").await,
             None => Ok(()),
         }
+    }
+
+    /// The statement is cancelled on the server, not dropped (see `postgres::cancellable`).
+    fn owns_timeout(&self) -> bool {
+        true
+    }
+
+    fn owns_stop(&self) -> bool {
+        true
     }
 }

@@ -34,7 +34,7 @@ impl Wait {
 
     /// One poll: Ok(true) when the condition holds; Err carries what was seen, for the
     /// timeout message.
-    async fn poll(&self, cx: &StepCx) -> anyhow::Result<bool> {
+    async fn poll(&self, cx: &StepCx, remaining: Duration) -> anyhow::Result<bool> {
         if let Some(url) = &self.http {
             let resp = http::client(Duration::from_secs(10))?
                 .get(url)
@@ -46,8 +46,21 @@ impl Wait {
             bail!("HTTP {}", resp.status());
         }
         if let (Some(q), Some(db)) = (&self.sql, &self.database) {
+            // Cancelled on the server when the time is up (a dropped query keeps running).
             let mut client = cx.postgres(db).await?;
-            return postgres::query_bool_read_only(&mut client, q).await;
+            postgres::set_statement_timeout(&client, remaining).await?;
+            let token = client.cancel_token();
+            let r = postgres::cancellable(
+                token,
+                Some(remaining),
+                cx.hard.cancelled(),
+                postgres::query_bool_read_only(&mut client, q),
+            )
+            .await;
+            if r.is_err() {
+                postgres::rollback(&client).await;
+            }
+            return r;
         }
         Ok(true)
     }
@@ -130,7 +143,15 @@ impl Step for Wait {
         let start = Instant::now();
         let mut last = String::from("no answer yet");
         loop {
-            match tokio::time::timeout(limit.saturating_sub(start.elapsed()), self.poll(cx)).await {
+            let remaining = limit.saturating_sub(start.elapsed());
+            // A query is stopped by `poll` itself (cancelled on the server), given the time
+            // to get the server's answer.
+            let outer = if self.sql.is_some() {
+                remaining + Duration::from_secs(35)
+            } else {
+                remaining
+            };
+            match tokio::time::timeout(outer, self.poll(cx, remaining)).await {
                 Ok(Ok(true)) => return Ok(()),
                 Ok(Ok(false)) => last = "false".into(),
                 Ok(Err(e)) => last = format!("{e:#}"),

@@ -4,6 +4,7 @@ mod changes;
 mod checks;
 mod crash;
 mod docker;
+mod durable;
 mod engine;
 mod hardening;
 mod harness;

@@ -15,6 +15,9 @@ pub enum RunStatus {
     Done,
     RolledBack,
     RollbackIncomplete,
+    /// The journal is corrupt (a bad line before the last), empty or without a run record:
+    /// never resumed nor rolled back; `next` says how to inspect it.
+    Corrupt,
 }
 
 impl RunStatus {
@@ -27,6 +30,7 @@ impl RunStatus {
             RunStatus::Done => "done",
             RunStatus::RolledBack => "rolled_back",
             RunStatus::RollbackIncomplete => "rollback_incomplete",
+            RunStatus::Corrupt => "corrupt",
         }
     }
 }
