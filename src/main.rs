@@ -20,6 +20,8 @@ mod util;
 
 use clap::Parser;
 
+// The last-resort error line (after the reporters are done) is the one print outside report/.
+#[allow(clippy::print_stderr)]
 fn main() {
     let cli = cli::Cli::parse().with_absolute_paths();
     let rt = match tokio::runtime::Builder::new_current_thread()

@@ -96,6 +96,11 @@ impl Drop for StateLock {
 /// `ferry unlock`: clears the owner record when nobody holds the lock; refuses a live owner
 /// (an flock is only ever held by a live process: the kernel drops it when its owner dies).
 pub fn unlock(state_dir: &Path) -> Result<StateDirUnlock, Error> {
+    if !state_dir.join("lock").exists() {
+        // No run ever took the lock here (or no state dir at all): nothing to clear, and
+        // nothing to create for the database lock that `--target` may still have to release.
+        return Ok(StateDirUnlock::NotLocked);
+    }
     let file = open(state_dir).map_err(|e| Error::Other(e.into()))?;
     let owner = read_owner(state_dir);
     match file.try_lock() {

@@ -1,6 +1,7 @@
 //! Human output on stderr: a spinner line per running step with its elapsed time, a bar with
 //! rate and ETA for steps that report `(done, total)`, and a closing summary with hints.
 //! When stderr is not a terminal the same information comes as plain lines.
+#![allow(clippy::print_stderr)] // the human reporter is where progress reaches the terminal
 
 use std::collections::HashMap;
 use std::time::Duration;

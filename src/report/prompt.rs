@@ -1,5 +1,6 @@
 //! Asking a person (approval steps): the `Prompter` the engine hands to steps, and the
 //! terminal's implementation (a question on stderr, a line from stdin).
+#![allow(clippy::print_stderr)] // the question is asked on the terminal
 
 use std::io::{BufRead, IsTerminal, Write};
 

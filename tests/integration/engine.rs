@@ -620,3 +620,18 @@ on_failure = "stop"
         ],
     );
 }
+
+#[test]
+fn unlock_without_a_state_dir_says_nothing_was_locked_and_creates_nothing() {
+    let sb = Sandbox::new();
+    assert!(!sb.state.exists());
+    let out = sb.run(&["unlock"]);
+    out.expect(0);
+    assert_eq!(out.stdout, "the state dir was not locked\n");
+    let json = sb.run(&["unlock", "--format", "json"]);
+    json.expect(0);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["state_dir"]["result"], "not_locked");
+    assert!(v["database"].is_null());
+    assert!(!sb.state.exists(), "unlock creates no state dir");
+}
