@@ -87,7 +87,7 @@ pub enum SandboxCommand {
     Up {
         #[arg(long, default_value = ".sandbox")]
         dir: PathBuf,
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = crate::steps::replicas::count::parse_cli)]
         replicas: u32,
         /// The static HAPI stand-in binary (default: what scripts/build-standin built).
         #[arg(long)]

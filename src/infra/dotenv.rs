@@ -9,15 +9,45 @@ use serde::{Deserialize, Serialize};
 
 /// What an edit replaced, enough to undo it without storing the rest of the file (which may
 /// hold secrets that must never reach the journal).
+///
+/// The undo goes by key and content, not by line number: the line the edit wrote is found
+/// again by its key (the same occurrence of it, counted from the top), checked to still
+/// read what the edit wrote, and replaced by the old line wherever it is now. So a comment
+/// or a line added above it since does not misplace the restore, and a line someone edited
+/// since is refused (naming the key, the line and the file), never overwritten.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Edit {
-    /// (line index, original line without its line ending) for each replaced line.
+    /// (line index when edited, original line without its line ending) per replaced line.
     pub replaced: Vec<(usize, String)>,
+    /// What was written in place of each replaced line, in the same order. Empty in the
+    /// journals of older versions: their undo goes by key and occurrence, unchecked.
+    #[serde(default)]
+    pub written: Vec<Written>,
     /// Keys appended at the end, in order.
     pub appended: Vec<String>,
+    /// The appended lines as written (same order; empty in older journals).
+    #[serde(default)]
+    pub appended_lines: Vec<String>,
     /// Whether the original file ended with a newline (appending may have added one).
     pub had_final_newline: bool,
     pub original_len: usize,
+}
+
+/// A line an edit wrote in place of another.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Written {
+    pub key: String,
+    /// Which line holding `key` it is (0-based, from the top) …
+    pub nth: usize,
+    /// … of how many lines holding `key` (duplicates are all set, as compose reads the last).
+    pub of: usize,
+    /// The line as written, without its line ending.
+    pub line: String,
+}
+
+/// The line `set` writes for `key` = `value`.
+pub fn line_for(key: &str, value: &str) -> String {
+    format!("{key}={}", quote(value))
 }
 
 pub fn key_of(line: &str) -> Option<&str> {
@@ -80,68 +110,154 @@ pub fn plan_set(text: &str, vars: &BTreeMap<String, String>) -> (Edit, Option<St
     let mut lines: Vec<String> = text.split_inclusive('\n').map(str::to_owned).collect();
     let mut edit = Edit {
         replaced: vec![],
+        written: vec![],
         appended: vec![],
+        appended_lines: vec![],
         had_final_newline: text.is_empty() || text.ends_with('\n'),
         original_len: lines.len(),
     };
-    let mut seen = std::collections::BTreeSet::new();
+    let mut total: BTreeMap<String, usize> = BTreeMap::new();
+    for l in &lines {
+        if let Some(k) = key_of(split_ending(l).0) {
+            *total.entry(k.to_owned()).or_default() += 1;
+        }
+    }
+    let mut nth: BTreeMap<String, usize> = BTreeMap::new();
     for (i, line) in lines.iter_mut().enumerate() {
         let (body, ending) = split_ending(line);
         let Some(k) = key_of(body) else { continue };
+        let n = nth.entry(k.to_owned()).or_default();
+        let this = *n;
+        *n += 1;
         if let Some(v) = vars.get(k) {
-            seen.insert(k.to_owned());
-            let new = format!("{k}={}", quote(v));
+            let new = line_for(k, v);
             if body != new {
                 edit.replaced.push((i, body.to_owned()));
+                edit.written.push(Written {
+                    key: k.to_owned(),
+                    nth: this,
+                    of: total[k],
+                    line: new.clone(),
+                });
                 *line = format!("{new}{ending}");
             }
         }
     }
     for (k, v) in vars {
-        if !seen.contains(k) {
+        if !total.contains_key(k) {
             if let Some(last) = lines.last_mut()
                 && !last.ends_with('\n')
             {
                 last.push('\n');
             }
-            lines.push(format!("{k}={}\n", quote(v)));
+            let new = line_for(k, v);
+            lines.push(format!("{new}\n"));
             edit.appended.push(k.clone());
+            edit.appended_lines.push(new);
         }
     }
     let changed = !edit.replaced.is_empty() || !edit.appended.is_empty();
     (edit, changed.then(|| lines.concat()))
 }
 
-/// Undoes `edit`: puts replaced lines back, drops appended ones, restores the final newline.
+/// Undoes `edit` by key and content (see [`Edit`]): each line it wrote goes back to the old
+/// line where it is now, appended lines are dropped, the final newline it added is taken
+/// off. Lines already restored are left (a re-entered undo is a no-op). Refused, changing
+/// nothing, when a line it wrote was edited since or its key now has more or fewer lines.
 pub fn revert(path: &Path, edit: &Edit) -> std::io::Result<()> {
     let text = std::fs::read_to_string(path)?;
+    match plan_revert(&text, edit) {
+        Ok(new) if new != text => write_atomic(path, new.as_bytes()),
+        Ok(_) => Ok(()),
+        Err(why) => Err(std::io::Error::other(format!("{}: {why}", path.display()))),
+    }
+}
+
+/// What `revert` would make of `text`, or why it refuses (no values in the message: they
+/// may be secrets).
+pub fn plan_revert(text: &str, edit: &Edit) -> Result<String, String> {
     let mut lines: Vec<String> = text.split_inclusive('\n').map(str::to_owned).collect();
-    for (i, orig) in &edit.replaced {
-        if let Some(line) = lines.get_mut(*i) {
-            let (_, ending) = split_ending(line);
-            *line = format!("{orig}{ending}");
+    let holding = |lines: &[String], key: &str| -> Vec<usize> {
+        (0..lines.len())
+            .filter(|&i| key_of(split_ending(&lines[i]).0) == Some(key))
+            .collect()
+    };
+    let mut rank: BTreeMap<String, usize> = BTreeMap::new();
+    for (j, (_, orig)) in edit.replaced.iter().enumerate() {
+        // Older journals: the key from the old line, the occurrence among the replaced ones.
+        let legacy;
+        let w = match edit.written.get(j) {
+            Some(w) => w,
+            None => {
+                let key = key_of(orig).unwrap_or_default().to_owned();
+                let r = rank.entry(key.clone()).or_default();
+                legacy = Written {
+                    key,
+                    nth: *r,
+                    of: 0,
+                    line: String::new(),
+                };
+                *r += 1;
+                &legacy
+            }
+        };
+        let checked = !edit.written.is_empty();
+        let at = holding(&lines, &w.key);
+        if checked && at.len() != w.of {
+            return Err(format!(
+                "`{}` is on {} line(s) now, {} when ferry set it: refusing to guess which line to restore; fix the file by hand, then roll back again",
+                w.key,
+                at.len(),
+                w.of
+            ));
         }
+        let Some(&pos) = at.get(w.nth) else {
+            return Err(format!(
+                "the line ferry wrote for `{}` is gone: refusing to restore it; put the old line back by hand, then roll back again",
+                w.key
+            ));
+        };
+        let (body, ending) = split_ending(&lines[pos]);
+        if body == orig {
+            continue; // already restored
+        }
+        if checked && body != w.line {
+            return Err(format!(
+                "line {} (`{}`) was edited since ferry wrote it: refusing to overwrite that edit; restore the old line by hand (or undo the edit), then roll back again",
+                pos + 1,
+                w.key
+            ));
+        }
+        let ending = ending.to_owned();
+        lines[pos] = format!("{orig}{ending}");
     }
-    for k in &edit.appended {
-        if let Some(pos) = lines
-            .iter()
-            .rposition(|l| key_of(split_ending(l).0) == Some(k.as_str()))
+    let mut removed = false;
+    let mut all_at_end = true;
+    for (j, k) in edit.appended.iter().enumerate().rev() {
+        let Some(&pos) = holding(&lines, k).last() else {
+            continue; // already removed
+        };
+        if let Some(l) = edit.appended_lines.get(j)
+            && split_ending(&lines[pos]).0 != l
         {
-            lines.remove(pos);
+            return Err(format!(
+                "line {} (`{k}`, appended by ferry) was edited since ferry wrote it: refusing to remove it; remove or restore it by hand, then roll back again",
+                pos + 1
+            ));
         }
+        all_at_end &= pos + 1 == lines.len();
+        lines.remove(pos);
+        removed = true;
     }
-    if !edit.had_final_newline
-        && lines.len() == edit.original_len
+    if removed
+        && all_at_end
+        && !edit.had_final_newline
         && let Some(last) = lines.last_mut()
         && last.ends_with('\n')
     {
         last.pop();
     }
-    let new = lines.concat();
-    if new != text {
-        write_atomic(path, new.as_bytes())?;
-    }
-    Ok(())
+    Ok(lines.concat())
 }
 
 fn split_ending(line: &str) -> (&str, &str) {
@@ -239,6 +355,122 @@ mod tests {
         std::fs::write(&p, "A=1\n").unwrap();
         let e = set(&p, &BTreeMap::from([("A".to_owned(), "1".to_owned())])).unwrap();
         assert!(e.replaced.is_empty() && e.appended.is_empty());
+    }
+
+    fn vars(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    const ENV: &str = "COMPOSE_PROJECT_NAME=bd-fhir-national\nHAPI_IMAGE=reg/hapi:1.0.0\nHAPI_IG_VERSION=0.2.1\nHAPI_IG_PACKAGE=bd.gov.dghs.core-0.2.1.tgz\n";
+
+    fn upgrade() -> (Edit, String) {
+        let (edit, new) = plan_set(
+            ENV,
+            &vars(&[
+                ("HAPI_IG_VERSION", "0.2.2"),
+                ("HAPI_IG_PACKAGE", "bd.gov.dghs.core-0.2.2.tgz"),
+                ("HAPI_NEW_FLAG", "on"),
+            ]),
+        );
+        (edit, new.unwrap())
+    }
+
+    #[test]
+    fn a_comment_inserted_above_does_not_misplace_the_restore() {
+        // The issue's case: a comment near the top after the upgrade, then the rollback.
+        // By position, COMPOSE_PROJECT_NAME was overwritten and HAPI_IG_VERSION doubled.
+        let (edit, after) = upgrade();
+        let edited = format!("# upgraded to IG 0.2.2 by the release team\n{after}");
+        let back = plan_revert(&edited, &edit).unwrap();
+        assert_eq!(
+            back,
+            format!("# upgraded to IG 0.2.2 by the release team\n{ENV}")
+        );
+        assert_eq!(back.matches("HAPI_IG_VERSION").count(), 1);
+        assert!(back.contains("COMPOSE_PROJECT_NAME=bd-fhir-national\n"));
+        // Reverting again changes nothing (a re-entered rollback).
+        assert_eq!(plan_revert(&back, &edit).unwrap(), back);
+    }
+
+    #[test]
+    fn a_moved_line_is_restored_where_it_is_now() {
+        let (edit, after) = upgrade();
+        // Someone moved HAPI_IG_VERSION to the end (above the appended line) and added one.
+        let mut lines: Vec<&str> = after.lines().collect();
+        let v = lines.remove(2);
+        lines.insert(3, v);
+        lines.insert(0, "EXTRA=1");
+        let moved = lines.join("\n") + "\n";
+        assert_eq!(
+            plan_revert(&moved, &edit).unwrap(),
+            "EXTRA=1\nCOMPOSE_PROJECT_NAME=bd-fhir-national\nHAPI_IMAGE=reg/hapi:1.0.0\nHAPI_IG_PACKAGE=bd.gov.dghs.core-0.2.1.tgz\nHAPI_IG_VERSION=0.2.1\n"
+        );
+    }
+
+    #[test]
+    fn a_line_edited_since_is_refused_naming_key_and_line() {
+        let (edit, after) = upgrade();
+        let edited = format!(
+            "# note\n{}",
+            after.replace("HAPI_IG_VERSION=0.2.2", "HAPI_IG_VERSION=0.2.3")
+        );
+        let e = plan_revert(&edited, &edit).unwrap_err();
+        assert!(
+            e.starts_with("line 4 (`HAPI_IG_VERSION`) was edited since ferry wrote it"),
+            "{e}"
+        );
+        assert!(!e.contains("0.2."), "no values in the message: {e}");
+        // Through the file: the error names it, and the file is left as it was.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(".env");
+        std::fs::write(&p, &edited).unwrap();
+        let e = revert(&p, &edit).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}: line 4", p.display())), "{e}");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), edited);
+        // An appended line edited since is refused too.
+        let e = plan_revert(
+            &after.replace("HAPI_NEW_FLAG=on", "HAPI_NEW_FLAG=off"),
+            &edit,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("line 5 (`HAPI_NEW_FLAG`, appended by ferry) was edited"),
+            "{e}"
+        );
+        // A second line with the key: which one is ours cannot be told.
+        let e = plan_revert(&format!("HAPI_IG_VERSION=9\n{after}"), &edit).unwrap_err();
+        assert!(
+            e.contains("`HAPI_IG_VERSION` is on 2 line(s) now, 1 when"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicates_and_a_missing_final_newline_round_trip() {
+        let orig = "A=1\nB=2\nA=3";
+        let (edit, new) = plan_set(orig, &vars(&[("A", "9"), ("C", "x")]));
+        let new = new.unwrap();
+        assert_eq!(new, "A=9\nB=2\nA=9\nC=x\n");
+        assert_eq!(plan_revert(&new, &edit).unwrap(), orig);
+        assert_eq!(
+            plan_revert(&format!("# top\n{new}"), &edit).unwrap(),
+            format!("# top\n{orig}")
+        );
+    }
+
+    #[test]
+    fn an_edit_journaled_by_an_older_version_still_reverts() {
+        let (mut edit, after) = upgrade();
+        edit.written.clear();
+        edit.appended_lines.clear();
+        assert_eq!(plan_revert(&after, &edit).unwrap(), ENV);
+        let old: Edit = serde_json::from_str(
+            r#"{"replaced":[[2,"HAPI_IG_VERSION=0.2.1"]],"appended":[],"had_final_newline":true,"original_len":4}"#,
+        )
+        .unwrap();
+        assert!(old.written.is_empty());
     }
 
     #[test]

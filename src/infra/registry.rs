@@ -29,6 +29,8 @@ pub enum Ping {
     Ok,
     /// 401; the `Www-Authenticate` challenge.
     Unauthorized(String),
+    /// It answered, but neither 2xx nor 401: "500 Internal Server Error: <body snippet>".
+    Answered(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +39,40 @@ pub enum Delete {
     NotFound,
     /// 405: the registry does not allow deletes.
     Unsupported,
+}
+
+/// How many characters of an unexpected answer's body an error quotes.
+const SNIPPET: usize = 200;
+
+/// "500 Internal Server Error: <the body's first line(s), whitespace folded, cut>".
+async fn answer(resp: reqwest::Response) -> String {
+    let status = resp.status();
+    // Read at most a few KiB: an error page is not worth more.
+    let mut body = Vec::new();
+    let mut resp = resp;
+    while body.len() < 4096 {
+        match resp.chunk().await {
+            Ok(Some(c)) => body.extend_from_slice(&c),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&body);
+    let folded: String = text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    let mut snippet: String = folded.chars().take(SNIPPET).collect();
+    if folded.chars().count() > SNIPPET {
+        snippet.push('…');
+    }
+    if snippet.is_empty() {
+        format!("{status} (empty body)")
+    } else {
+        format!("{status}: {snippet}")
+    }
 }
 
 /// `host:port` of a registry URL.
@@ -93,17 +129,19 @@ impl Registry {
                     .unwrap_or("")
                     .to_owned(),
             )),
-            s => bail!("registry {}: GET /v2/ answered {s}", self.base),
+            _ => Ok(Ping::Answered(answer(resp).await)),
         }
     }
 
-    fn fail(&self, what: &str, s: StatusCode) -> anyhow::Error {
-        let hint = if s == StatusCode::UNAUTHORIZED {
+    /// An unexpected answer, with its status and the start of its body.
+    async fn fail(&self, what: &str, resp: reqwest::Response) -> anyhow::Error {
+        let hint = if resp.status() == StatusCode::UNAUTHORIZED {
             " (credentials refused)"
         } else {
             ""
         };
-        anyhow::anyhow!("registry {}: {what} answered {s}{hint}", self.base)
+        let answer = answer(resp).await;
+        anyhow::anyhow!("registry {}: {what} answered {answer}{hint}", self.base)
     }
 
     /// `Docker-Content-Digest` of `name:reference`; None when there is no such manifest.
@@ -126,7 +164,7 @@ impl Registry {
                     self.base
                 ),
             },
-            s => Err(self.fail(&what, s)),
+            _ => Err(self.fail(&what, resp).await),
         }
     }
 
@@ -142,7 +180,7 @@ impl Registry {
             .header("Accept", MANIFEST_TYPES);
         let resp = self.send(r, &what).await?;
         if !resp.status().is_success() {
-            return Err(self.fail(&what, resp.status()));
+            return Err(self.fail(&what, resp).await);
         }
         let ct = resp
             .headers()
@@ -167,7 +205,7 @@ impl Registry {
             .body(body);
         let resp = self.send(r, &what).await?;
         if !resp.status().is_success() {
-            return Err(self.fail(&what, resp.status()));
+            return Err(self.fail(&what, resp).await);
         }
         Ok(())
     }
@@ -181,7 +219,7 @@ impl Registry {
             s if s.is_success() => Ok(Delete::Done),
             StatusCode::NOT_FOUND => Ok(Delete::NotFound),
             StatusCode::METHOD_NOT_ALLOWED => Ok(Delete::Unsupported),
-            s => Err(self.fail(&what, s)),
+            _ => Err(self.fail(&what, resp).await),
         }
     }
 
@@ -207,7 +245,7 @@ impl Registry {
                     })
                     .unwrap_or_default())
             }
-            s => Err(self.fail(&what, s)),
+            _ => Err(self.fail(&what, resp).await),
         }
     }
 }

@@ -333,6 +333,7 @@ impl Resolver<'_> {
             for (key, msg) in spec.validate() {
                 let span = key
                     .and_then(|k| item.get(k))
+                    .map(|n| element_named(n, &msg).unwrap_or(n))
                     .map_or(kind_span.clone(), |n| n.span.clone());
                 self.err(msg, span, None);
             }
@@ -445,4 +446,15 @@ fn key_in_message(msg: &str, item: &Node) -> Option<std::ops::Range<usize>> {
         .skip(1)
         .step_by(2)
         .find_map(|k| item.get(k).map(|n| n.span.clone()))
+}
+
+/// In an array (`tags = [...]`), the element a message names as `` `value` ``, so that the
+/// error points at it rather than at the whole array.
+fn element_named<'a>(n: &'a Node, msg: &str) -> Option<&'a Node> {
+    match &n.val {
+        Val::Array(items) => items
+            .iter()
+            .find(|e| e.as_str().is_some_and(|s| msg.contains(&format!("`{s}`")))),
+        _ => None,
+    }
 }

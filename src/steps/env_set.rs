@@ -1,7 +1,9 @@
 //! kind = "env_set": set KEY=VALUE lines in a dotenv file, keeping every other byte as it
-//! was. The lines it replaces go to a 0600 backup file in the run directory (they may hold
-//! secrets, and checkpoints are redacted); the checkpoint holds only that file's path and
-//! sha256, so rollback restores the file byte for byte without ever journaling a value.
+//! was. The lines it replaces (and the lines it wrote over them) go to a 0600 backup file in
+//! the run directory (they may hold secrets, and checkpoints are redacted); the checkpoint
+//! holds only that file's path and sha256, so rollback restores the file byte for byte
+//! without ever journaling a value. Rollback finds each line it wrote by key, wherever it is
+//! now, and refuses one edited since (see `dotenv::Edit`).
 //! Values of keys that look secret (PASSWORD, SECRET, TOKEN, KEY, CREDENTIAL, …) are shown
 //! as `***` and registered with the redactor, like every target secret.
 
@@ -120,7 +122,9 @@ impl Saved {
                 .with_context(|| format!("creating {}", dir.display()))?;
         }
         let backup = dir.join(format!("{}.env-lines.json", cx.step_id));
-        let bytes = serde_json::to_vec(&edit.replaced)?;
+        // The whole edit: the replaced lines and the lines written over them, which the undo
+        // checks before restoring (both may hold secrets: they stay in this 0600 file).
+        let bytes = serde_json::to_vec(edit)?;
         // A new file is created 0600 (O_EXCL, random temp name, rename).
         dotenv::write_atomic(&backup, &bytes)
             .with_context(|| format!("writing {}", backup.display()))?;
@@ -152,10 +156,16 @@ impl Saved {
                 self.backup.display()
             );
         }
+        if let Ok(edit) = serde_json::from_slice::<Edit>(&bytes) {
+            return Ok(Some(edit));
+        }
+        // Older runs kept only the replaced lines, `[[index, line], …]`.
         Ok(Some(Edit {
             replaced: serde_json::from_slice(&bytes)
                 .with_context(|| format!("reading {}", self.backup.display()))?,
+            written: vec![],
             appended: self.appended.clone(),
+            appended_lines: vec![],
             had_final_newline: self.had_final_newline,
             original_len: self.original_len,
         }))
@@ -310,7 +320,14 @@ impl Step for EnvSet {
                         &f,
                         &Edit {
                             replaced: vec![],
+                            written: vec![],
                             appended: saved.appended.clone(),
+                            appended_lines: saved
+                                .appended
+                                .iter()
+                                .map(|k| Some(dotenv::line_for(k, self.set.get(k)?)))
+                                .collect::<Option<Vec<_>>>()
+                                .unwrap_or_default(),
                             had_final_newline: saved.had_final_newline,
                             original_len: saved.original_len,
                         },

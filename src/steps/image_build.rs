@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 use super::{Check, Reversibility, Step, StepCx};
 use crate::infra::docker::{BuildRequest, Docker, dockerfile_args};
 use crate::report::{CheckStatus, Level, Stream};
+use crate::util::image_ref;
 
 pub const KEYS: &[&str] = &[
     "context",
@@ -138,8 +139,25 @@ impl Step for ImageBuild {
             out.push((Some("tags"), "`tags` must name at least one tag".into()));
         }
         for t in &self.tags {
-            if t.is_empty() || t.contains(char::is_whitespace) {
-                out.push((Some("tags"), format!("`{t}` is not an image tag")));
+            if let Err(e) = image_ref::check(t, image_ref::Digest::Refused) {
+                out.push((Some("tags"), e));
+            }
+        }
+        // A newline in a build arg would reach a label (BUILD_VERSION → the OCI version)
+        // or the build unseen.
+        for (k, v) in &self.build_args {
+            if let Err(e) = image_ref::check_text(
+                &format!("build arg `{}`", k.escape_debug()),
+                &format!("{k}{v}"),
+            ) {
+                out.push((Some("build_args"), e));
+            }
+        }
+        for (k, v) in &self.labels {
+            if let Err(e) =
+                image_ref::check_text(&format!("label `{}`", k.escape_debug()), &format!("{k}{v}"))
+            {
+                out.push((Some("labels"), e));
             }
         }
         // Read now only when the path is already real (not `<target.…>` in `validate`

@@ -20,6 +20,7 @@ use super::{Check, Reversibility, Step, StepCx};
 use crate::infra::docker::{Credentials, split_reference};
 use crate::infra::registry::{Delete, Ping, Registry, host_of};
 use crate::report::{CheckStatus, Level, Stream};
+use crate::util::image_ref;
 
 pub const KEYS: &[&str] = &["image"];
 
@@ -88,7 +89,10 @@ fn docker_config_auth(host: &str) -> Option<(String, String)> {
 
 impl Step for ImagePush {
     fn validate(&self) -> Vec<(Option<&'static str>, String)> {
-        if self.image.contains('/') && !self.image.contains(char::is_whitespace) {
+        if let Err(e) = image_ref::check(&self.image, image_ref::Digest::Refused) {
+            return vec![(Some("image"), e)];
+        }
+        if self.image.contains('/') {
             return vec![];
         }
         vec![(
@@ -143,6 +147,10 @@ impl Step for ImagePush {
                         format!(", {challenge}")
                     }
                 ),
+            ),
+            Ok(Ping::Answered(answer)) => Check::fail(
+                "registry",
+                format!("registry {} answered GET /v2/ with {answer}", reg.host),
             ),
             Err(e) => Check::fail(
                 "registry",

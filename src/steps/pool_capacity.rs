@@ -10,6 +10,7 @@ use anyhow::{Context, anyhow, bail};
 use serde::Deserialize;
 use tokio_postgres::SimpleQueryMessage;
 
+use super::replicas::count::{self, Count};
 use super::{Check, Reversibility, Step, StepCx};
 use crate::infra::postgres;
 use crate::report::Level;
@@ -26,10 +27,11 @@ pub const KEYS: &[&str] = &[
 #[serde(deny_unknown_fields)]
 pub struct PoolCapacity {
     /// How many replicas must fit: a number, or "current" (the service's replicas now).
-    pub replicas: toml::Value,
+    #[serde(deserialize_with = "count::replicas_or_current")]
+    pub replicas: Count,
     /// Extra replicas that run at once during a rolling redeploy (its max_surge).
-    #[serde(default)]
-    pub surge: u32,
+    #[serde(default = "no_surge", deserialize_with = "count::surge")]
+    pub surge: Count,
     /// HikariCP's maximumPoolSize per replica (HAPI's default here: 5).
     #[serde(default = "five")]
     pub hikari_pool_size: u32,
@@ -40,6 +42,9 @@ pub struct PoolCapacity {
     pub database: String,
 }
 
+fn no_surge() -> Count {
+    Count::Fixed(0)
+}
 fn five() -> u32 {
     5
 }
@@ -58,13 +63,9 @@ pub struct Numbers {
 
 impl PoolCapacity {
     async fn replicas(&self, cx: &StepCx) -> anyhow::Result<u32> {
-        match &self.replicas {
-            toml::Value::Integer(n) => Ok(*n as u32),
-            toml::Value::String(s) if s == "current" => {
-                crate::steps::replicas::current_replicas(cx).await
-            }
-            toml::Value::String(s) => Ok(s.parse()?),
-            _ => bail!("`replicas` must be a number or \"current\""),
+        match self.replicas.fixed()? {
+            Some(n) => Ok(n),
+            None => crate::steps::replicas::current_replicas(cx).await,
         }
     }
 
@@ -103,6 +104,7 @@ impl PoolCapacity {
             .and_then(|r| r.get("pool_size")?.parse().ok())
             .filter(|p: &u32| *p > 0)
             .unwrap_or(default_pool);
+        let surge = self.surge.fixed()?.unwrap_or(0);
         let client = cx.postgres(&self.database).await?;
         let row = client
             .query_one(
@@ -112,8 +114,8 @@ impl PoolCapacity {
             .await
             .map_err(|e| anyhow!("{}", postgres::describe(&e)))?;
         Ok(Numbers {
-            replicas: self.replicas(cx).await? + self.surge,
-            surge: self.surge,
+            replicas: self.replicas(cx).await? + surge,
+            surge,
             pool: self.hikari_pool_size,
             bouncer_pool,
             max_connections: row.get::<_, i32>(0) as u32,
@@ -123,9 +125,11 @@ impl PoolCapacity {
 
     /// (fits, the seed-style arithmetic).
     pub fn judge(&self, n: &Numbers) -> (bool, String) {
-        let need = n.replicas * n.pool;
-        let fits_bouncer = need + self.headroom <= n.bouncer_pool;
-        let fits_pg = n.bouncer_pool + n.reserved <= n.max_connections;
+        // In u64: a count is at most 2 × count::MAX, but a pool size is any u32.
+        let need = u64::from(n.replicas) * u64::from(n.pool);
+        let fits_bouncer = need + u64::from(self.headroom) <= u64::from(n.bouncer_pool);
+        let fits_pg =
+            u64::from(n.bouncer_pool) + u64::from(n.reserved) <= u64::from(n.max_connections);
         let left = n.bouncer_pool as i64 - need as i64;
         let count = if n.surge > 0 {
             format!("({} + {} surge)", n.replicas - n.surge, n.surge)
@@ -135,7 +139,11 @@ impl PoolCapacity {
         let mut s = format!(
             "{count} × {} = {need} {} {} (pgBouncer pool), {} headroom",
             n.pool,
-            if need <= n.bouncer_pool { "≤" } else { ">" },
+            if need <= u64::from(n.bouncer_pool) {
+                "≤"
+            } else {
+                ">"
+            },
             n.bouncer_pool,
             left
         );
@@ -146,20 +154,20 @@ impl PoolCapacity {
             "; pool {} + {} reserved = {} {} {} max_connections",
             n.bouncer_pool,
             n.reserved,
-            n.bouncer_pool + n.reserved,
+            u64::from(n.bouncer_pool) + u64::from(n.reserved),
             if fits_pg { "≤" } else { ">" },
             n.max_connections
         );
         if !fits_bouncer {
-            let want = need + self.headroom;
+            let want = need + u64::from(self.headroom);
             s += &format!(
                 "; raise pgBouncer's default_pool_size to at least {want} (and max_connections to at least {})",
-                want + n.reserved
+                want + u64::from(n.reserved)
             );
         } else if !fits_pg {
             s += &format!(
                 "; raise max_connections to at least {}",
-                n.bouncer_pool + n.reserved
+                u64::from(n.bouncer_pool) + u64::from(n.reserved)
             );
         }
         (fits_bouncer && fits_pg, s)
@@ -191,22 +199,14 @@ async fn rows(
 
 impl Step for PoolCapacity {
     fn validate(&self) -> Vec<(Option<&'static str>, String)> {
-        match &self.replicas {
-            toml::Value::Integer(n) if *n >= 0 => vec![],
-            toml::Value::String(s) if s == "current" || s.parse::<u32>().is_ok() => vec![],
-            toml::Value::String(s) if crate::util::is_placeholder(s) => vec![],
-            _ => vec![(
-                Some("replicas"),
-                "`replicas` must be a number or \"current\"".into(),
-            )],
-        }
+        [("replicas", &self.replicas), ("surge", &self.surge)]
+            .into_iter()
+            .filter_map(|(k, c)| Some((Some(k), c.error()?)))
+            .collect()
     }
     fn describe(&self) -> String {
-        let r = match &self.replicas {
-            toml::Value::Integer(n) => n.to_string(),
-            v => v.as_str().unwrap_or("?").to_owned(),
-        };
-        let surge = if self.surge > 0 {
+        let r = &self.replicas;
+        let surge = if self.surge != Count::Fixed(0) {
             format!(" (+{} surge)", self.surge)
         } else {
             String::new()

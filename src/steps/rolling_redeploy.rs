@@ -20,6 +20,7 @@ use super::{Check, Reversibility, Step, StepCx};
 use crate::infra::dotenv::{self, Edit};
 use crate::report::{CheckStatus, Level, Unit};
 use crate::util::duration::Duration;
+use crate::util::image_ref;
 
 pub const KEYS: &[&str] = &[
     "service",
@@ -114,6 +115,9 @@ impl Step for RollingRedeploy {
                 "one replica at a time: max_surge and max_unavailable are 0 or 1, not both 0"
                     .into(),
             ));
+        }
+        if let Err(e) = image_ref::check(&self.image, image_ref::Digest::Allowed) {
+            out.push((Some("image"), e));
         }
         out
     }

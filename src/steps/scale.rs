@@ -6,6 +6,7 @@
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+use super::replicas::count::{self, Count};
 use super::replicas::swap::{Gate, clone_body, gate};
 use super::replicas::{fhir_path, project_service, running_replicas};
 use super::{Check, Reversibility, Step, StepCx};
@@ -19,24 +20,11 @@ pub const KEYS: &[&str] = &["service", "replicas", "health_timeout"];
 #[serde(deny_unknown_fields)]
 pub struct Scale {
     pub service: Option<String>,
-    /// A number (or a `{{ var }}` that renders as one).
-    #[serde(deserialize_with = "count")]
-    pub replicas: u32,
+    /// A number (or a `{{ var }}` that renders as one): see `replicas::count`.
+    #[serde(deserialize_with = "count::replicas")]
+    pub replicas: Count,
     #[serde(default = "two_minutes")]
     pub health_timeout: Duration,
-}
-
-fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    match toml::Value::deserialize(d)? {
-        toml::Value::Integer(n) if n >= 0 => Ok(n as u32),
-        toml::Value::String(s) if crate::util::is_placeholder(&s) => Ok(1),
-        toml::Value::String(s) => s.trim().parse().map_err(|_| {
-            serde::de::Error::custom(format!("`replicas` must be a number, not `{s}`"))
-        }),
-        other => Err(serde::de::Error::custom(format!(
-            "`replicas` must be a number, not {other}"
-        ))),
-    }
 }
 
 fn two_minutes() -> Duration {
@@ -57,6 +45,13 @@ fn name_for(sibling: &Replica, number: u32) -> String {
 }
 
 impl Scale {
+    /// The count to reach, at run time.
+    fn want(&self) -> anyhow::Result<u32> {
+        self.replicas
+            .fixed()?
+            .context("`replicas` must be a number")
+    }
+
     /// Brings the service to `want` running replicas; safe to re-enter.
     async fn converge(&self, e: &Docker, cx: &StepCx, want: u32) -> anyhow::Result<()> {
         let (project, service) = project_service(cx, self.service.as_deref())?;
@@ -128,7 +123,9 @@ impl Scale {
 impl Step for Scale {
     fn validate(&self) -> Vec<(Option<&'static str>, String)> {
         let mut out = vec![];
-        if self.replicas == 0 {
+        if let Some(e) = self.replicas.error() {
+            out.push((Some("replicas"), e));
+        } else if self.replicas == Count::Fixed(0) {
             out.push((
                 Some("replicas"),
                 "`replicas` must be at least 1 (stopping a service is not scaling)".into(),
@@ -182,7 +179,7 @@ impl Step for Scale {
         Ok(running_replicas(&cx.docker().await?, &project, &service)
             .await?
             .len() as u32
-            == self.replicas)
+            == self.want()?)
     }
 
     async fn apply(&self, cx: &StepCx) -> anyhow::Result<()> {
@@ -195,7 +192,7 @@ impl Step for Scale {
             }
             cx.save_checkpoint(&Scaled { previous })?;
         }
-        self.converge(&e, cx, self.replicas).await
+        self.converge(&e, cx, self.want()?).await
     }
 
     async fn rollback(&self, cx: &StepCx) -> anyhow::Result<()> {

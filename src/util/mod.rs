@@ -4,6 +4,7 @@
 
 pub mod diagnostic;
 pub mod duration;
+pub mod image_ref;
 pub mod parse;
 pub mod suggest;
 

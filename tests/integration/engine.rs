@@ -410,6 +410,57 @@ fn env_set_edits_and_rolls_back_byte_exact() {
 }
 
 #[test]
+fn env_set_rollback_after_a_comment_was_inserted_restores_by_key() {
+    // The case: after the upgrade someone adds a comment near the top of `.env`;
+    // restoring by position then overwrote COMPOSE_PROJECT_NAME and doubled HAPI_IG_VERSION.
+    let sb = Sandbox::new();
+    let orig = "COMPOSE_PROJECT_NAME=bd-fhir-national\nHAPI_IMAGE=reg/hapi:1.0.0\nHAPI_IG_VERSION=0.2.1\nHAPI_DB_PASSWORD=\"keep me secret\"\n";
+    sb.write("files/.env", orig);
+    sb.write("t.toml", "name = \"t\"\n[files]\nroot = \"files\"\n");
+    Playbook::new("upgrade")
+        .step("ig", "env_set")
+        .table(
+            "set",
+            &[("HAPI_IG_VERSION", "0.2.2"), ("HAPI_IG_FLAG", "on")],
+        )
+        .write(&sb, "pb.toml");
+    sb.run(&["run", "pb.toml", "--target", "t.toml"]).expect(0);
+    let id = sb.run_ids().pop().unwrap();
+    let upgraded = sb.read("files/.env");
+    assert!(upgraded.contains("HAPI_IG_VERSION=0.2.2\n"), "{upgraded}");
+    let comment = "# IG 0.2.2 rolled out on 2026-12-01 (change CHG-1234)\n";
+    sb.write("files/.env", &format!("{comment}{upgraded}"));
+    let backup = sb.path(&format!(".ferry/runs/{id}/backup/ig.env-lines.json"));
+    sb.run(&["rollback", &id]).expect(0);
+    assert_eq!(sb.read("files/.env"), format!("{comment}{orig}"));
+    assert!(!backup.exists(), "the backup goes once the lines are back");
+
+    // Edited since the run: the rollback refuses, naming the key, the line and the file,
+    // and changes nothing.
+    sb.write("files/.env", orig);
+    sb.run(&["run", "pb.toml", "--target", "t.toml"]).expect(0);
+    let id = sb.run_ids().pop().unwrap();
+    let edited = format!(
+        "{comment}{}",
+        sb.read("files/.env")
+            .replace("HAPI_IG_VERSION=0.2.2", "HAPI_IG_VERSION=0.2.3")
+    );
+    sb.write("files/.env", &edited);
+    let out = sb.run(&["rollback", &id]);
+    out.expect(6);
+    let env = sb.path("files/.env");
+    assert!(
+        out.stderr.contains(&format!(
+            "{}: line 4 (`HAPI_IG_VERSION`) was edited since ferry wrote it",
+            env.display()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(sb.read("files/.env"), edited);
+}
+
+#[test]
 fn completions_are_generated() {
     let sb = Sandbox::new();
     for sh in ["bash", "zsh", "fish"] {

@@ -10,6 +10,7 @@ mod engine;
 mod hardening;
 mod harness;
 mod ig;
+mod images;
 mod prometheus;
 mod registry;
 mod sandbox;

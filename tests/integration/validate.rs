@@ -153,3 +153,34 @@ fn a_target_url_with_a_password_is_refused() {
         out.stderr
     );
 }
+
+#[test]
+fn a_replica_count_is_parsed_once_by_one_rule() {
+    // 2^32 + 2 once wrapped to "2 replicas"; " 4" passed `scale` but not `pool_capacity`.
+    let plan = |n: &str| {
+        let out = Command::new(bin())
+            .args(["plan", "playbooks/scale-replicas.toml", "--var"])
+            .arg(format!("replicas={n}"))
+            .current_dir(repo())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = plan("4294967298");
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(
+        err.matches("must be a whole number from 0 to 64").count(),
+        2,
+        "both steps, by the same rule: {err}"
+    );
+    assert!(err.contains("not 4294967298"), "{err}");
+    let (code, err) = plan(" 4");
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(err.matches("not ` 4`").count(), 2, "{err}");
+    let (code, err) = plan("3");
+    assert_eq!(code, Some(0), "{err}");
+}

@@ -3,6 +3,7 @@
 //! are running, and each replica's own URL on its published 127.0.0.1 port (never a
 //! container's private address). `swap` replaces one replica.
 
+pub mod count;
 pub mod swap;
 
 use anyhow::{Context, anyhow};
