@@ -171,6 +171,9 @@ pub async fn run(
 
 /// The longest output line passed on, in bytes; the rest of a longer line is dropped.
 pub const MAX_LINE: usize = 64 * 1024;
+/// The read buffer of each output stream. Small on purpose: it is allocated (and zeroed) for
+/// every child, and a line longer than it is simply collected over several reads.
+const READ_BUF: usize = 8 * 1024;
 /// Lines per stream kept for error messages, and the bytes kept of each.
 pub const TAIL_LINES: usize = 5;
 pub const TAIL_LINE: usize = 4 * 1024;
@@ -200,7 +203,7 @@ struct Lines<R> {
 impl<R: AsyncRead + Unpin> Lines<R> {
     fn new(r: R) -> Self {
         Lines {
-            inner: BufReader::with_capacity(64 * 1024, r),
+            inner: BufReader::with_capacity(READ_BUF, r),
             buf: Vec::new(),
             dropped: 0,
         }
