@@ -66,6 +66,21 @@ impl Sql {
         r
     }
 
+    /// A boolean query (`done_if`, `verify`) in a READ ONLY transaction, cancelled on the
+    /// server by the step timeout or the hard stop.
+    async fn read_only_bool(&self, cx: &StepCx, q: &str) -> anyhow::Result<bool> {
+        let mut client = self.connect(cx).await?;
+        let token = client.cancel_token();
+        let r = postgres::cancellable(
+            token,
+            cx.timeout,
+            cx.hard.cancelled(),
+            postgres::query_bool_read_only(&mut client, q),
+        )
+        .await;
+        Self::stopped(&client, r).await
+    }
+
     async fn exec(&self, cx: &StepCx, sql: &str, what: &str) -> anyhow::Result<()> {
         let mut client = self.connect(cx).await?;
         let token = client.cancel_token();
@@ -153,16 +168,7 @@ impl Step for Sql {
         let Some(q) = &self.done_if else {
             return Ok(false);
         };
-        let mut client = self.connect(cx).await?;
-        let token = client.cancel_token();
-        let r = postgres::cancellable(
-            token,
-            cx.timeout,
-            cx.hard.cancelled(),
-            postgres::query_bool_read_only(&mut client, q),
-        )
-        .await;
-        Self::stopped(&client, r).await.context("done_if")
+        self.read_only_bool(cx, q).await.context("done_if")
     }
 
     async fn apply(&self, cx: &StepCx) -> anyhow::Result<()> {
@@ -171,16 +177,7 @@ impl Step for Sql {
 
     async fn verify(&self, cx: &StepCx) -> anyhow::Result<()> {
         let Some(q) = &self.verify else { return Ok(()) };
-        let mut client = self.connect(cx).await?;
-        let token = client.cancel_token();
-        let r = postgres::cancellable(
-            token,
-            cx.timeout,
-            cx.hard.cancelled(),
-            postgres::query_bool_read_only(&mut client, q),
-        )
-        .await;
-        match Self::stopped(&client, r).await? {
+        match self.read_only_bool(cx, q).await? {
             true => Ok(()),
             false => Err(anyhow!(
                 "verify `{}` is false after the statement",

@@ -91,21 +91,7 @@ fn an_empty_journal_does_not_hide_the_other_runs() {
 
 /// A cluster with database fhirdb owned by `hapi` and a target for it.
 fn pg_setup() -> Option<(Pg, Sandbox)> {
-    let pg = Pg::start()?;
-    pg.psql(
-        "postgres",
-        &format!("CREATE ROLE hapi LOGIN PASSWORD '{HAPI_PW}'"),
-    );
-    pg.psql("postgres", "CREATE DATABASE fhirdb OWNER hapi");
-    let sb = Sandbox::new();
-    sb.write(
-        "target.toml",
-        &format!(
-            "name = \"test\"\n[postgres.fhir]\nurl = \"{}\"\npassword_env = \"FHIR_DB_PASSWORD\"\n",
-            pg.url("hapi", "fhirdb")
-        ),
-    );
-    Some((pg, sb))
+    Pg::with_app_db("fhirdb", HAPI_PW)
 }
 
 const PG_ENV: [(&str, &str); 1] = [("FHIR_DB_PASSWORD", HAPI_PW)];

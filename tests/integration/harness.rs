@@ -409,6 +409,26 @@ pub const HAPI_PW: &str = "hapi-login-pw-9c2d";
 pub const AUDIT_PW: &str = "audit-maint-pw-5b7e";
 
 impl Pg {
+    /// A cluster with database `db` owned by `hapi` (password `pw`, scram over TCP) and a
+    /// sandbox whose `target.toml` names it as `[postgres.fhir]` (`FHIR_DB_PASSWORD`).
+    pub fn with_app_db(db: &str, pw: &str) -> Option<(Pg, Sandbox)> {
+        let pg = Pg::start()?;
+        pg.psql(
+            "postgres",
+            &format!("CREATE ROLE hapi LOGIN PASSWORD '{pw}'"),
+        );
+        pg.psql("postgres", &format!("CREATE DATABASE {db} OWNER hapi"));
+        let sb = Sandbox::new();
+        sb.write(
+            "target.toml",
+            &format!(
+                "name = \"test\"\n[postgres.fhir]\nurl = \"{}\"\npassword_env = \"FHIR_DB_PASSWORD\"\n",
+                pg.url("hapi", db)
+            ),
+        );
+        Some((pg, sb))
+    }
+
     /// Runs a SQL file from the repository as the superuser.
     pub fn psql_file(&self, db: &str, rel: &str) {
         let out = self

@@ -77,21 +77,7 @@ fn raw_is_a_located_warning_and_quotes_around_a_placeholder_an_error() {
 
 /// A cluster with database `app` owned by `hapi` and a target for it.
 fn pg_target(pw: &str) -> Option<(Pg, Sandbox)> {
-    let pg = Pg::start()?;
-    pg.psql(
-        "postgres",
-        &format!("CREATE ROLE hapi LOGIN PASSWORD '{pw}'"),
-    );
-    pg.psql("postgres", "CREATE DATABASE app OWNER hapi");
-    let sb = Sandbox::new();
-    sb.write(
-        "target.toml",
-        &format!(
-            "name = \"test\"\n[postgres.fhir]\nurl = \"{}\"\npassword_env = \"FHIR_DB_PASSWORD\"\n",
-            pg.url("hapi", "app")
-        ),
-    );
-    Some((pg, sb))
+    Pg::with_app_db("app", pw)
 }
 
 const PW: &str = "Sec-Planted-7c1d2e";

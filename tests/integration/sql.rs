@@ -15,21 +15,7 @@ const DEMO: (&str, &str) = (
 
 /// A cluster with database fhirdb owned by `hapi` (password auth over TCP) and a target.
 fn setup() -> Option<(Pg, Sandbox)> {
-    let pg = Pg::start()?;
-    pg.psql(
-        "postgres",
-        &format!("CREATE ROLE hapi LOGIN PASSWORD '{PW}'"),
-    );
-    pg.psql("postgres", "CREATE DATABASE fhirdb OWNER hapi");
-    let sb = Sandbox::new();
-    sb.write(
-        "target.toml",
-        &format!(
-            "name = \"test\"\n[postgres.fhir]\nurl = \"{}\"\npassword_env = \"FHIR_DB_PASSWORD\"\n",
-            pg.url("hapi", "fhirdb")
-        ),
-    );
-    Some((pg, sb))
+    Pg::with_app_db("fhirdb", PW)
 }
 
 /// Create a table, fill it, index it concurrently: each with its rollback. With
