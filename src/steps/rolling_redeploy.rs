@@ -15,7 +15,9 @@ use anyhow::{Context, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use super::replicas::swap::{self, Gate, compose_hash};
-use super::replicas::{TEMP_SUFFIX, fhir_path, project_service, running_replicas};
+use super::replicas::{
+    TEMP_SUFFIX, all_replicas, fhir_path, not_running, project_service, running_replicas,
+};
 use super::{Check, Reversibility, Step, StepCx};
 use crate::infra::dotenv::{self, Edit};
 use crate::report::{CheckStatus, Level, Unit};
@@ -324,13 +326,19 @@ impl Step for RollingRedeploy {
             }
         }
         // Every replica not on the previous image, newest first: also one replaced just
-        // before ferry died, whose number the checkpoint never got.
-        for r in running_replicas(&e, &project, &service)
-            .await?
-            .iter()
+        // before ferry died, whose number the checkpoint never got. One of them that is not
+        // running is not skipped: the rollback stops, saying what to do.
+        let every = all_replicas(&e, &project, &service).await?;
+        let n = every.len();
+        let todo: Vec<_> = every
+            .into_iter()
             .rev()
             .filter(|r| r.image_id != prev_id)
-        {
+            .collect();
+        if let Some(msg) = not_running(&todo, n, &project, &service) {
+            bail!(msg);
+        }
+        for r in &todo {
             cx.log(
                 Level::Info,
                 format!("restoring {} to {}", r.name, cp.previous_image),
