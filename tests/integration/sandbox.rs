@@ -614,3 +614,55 @@ fn wait_healthy(name: &str) {
         },
     );
 }
+
+#[test]
+fn a_tag_of_the_running_image_is_rolled_out_so_compose_agrees_afterwards() {
+    let Some(s) = Sbx::up(3) else { return };
+    let current = s.state()["image"].as_str().unwrap().to_owned();
+    let promoted = format!("{current}-promoted");
+    docker(&["tag", &current, &promoted]);
+    let before = s.replicas();
+    Playbook::new("promote")
+        .step("rollout", "rolling_redeploy")
+        .str("image", &promoted)
+        .str("verify_version", "0.2.1")
+        .str("health_timeout", "30s")
+        .write(&s.sb, "promote.toml");
+    let out = s.run(&["run", "promote.toml"]);
+    out.expect(0);
+    let env = std::fs::read_to_string(s.dir.join("files/.env")).unwrap();
+    assert!(env.contains(&format!("HAPI_IMAGE={promoted}\n")), "{env}");
+    let after = s.replicas();
+    assert_eq!(after.len(), 3);
+    for ((n0, img0, id0), (n1, img1, id1)) in before.iter().zip(&after) {
+        assert_eq!(n0, n1, "replicas keep their names");
+        assert_eq!(img0, img1, "{n1}: the same image id");
+        assert_ne!(
+            id0, id1,
+            "{n1} is replaced: compose's config hash names the new tag"
+        );
+    }
+    // compose agrees: nothing to recreate, every container kept.
+    let (ok, up) = s.compose(&["up", "-d", "--scale", "hapi=3"]);
+    assert!(ok, "{up}");
+    assert_eq!(
+        up.matches("is up-to-date").count(),
+        4,
+        "3 hapi + lb up to date:\n{up}"
+    );
+    assert!(!up.contains("Recreating"), "{up}");
+    assert_eq!(s.replicas(), after, "no container recreated by `up -d`");
+    assert_eq!(s.version(), "0.2.1");
+    // Rolled back: the old tag in .env, and compose agrees again.
+    let id = s.sb.run_ids().pop().unwrap();
+    s.sb.run(&["rollback", &id]).expect(0);
+    let env = std::fs::read_to_string(s.dir.join("files/.env")).unwrap();
+    assert!(env.contains(&format!("HAPI_IMAGE={current}\n")), "{env}");
+    let back = s.replicas();
+    let (ok, up) = s.compose(&["up", "-d", "--scale", "hapi=3"]);
+    assert!(ok && !up.contains("Recreating"), "{up}");
+    assert_eq!(up.matches("is up-to-date").count(), 4, "{up}");
+    assert_eq!(s.replicas(), back, "no container recreated by `up -d`");
+    let _ = Command::new("docker").args(["rmi", &promoted]).output();
+    s.finish();
+}
