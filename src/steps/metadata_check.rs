@@ -2,7 +2,8 @@
 //! must report `software.version` = `expect_version` (and `fhirVersion` = `fhir_version` when
 //! given; without `expect_version` it only has to answer, and the version is reported), retried with backoff within the step's timeout (default 2m). With
 //! `per_replica = true` every replica of the service is also asked directly, on its
-//! published 127.0.0.1 port, and the error names the replica that answered wrong.
+//! published 127.0.0.1 port, and the error names the replica that answered wrong; a replica
+//! that is not running (paused, exited, created) fails the check, naming it.
 
 use std::time::{Duration, Instant};
 
@@ -112,7 +113,26 @@ impl Step for MetadataCheck {
             Ok(b) => b,
             Err(e) => return Ok(vec![Check::fail("metadata", format!("{e:#}"))]),
         };
-        Ok(vec![match fetch(&base).await {
+        let mut checks = vec![];
+        if self.per_replica {
+            // Every replica is asked: one that is not running is a failure, never skipped.
+            checks.push(match crate::steps::replicas::replica_urls(cx).await {
+                Ok(r) if r.is_empty() => Check::fail("replicas", "the service has no replica"),
+                Ok(r) => Check::pass(
+                    "replicas",
+                    format!(
+                        "{} replicas to ask: {}",
+                        r.len(),
+                        r.iter()
+                            .map(|x| x.0.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ),
+                Err(e) => Check::fail("replicas", format!("{e:#}")),
+            });
+        }
+        checks.push(match fetch(&base).await {
             Ok((sw, fv)) => match self.wrong(&sw, &fv) {
                 None => Check::pass(
                     "metadata",
@@ -127,7 +147,8 @@ impl Step for MetadataCheck {
                 Some(w) => Check::fail("metadata", format!("{base}/metadata: {w}")),
             },
             Err(e) => Check::fail("metadata", format!("{e:#}")),
-        }])
+        });
+        Ok(checks)
     }
 
     async fn apply(&self, cx: &StepCx) -> anyhow::Result<()> {

@@ -6,6 +6,8 @@
 //!
 //! It also sets `HAPI_IMAGE` in the env file (journaled before the edit, like `env_set`), so
 //! that a later `docker-compose up -d` agrees, and recomputes compose's config hash from it.
+//! A replica is done when it runs the new image id and carries that hash (a new tag of the
+//! running image is still rolled out).
 //! Checkpoint after every replica: resume continues with the next one. Rollback puts every
 //! replaced replica back on its previous image the same way, then restores the env file.
 
@@ -14,9 +16,12 @@ use std::path::PathBuf;
 use anyhow::{Context, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
-use super::replicas::swap::{self, Gate, compose_hash};
-use super::replicas::{TEMP_SUFFIX, fhir_path, project_service, running_replicas};
+use super::replicas::swap::{self, CONFIG_HASH, Gate, compose_hash};
+use super::replicas::{
+    TEMP_SUFFIX, all_replicas, fhir_path, not_running, project_service, running_replicas,
+};
 use super::{Check, Reversibility, Step, StepCx};
+use crate::infra::docker::Replica;
 use crate::infra::dotenv::{self, Edit};
 use crate::report::{CheckStatus, Level, Unit};
 use crate::util::duration::Duration;
@@ -101,6 +106,15 @@ impl RollingRedeploy {
             stop_timeout: self.stop_timeout,
         }
     }
+}
+
+/// A replica already as the rollout leaves it: on `image_id` and, when compose's hash of
+/// the service is known, labelled with it. A tag of the image that is already running (a
+/// promotion) still changes the hash (`.env` names the new tag), so those replicas are
+/// replaced too: otherwise the next `docker-compose up -d` would recreate them all at once.
+fn up_to_date(r: &Replica, image_id: &str, hash: Option<&str>) -> bool {
+    r.image_id == image_id
+        && hash.is_none_or(|h| r.labels.get(CONFIG_HASH).map(String::as_str) == Some(h))
 }
 
 impl Step for RollingRedeploy {
@@ -243,7 +257,7 @@ impl Step for RollingRedeploy {
         let total = replicas.len() as u64;
         for (i, r) in replicas.iter().enumerate() {
             cx.progress(i as u64, total, Unit::Replicas);
-            if cp.done.contains(&r.number) || r.image_id == new_id {
+            if cp.done.contains(&r.number) || up_to_date(r, &new_id, hash.as_deref()) {
                 if !cp.done.contains(&r.number) {
                     cp.done.push(r.number);
                     cx.save_checkpoint(&cp)?;
@@ -279,14 +293,18 @@ impl Step for RollingRedeploy {
             .await?
             .map(|i| i.id)
             .unwrap_or_default();
+        let hash = compose_hash(&self.compose_dir(cx)?, &project, &service);
         let stale: Vec<String> = running_replicas(&e, &project, &service)
             .await?
             .into_iter()
-            .filter(|r| r.image_id != new_id)
+            .filter(|r| !up_to_date(r, &new_id, hash.as_deref()))
             .map(|r| r.name)
             .collect();
         if !stale.is_empty() {
-            bail!("replicas still on another image: {}", stale.join(", "));
+            bail!(
+                "replicas still on another image or compose configuration: {}",
+                stale.join(", ")
+            );
         }
         Ok(())
     }
@@ -323,14 +341,21 @@ impl Step for RollingRedeploy {
                 e.remove_container(&r.name).await?;
             }
         }
-        // Every replica not on the previous image, newest first: also one replaced just
-        // before ferry died, whose number the checkpoint never got.
-        for r in running_replicas(&e, &project, &service)
-            .await?
-            .iter()
+        // Every replica not on the previous image (or not labelled with the restored .env's
+        // config hash), newest first: also one replaced just before ferry died, whose number
+        // the checkpoint never got. One of them that is not
+        // running is not skipped: the rollback stops, saying what to do.
+        let every = all_replicas(&e, &project, &service).await?;
+        let n = every.len();
+        let todo: Vec<_> = every
+            .into_iter()
             .rev()
-            .filter(|r| r.image_id != prev_id)
-        {
+            .filter(|r| !up_to_date(r, &prev_id, hash.as_deref()))
+            .collect();
+        if let Some(msg) = not_running(&todo, n, &project, &service) {
+            bail!(msg);
+        }
+        for r in &todo {
             cx.log(
                 Level::Info,
                 format!("restoring {} to {}", r.name, cp.previous_image),

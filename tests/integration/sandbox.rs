@@ -486,3 +486,183 @@ fn scaling_1_to_3_passes_and_to_5_is_refused_by_the_pools() {
     assert_eq!(s.replicas().len(), 1);
     s.finish();
 }
+
+/// `docker unpause NAME` when dropped (a failing test must not leave a paused replica that
+/// `sandbox down` would trip over); declared after the sandbox, so it runs first.
+struct Unpause(String);
+
+impl Drop for Unpause {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["unpause", &self.0]).output();
+    }
+}
+
+fn docker(args: &[&str]) -> String {
+    let o = Command::new("docker").args(args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+#[test]
+fn a_paused_replica_fails_the_rollout_its_checks_and_scale_instead_of_being_skipped() {
+    let Some(s) = Sbx::up(3) else { return };
+    let current = s.state()["image"].as_str().unwrap().to_owned();
+    let ctx = s.sb.path("variant");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {current}\nLABEL ferry.test=1\nLABEL variant=paused\n"),
+    )
+    .unwrap();
+    let image = "ferry-test-paused:1";
+    docker(&["build", "-q", "-t", image, ctx.to_str().unwrap()]);
+    let third = format!("{}_hapi_3", s.project());
+    let before = s.replicas();
+    let env_before = std::fs::read_to_string(s.dir.join("files/.env")).unwrap();
+    let rollout = |name: &str| {
+        Playbook::new(name)
+            .step("rollout", "rolling_redeploy")
+            .str("image", image)
+            .str("health_timeout", "30s")
+    };
+    rollout("rollout").write(&s.sb, "rollout.toml");
+    Playbook::new("each")
+        .step("each", "metadata_check")
+        .raw("per_replica", "true")
+        .write(&s.sb, "each.toml");
+    Playbook::new("scale")
+        .step("scale", "scale")
+        .raw("replicas", "4")
+        .write(&s.sb, "scale.toml");
+    let paused = format!("{third} is paused: unpause it with `docker unpause {third}`");
+
+    // Paused before the run: every check that lists the replicas fails, naming it.
+    docker(&["pause", &third]);
+    let guard = Unpause(third.clone());
+    for pb in ["rollout.toml", "each.toml", "scale.toml"] {
+        for dry in [true, false] {
+            let mut args = vec!["run", pb];
+            if dry {
+                args.push("--dry-run");
+            }
+            let out = s.run(&args);
+            out.expect(3);
+            assert!(out.stderr.contains(&paused), "{pb}: {}", out.stderr);
+        }
+    }
+    assert_eq!(s.replicas(), before, "nothing replaced, nothing added");
+    docker(&["unpause", &third]);
+
+    // Paused after the preflight (as during a long image build): refused right before the
+    // rollout's apply, nothing replaced, the earlier step undone.
+    let late = format!(
+        "name = \"late\"\n\n[[steps]]\nid = \"pause\"\nkind = \"exec\"\nrun = \"docker pause {third}\"\nundo = \"docker unpause {third}\"\n\n[[steps]]\nid = \"rollout\"\nkind = \"rolling_redeploy\"\nimage = \"{image}\"\nhealth_timeout = \"30s\"\n"
+    );
+    s.sb.write("late.toml", &late);
+    let out = s.run(&["run", "late.toml"]);
+    out.expect(1);
+    assert!(out.stderr.contains(&paused), "{}", out.stderr);
+    assert_eq!(s.replicas(), before, "nothing replaced");
+    assert_eq!(
+        std::fs::read_to_string(s.dir.join("files/.env")).unwrap(),
+        env_before
+    );
+    assert_eq!(
+        docker(&["inspect", "--format", "{{.State.Status}}", &third]),
+        "running",
+        "the rollback unpaused it"
+    );
+
+    // Stopped: the same, with what to do for a stopped container.
+    docker(&["stop", "-t", "1", &third]);
+    let out = s.run(&["run", "--dry-run", "rollout.toml"]);
+    out.expect(3);
+    assert!(
+        out.stderr.contains(&format!("{third} is exited"))
+            && out.stderr.contains(&format!("`docker start {third}`")),
+        "{}",
+        out.stderr
+    );
+    docker(&["start", &third]);
+    wait_healthy(&third);
+
+    // Every replica running: the rollout replaces all three.
+    drop(guard);
+    let out = s.run(&["run", "rollout.toml"]);
+    out.expect(0);
+    let img = docker(&["inspect", "--format", "{{.Id}}", image]);
+    let after = s.replicas();
+    assert_eq!(after.len(), 3);
+    assert!(after.iter().all(|r| r.1 == img), "{after:?}");
+    let _ = Command::new("docker").args(["rmi", "-f", image]).output();
+    s.finish();
+}
+
+fn wait_healthy(name: &str) {
+    crate::harness::wait_for(
+        &format!("{name} healthy"),
+        std::time::Duration::from_secs(60),
+        || {
+            Command::new("docker")
+                .args(["inspect", "--format", "{{.State.Health.Status}}", name])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "healthy")
+        },
+    );
+}
+
+#[test]
+fn a_tag_of_the_running_image_is_rolled_out_so_compose_agrees_afterwards() {
+    let Some(s) = Sbx::up(3) else { return };
+    let current = s.state()["image"].as_str().unwrap().to_owned();
+    let promoted = format!("{current}-promoted");
+    docker(&["tag", &current, &promoted]);
+    let before = s.replicas();
+    Playbook::new("promote")
+        .step("rollout", "rolling_redeploy")
+        .str("image", &promoted)
+        .str("verify_version", "0.2.1")
+        .str("health_timeout", "30s")
+        .write(&s.sb, "promote.toml");
+    let out = s.run(&["run", "promote.toml"]);
+    out.expect(0);
+    let env = std::fs::read_to_string(s.dir.join("files/.env")).unwrap();
+    assert!(env.contains(&format!("HAPI_IMAGE={promoted}\n")), "{env}");
+    let after = s.replicas();
+    assert_eq!(after.len(), 3);
+    for ((n0, img0, id0), (n1, img1, id1)) in before.iter().zip(&after) {
+        assert_eq!(n0, n1, "replicas keep their names");
+        assert_eq!(img0, img1, "{n1}: the same image id");
+        assert_ne!(
+            id0, id1,
+            "{n1} is replaced: compose's config hash names the new tag"
+        );
+    }
+    // compose agrees: nothing to recreate, every container kept.
+    let (ok, up) = s.compose(&["up", "-d", "--scale", "hapi=3"]);
+    assert!(ok, "{up}");
+    assert_eq!(
+        up.matches("is up-to-date").count(),
+        4,
+        "3 hapi + lb up to date:\n{up}"
+    );
+    assert!(!up.contains("Recreating"), "{up}");
+    assert_eq!(s.replicas(), after, "no container recreated by `up -d`");
+    assert_eq!(s.version(), "0.2.1");
+    // Rolled back: the old tag in .env, and compose agrees again.
+    let id = s.sb.run_ids().pop().unwrap();
+    s.sb.run(&["rollback", &id]).expect(0);
+    let env = std::fs::read_to_string(s.dir.join("files/.env")).unwrap();
+    assert!(env.contains(&format!("HAPI_IMAGE={current}\n")), "{env}");
+    let back = s.replicas();
+    let (ok, up) = s.compose(&["up", "-d", "--scale", "hapi=3"]);
+    assert!(ok && !up.contains("Recreating"), "{up}");
+    assert_eq!(up.matches("is up-to-date").count(), 4, "{up}");
+    assert_eq!(s.replicas(), back, "no container recreated by `up -d`");
+    let _ = Command::new("docker").args(["rmi", &promoted]).output();
+    s.finish();
+}

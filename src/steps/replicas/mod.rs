@@ -1,12 +1,12 @@
 //! The compose service's replicas, as `rolling_redeploy`, `scale`, `pool_capacity` and
-//! `metadata_check` see them: the project and service the target names, the replicas that
-//! are running, and each replica's own URL on its published 127.0.0.1 port (never a
+//! `metadata_check` see them: the project and service the target names, every replica of
+//! it (all of which must be running: none is skipped), and each replica's own URL on its published 127.0.0.1 port (never a
 //! container's private address). `swap` replaces one replica.
 
 pub mod count;
 pub mod swap;
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 
 use super::StepCx;
 use crate::infra::docker::{self, Docker, Replica};
@@ -32,8 +32,9 @@ pub fn project_service(cx: &StepCx, service: Option<&str>) -> anyhow::Result<(St
     Ok((project, service))
 }
 
-/// Running replicas, without the temporary clones of a replacement in progress.
-pub async fn running_replicas(
+/// Every replica of the service whatever its state (running, paused, exited, created…),
+/// without the temporary clones of a replacement in progress: a clone is not a replica.
+pub async fn all_replicas(
     engine: &Docker,
     project: &str,
     service: &str,
@@ -42,13 +43,73 @@ pub async fn running_replicas(
         .replicas(project, service)
         .await?
         .into_iter()
-        .filter(|r| r.state == "running" && !r.name.ends_with(TEMP_SUFFIX))
+        .filter(|r| !r.name.ends_with(TEMP_SUFFIX))
         .collect())
 }
 
+/// Every replica of the service, each of which must be running. A paused, exited or
+/// created (never started) one is never skipped: it would keep its old image and serve it
+/// once it runs again. The error names each such replica, its state and what to do.
+pub async fn running_replicas(
+    engine: &Docker,
+    project: &str,
+    service: &str,
+) -> anyhow::Result<Vec<Replica>> {
+    let all = all_replicas(engine, project, service).await?;
+    if let Some(msg) = not_running(&all, all.len(), project, service) {
+        bail!(msg);
+    }
+    Ok(all)
+}
+
+/// The message for the replicas among `these` that are not running, if any; `n` is the
+/// service's replica count (for the compose command it suggests).
+pub fn not_running(these: &[Replica], n: usize, project: &str, service: &str) -> Option<String> {
+    let compose = format!(
+        "`docker-compose -p {project} up -d --no-recreate --scale {service}={n} {service}` in the compose directory"
+    );
+    let each: Vec<String> = these
+        .iter()
+        .filter(|r| r.state != "running")
+        .map(|r| {
+            let name = &r.name;
+            let status = if r.status.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", r.status)
+            };
+            match r.state.as_str() {
+                "paused" => format!("{name} is paused: unpause it with `docker unpause {name}`"),
+                "created" => format!(
+                    "{name} is created but was never started: start it with `docker start {name}` (or {compose}), or remove it with `docker rm {name}`"
+                ),
+                "exited" => format!(
+                    "{name} is exited{status}: start it with `docker start {name}` (or {compose}), or remove it with `docker rm {name}`"
+                ),
+                "restarting" => format!(
+                    "{name} is restarting{status}: see `docker logs {name}`, then fix it or remove it with `docker rm -f {name}`"
+                ),
+                other => format!(
+                    "{name} is {}{status}: remove it with `docker rm -f {name}`",
+                    if other.is_empty() { "in an unknown state" } else { other }
+                ),
+            }
+        })
+        .collect();
+    if each.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "not every replica of {project}/{service} is running, and none is skipped (one left out keeps its old image and serves it once it runs again): {}; then run again",
+        each.join("; ")
+    ))
+}
+
+/// The replica count `pool_capacity` means by "current": every replica, running or not
+/// (a stopped or paused one takes its pool again once it runs).
 pub async fn current_replicas(cx: &StepCx) -> anyhow::Result<u32> {
     let (project, service) = project_service(cx, None)?;
-    Ok(running_replicas(&cx.docker().await?, &project, &service)
+    Ok(all_replicas(&cx.docker().await?, &project, &service)
         .await?
         .len() as u32)
 }
@@ -76,7 +137,7 @@ pub fn replica_url(info: &docker::ContainerInfo, path: &str) -> anyhow::Result<S
     Ok(format!("http://127.0.0.1:{port}{path}"))
 }
 
-/// Every running replica with its own base URL.
+/// Every replica with its own base URL (an error when one is not running).
 pub async fn replica_urls(cx: &StepCx) -> anyhow::Result<Vec<(String, String)>> {
     let (project, service) = project_service(cx, None)?;
     let engine = cx.docker().await?;
