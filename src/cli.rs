@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(
     name = "ferry",
-    version,
+    // "0.1.0 (commit abcdef1)": build.rs stamps the commit it was built from.
+    version = env!("FERRY_VERSION"),
     about = "Durable, resumable playbooks for a HAPI FHIR deployment"
 )]
 pub struct Cli {
