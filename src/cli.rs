@@ -197,4 +197,8 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Write the man pages generated from these definitions: ferry.1 and one per subcommand
+    /// (ferry-run.1, …) into DIR, or ferry.1 alone to stdout. Used by scripts/release.
+    #[command(hide = true)]
+    Man { dir: Option<PathBuf> },
 }

@@ -1,4 +1,5 @@
-//! What ships: `ferry --version` names the commit it was built from.
+//! What ships: `ferry --version` names the commit it was built from; `ferry man` writes the
+//! man page generated from the clap definitions.
 
 use std::process::Command;
 
@@ -59,4 +60,55 @@ fn version_line_format() {
     assert!(parse_version_line("ferry 0.1.0").is_none());
     assert!(parse_version_line("ferry 0.1 (commit c8c4b9a)").is_none());
     assert!(parse_version_line("ferry 0.1.0 (commit xyz)").is_none());
+}
+
+#[test]
+fn man_writes_a_page_naming_every_subcommand_and_one_page_per_subcommand() {
+    let sb = Sandbox::new();
+    sb.run(&["man", "share/man1"]).expect(0);
+    let page = sb.read("share/man1/ferry.1");
+    assert!(page.contains(".TH ferry 1"), "no .TH ferry header:\n{page}");
+    let version_line = format!("ferry {}", env!("CARGO_PKG_VERSION"));
+    assert!(
+        page.contains(&version_line),
+        "no {version_line:?} in the header"
+    );
+    for sub in [
+        "validate",
+        "plan",
+        "run",
+        "resume",
+        "rollback",
+        "status",
+        "unlock",
+        "check",
+        "sandbox",
+        "ig",
+        "completions",
+    ] {
+        // roff escapes the dash: ferry\-run(1)
+        let entry = format!("ferry\\-{sub}(1)");
+        assert!(
+            page.contains(&entry),
+            "ferry.1 does not list {sub} ({entry})"
+        );
+        assert!(
+            sb.path(&format!("share/man1/ferry-{sub}.1")).is_file(),
+            "no ferry-{sub}.1"
+        );
+    }
+    assert!(sb.path("share/man1/ferry-sandbox-up.1").is_file());
+    // The hidden `man` itself is not documented.
+    assert!(!page.contains("ferry\\-man"));
+    assert!(!sb.path("share/man1/ferry-man.1").exists());
+    let run = sb.read("share/man1/ferry-run.1");
+    assert!(
+        run.contains("dry\\-run"),
+        "ferry-run.1 lacks --dry-run:\n{run}"
+    );
+
+    // Without DIR: ferry.1 on stdout.
+    let out = sb.run(&["man"]);
+    out.expect(0);
+    assert_eq!(out.stdout, page);
 }
