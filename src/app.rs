@@ -98,7 +98,23 @@ pub async fn main(cli: Cli) -> Result<i32> {
             clap_complete::generate(*shell, &mut Cli::command(), "ferry", &mut std::io::stdout());
             Ok(0)
         }
+        Command::Man { dir } => man(dir.as_deref()),
     }
+}
+
+/// `ferry man [DIR]`: the pages clap_mangen renders from `Cli` (hidden commands left out).
+fn man(dir: Option<&Path>) -> Result<i32> {
+    // As generate_to does: no `help` subcommand listed, it has no page of its own.
+    let cmd = Cli::command().disable_help_subcommand(true);
+    let written = match dir {
+        Some(dir) => std::fs::create_dir_all(dir)
+            .and_then(|()| clap_mangen::generate_to(cmd, dir))
+            .map_err(|e| anyhow::anyhow!("cannot write the man pages to {}: {e}", dir.display())),
+        None => clap_mangen::Man::new(cmd)
+            .render(&mut std::io::stdout().lock())
+            .map_err(|e| anyhow::anyhow!("cannot write the man page: {e}")),
+    };
+    written.map(|()| 0).map_err(Error::Other)
 }
 
 /// Prints a command's answer in the chosen `--format`.

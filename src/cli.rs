@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(
     name = "ferry",
-    version,
+    // "0.1.0 (commit abcdef1)": build.rs stamps the commit it was built from.
+    version = env!("FERRY_VERSION"),
     about = "Durable, resumable playbooks for a HAPI FHIR deployment"
 )]
 pub struct Cli {
@@ -196,4 +197,8 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Write the man pages generated from these definitions: ferry.1 and one per subcommand
+    /// (ferry-run.1, …) into DIR, or ferry.1 alone to stdout. Used by scripts/release.
+    #[command(hide = true)]
+    Man { dir: Option<PathBuf> },
 }

@@ -13,6 +13,7 @@ mod ig;
 mod images;
 mod prometheus;
 mod registry;
+mod release;
 mod sandbox;
 mod security;
 mod sql;
