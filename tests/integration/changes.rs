@@ -2,21 +2,19 @@
 //! it started (unless `--accept-changes`): a moved `files.root` must not receive the rest of
 //! a run, nor lose files to a rollback that reports success.
 
-use crate::harness::Sandbox;
+use crate::harness::{Playbook, Sandbox};
 
-const PB: &str = r#"name = "chg-target"
-[[steps]]
-id = "a"
-kind = "exec"
-run = "mkdir -p {{ target.files.root }} && echo a >> {{ target.files.root }}/log"
-undo = "rm -f {{ target.files.root }}/log"
-
-[[steps]]
-id = "b"
-kind = "exec"
-on_failure = "stop"
-run = "test -f go"
-"#;
+/// `a` writes into the target's files root; `b` stops the run until `go` exists.
+fn pb() -> Playbook {
+    Playbook::new("chg-target")
+        .exec(
+            "a",
+            "mkdir -p {{ target.files.root }} && echo a >> {{ target.files.root }}/log",
+        )
+        .undo("rm -f {{ target.files.root }}/log")
+        .exec("b", "test -f go")
+        .on_failure("stop")
+}
 
 fn target(root: &str) -> String {
     format!("name = \"t\"\n[files]\nroot = \"{root}\"\n")
@@ -25,7 +23,7 @@ fn target(root: &str) -> String {
 #[test]
 fn resume_and_rollback_refuse_a_changed_target_unless_accepted() {
     let sb = Sandbox::new();
-    sb.write("pb.toml", PB);
+    pb().write(&sb, "pb.toml");
     sb.write("t.toml", &target("a"));
     sb.run(&["run", "pb.toml", "--target", "t.toml"]).expect(1);
     assert_eq!(sb.read("a/log"), "a\n");
@@ -85,10 +83,12 @@ fn same_playbook_text_with_other_resolved_values_is_refused() {
     git(&["init", "-q"]);
     git(&["add", "."]);
     git(&["commit", "-qm", "one"]);
-    sb.write(
-        "pb.toml",
-        "name = \"chg-git\"\n[[steps]]\nid = \"tag\"\nkind = \"exec\"\nrun = \"echo {{ git.commit }} >> log\"\nundo = \"rm -f log\"\n[[steps]]\nid = \"b\"\nkind = \"exec\"\non_failure = \"stop\"\nrun = \"test -f go\"\n",
-    );
+    Playbook::new("chg-git")
+        .exec("tag", "echo {{ git.commit }} >> log")
+        .undo("rm -f log")
+        .exec("b", "test -f go")
+        .on_failure("stop")
+        .write(&sb, "pb.toml");
     sb.write("t.toml", &target("root"));
     sb.run(&["run", "pb.toml", "--target", "t.toml"]).expect(1);
     sb.write("root/README", "two\n");

@@ -3,21 +3,15 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{HAPI_PW, Pg, Sandbox, wait_for};
+use crate::harness::{HAPI_PW, Pg, Playbook, Sandbox, wait_for};
 
-const TWO: &str = r#"name = "two"
-[[steps]]
-id = "one"
-kind = "exec"
-run = "echo 1 >> effects.log"
-undo = "echo undo1 >> effects.log"
-
-[[steps]]
-id = "two"
-kind = "exec"
-run = "echo 2 >> effects.log"
-undo = "echo undo2 >> effects.log"
-"#;
+fn two() -> Playbook {
+    Playbook::new("two")
+        .exec("one", "echo 1 >> effects.log")
+        .undo("echo undo1 >> effects.log")
+        .exec("two", "echo 2 >> effects.log")
+        .undo("echo undo2 >> effects.log")
+}
 
 fn journal_path(sb: &Sandbox, id: &str) -> std::path::PathBuf {
     sb.state.join("runs").join(id).join("journal.jsonl")
@@ -32,7 +26,7 @@ fn status_json(sb: &Sandbox) -> serde_json::Value {
 #[test]
 fn a_nul_byte_in_the_middle_of_a_journal_is_corruption() {
     let sb = Sandbox::new();
-    sb.write("two.toml", TWO);
+    two().write(&sb, "two.toml");
     sb.run(&["run", "two.toml"]).expect(0);
     let id = sb.run_ids().pop().unwrap();
     let path = journal_path(&sb, &id);
@@ -69,7 +63,7 @@ fn a_nul_byte_in_the_middle_of_a_journal_is_corruption() {
 #[test]
 fn an_empty_journal_does_not_hide_the_other_runs() {
     let sb = Sandbox::new();
-    sb.write("two.toml", TWO);
+    two().write(&sb, "two.toml");
     sb.run(&["run", "two.toml"]).expect(0);
     let good = sb.run_ids().pop().unwrap();
     let empty = "29991231-235959.999-ffff";
@@ -103,6 +97,15 @@ fn sleeping_backends(pg: &Pg) -> String {
     )
 }
 
+/// An INSERT that sleeps 6 s on the server, undone by deleting its row.
+fn slow_insert() -> Playbook {
+    Playbook::new("insert")
+        .step("slow-insert", "sql")
+        .str("database", "fhir")
+        .str("statement", "INSERT INTO t SELECT 1 FROM pg_sleep(6)")
+        .str("rollback", "DELETE FROM t")
+}
+
 #[test]
 fn an_sql_timeout_cancels_the_statement_on_the_server() {
     let Some((pg, sb)) = pg_setup() else { return };
@@ -111,18 +114,7 @@ fn an_sql_timeout_cancels_the_statement_on_the_server() {
         "CREATE TABLE t (id int); ALTER TABLE t OWNER TO hapi",
     );
     // An INSERT that outlives its timeout must not commit later.
-    sb.write(
-        "insert.toml",
-        r#"name = "insert"
-[[steps]]
-id = "slow-insert"
-kind = "sql"
-database = "fhir"
-timeout = "2s"
-statement = "INSERT INTO t SELECT 1 FROM pg_sleep(6)"
-rollback = "DELETE FROM t"
-"#,
-    );
+    slow_insert().timeout("2s").write(&sb, "insert.toml");
     let t0 = Instant::now();
     let out = sb.run_env(&["run", "insert.toml", "--target", "target.toml"], &PG_ENV);
     out.expect(1);
@@ -137,25 +129,20 @@ rollback = "DELETE FROM t"
     );
 
     // DDL in a transaction: the undo must not queue behind the orphaned lock.
-    sb.write(
-        "ddl.toml",
-        r#"name = "ddl"
-[[steps]]
-id = "create"
-kind = "sql"
-database = "fhir"
-statement = "CREATE TABLE d (id int)"
-rollback = "DROP TABLE IF EXISTS d"
-
-[[steps]]
-id = "alter"
-kind = "sql"
-database = "fhir"
-timeout = "2s"
-statement = "ALTER TABLE d ADD COLUMN c int; SELECT pg_sleep(6)"
-rollback = "ALTER TABLE d DROP COLUMN IF EXISTS c"
-"#,
-    );
+    Playbook::new("ddl")
+        .step("create", "sql")
+        .str("database", "fhir")
+        .str("statement", "CREATE TABLE d (id int)")
+        .str("rollback", "DROP TABLE IF EXISTS d")
+        .step("alter", "sql")
+        .str("database", "fhir")
+        .timeout("2s")
+        .str(
+            "statement",
+            "ALTER TABLE d ADD COLUMN c int; SELECT pg_sleep(6)",
+        )
+        .str("rollback", "ALTER TABLE d DROP COLUMN IF EXISTS c")
+        .write(&sb, "ddl.toml");
     let t0 = Instant::now();
     let out = sb.run_env(&["run", "ddl.toml", "--target", "target.toml"], &PG_ENV);
     out.expect(1);
@@ -172,16 +159,10 @@ rollback = "ALTER TABLE d DROP COLUMN IF EXISTS c"
 #[test]
 fn sigint_in_preflight_stops_the_check_and_leaves_nothing_to_resume() {
     let sb = Sandbox::new();
-    sb.write(
-        "pb.toml",
-        r#"name = "pre"
-[[steps]]
-id = "slow-check"
-kind = "exec"
-check = "echo $$ > check.pid; exec sleep 15"
-run = "touch ran"
-"#,
-    );
+    Playbook::new("pre")
+        .exec("slow-check", "touch ran")
+        .check("echo $$ > check.pid; exec sleep 15")
+        .write(&sb, "pb.toml");
     for args in [vec!["run", "pb.toml"], vec!["run", "pb.toml", "--dry-run"]] {
         let _ = std::fs::remove_file(sb.path("check.pid"));
         let child = sb.spawn(&args, &[]);
@@ -210,17 +191,14 @@ run = "touch ran"
     out.expect(2);
 }
 
-const WAITS: &str = r#"name = "waits"
-[[steps]]
-id = "hold"
-kind = "exec"
-run = "touch started; while [ ! -f go ]; do sleep 0.1; done; echo hold >> log"
-
-[[steps]]
-id = "after"
-kind = "exec"
-run = "echo after >> log"
-"#;
+fn waits() -> Playbook {
+    Playbook::new("waits")
+        .exec(
+            "hold",
+            "touch started; while [ ! -f go ]; do sleep 0.1; done; echo hold >> log",
+        )
+        .exec("after", "echo after >> log")
+}
 
 fn lock_backend(pg: &Pg) -> String {
     pg.psql(
@@ -232,7 +210,7 @@ fn lock_backend(pg: &Pg) -> String {
 #[test]
 fn losing_the_database_lock_mid_run_stops_at_the_next_boundary() {
     let Some((pg, sb)) = pg_setup() else { return };
-    sb.write("pb.toml", WAITS);
+    waits().write(&sb, "pb.toml");
     let child = sb.spawn(&["run", "pb.toml", "--target", "target.toml"], &PG_ENV);
     wait_for("the first step", Duration::from_secs(20), || {
         sb.path("started").exists()
@@ -267,7 +245,7 @@ fn the_database_lock_outlives_idle_session_timeout() {
         "postgres",
         "ALTER DATABASE fhirdb SET idle_in_transaction_session_timeout = '1s'",
     );
-    sb.write("pb.toml", WAITS);
+    waits().write(&sb, "pb.toml");
     let child = sb.spawn(&["run", "pb.toml", "--target", "target.toml"], &PG_ENV);
     wait_for("the first step", Duration::from_secs(20), || {
         sb.path("started").exists()
@@ -310,7 +288,7 @@ fn unlock_force_does_not_release_a_live_run_of_a_long_named_host() {
         return;
     }
     let Some((pg, sb)) = pg_setup() else { return };
-    sb.write("pb.toml", WAITS);
+    waits().write(&sb, "pb.toml");
     let in_host = |state: &std::path::Path, args: &[&str]| {
         let mut line = format!(
             "hostname {host} && exec {}",
@@ -423,13 +401,11 @@ impl Drop for Tmpfs {
 }
 
 fn many_steps(sb: &Sandbox, n: usize) {
-    let mut pb = String::from("name = \"many\"\n");
-    for i in 1..=n {
-        pb += &format!(
-            "\n[[steps]]\nid = \"step-{i}\"\nkind = \"exec\"\nrun = \"echo {i} >> effects.log\"\n"
-        );
-    }
-    sb.write("many.toml", &pb);
+    (1..=n)
+        .fold(Playbook::new("many"), |pb, i| {
+            pb.exec(&format!("step-{i}"), &format!("echo {i} >> effects.log"))
+        })
+        .write(sb, "many.toml");
 }
 
 fn effects(sb: &Sandbox) -> Vec<usize> {
@@ -496,17 +472,7 @@ fn a_second_sigint_cancels_a_running_statement_on_the_server() {
         "fhirdb",
         "CREATE TABLE t (id int); ALTER TABLE t OWNER TO hapi",
     );
-    sb.write(
-        "insert.toml",
-        r#"name = "insert"
-[[steps]]
-id = "slow-insert"
-kind = "sql"
-database = "fhir"
-statement = "INSERT INTO t SELECT 1 FROM pg_sleep(6)"
-rollback = "DELETE FROM t"
-"#,
-    );
+    slow_insert().write(&sb, "insert.toml");
     let child = sb.spawn(&["run", "insert.toml", "--target", "target.toml"], &PG_ENV);
     wait_for("the statement to run", Duration::from_secs(20), || {
         sleeping_backends(&pg) == "1"

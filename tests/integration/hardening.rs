@@ -4,7 +4,7 @@
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 
-use crate::harness::{Out, Sandbox};
+use crate::harness::{Out, Playbook, Sandbox};
 
 fn out_of(mut c: Command) -> Out {
     let o = c.output().expect("run ferry");
@@ -19,16 +19,12 @@ fn out_of(mut c: Command) -> Out {
 #[test]
 fn exec_output_with_invalid_utf8_and_a_10mb_line_is_decoded_lossily_and_bounded() {
     let sb = Sandbox::new();
-    sb.write(
-        "pb.toml",
-        r#"name = "noisy"
-
-[[steps]]
-id = "noisy"
-kind = "exec"
-run = '''printf 'caf\351\n'; head -c 10000000 /dev/zero | tr '\0' x; printf '\nafter\n'; printf 'caf\351' >&2; touch finished'''
-"#,
-    );
+    Playbook::new("noisy")
+        .exec(
+            "noisy",
+            r"printf 'caf\351\n'; head -c 10000000 /dev/zero | tr '\0' x; printf '\nafter\n'; printf 'caf\351' >&2; touch finished",
+        )
+        .write(&sb, "pb.toml");
     let out = sb.run(&["run", "pb.toml", "--format", "json"]);
     out.expect(0);
     assert!(sb.path("finished").exists(), "the step ran to its end");
@@ -61,21 +57,10 @@ run = '''printf 'caf\351\n'; head -c 10000000 /dev/zero | tr '\0' x; printf '\na
 #[test]
 fn relative_state_dir_and_junit_on_resume_from_another_directory() {
     let sb = Sandbox::new();
-    sb.write(
-        "work/pb.toml",
-        r#"name = "two"
-
-[[steps]]
-id = "s1"
-kind = "exec"
-run = "touch one"
-
-[[steps]]
-id = "s2"
-kind = "exec"
-run = "touch two"
-"#,
-    );
+    Playbook::new("two")
+        .exec("s1", "touch one")
+        .exec("s2", "touch two")
+        .write(&sb, "work/pb.toml");
     // Started in work/ with a relative state dir, killed right after s1.
     let mut c = sb.cmd(&["--state-dir", "../state", "run", "pb.toml"]);
     c.current_dir(sb.path("work"))
@@ -111,10 +96,9 @@ fn a_new_run_directory_and_its_parent_are_fsynced() {
         return;
     }
     let sb = Sandbox::new();
-    sb.write(
-        "pb.toml",
-        "name = \"one\"\n[[steps]]\nid = \"s1\"\nkind = \"exec\"\nrun = \"true\"\n",
-    );
+    Playbook::new("one")
+        .exec("s1", "true")
+        .write(&sb, "pb.toml");
     let log = sb.path("strace.log");
     // The harness's ferry command, under strace.
     let ferry = sb.cmd(&["run", "pb.toml"]);
@@ -156,23 +140,12 @@ fn a_new_run_directory_and_its_parent_are_fsynced() {
 #[test]
 fn resume_that_completes_the_rollback_of_a_failed_run_exits_1() {
     let sb = Sandbox::new();
-    sb.write(
-        "pb.toml",
-        r#"name = "fails"
-
-[[steps]]
-id = "s1"
-kind = "exec"
-run = "touch one"
-undo = "rm -f one"
-
-[[steps]]
-id = "s2"
-kind = "exec"
-run = "false"
-undo = "true"
-"#,
-    );
+    Playbook::new("fails")
+        .exec("s1", "touch one")
+        .undo("rm -f one")
+        .exec("s2", "false")
+        .undo("true")
+        .write(&sb, "pb.toml");
     // s2 fails; the rollback starts and ferry is killed before s1's undo.
     let out = sb.run_env(
         &["run", "pb.toml"],
@@ -205,24 +178,13 @@ undo = "true"
 #[test]
 fn resume_of_a_requested_rollback_still_exits_0() {
     let sb = Sandbox::new();
-    sb.write(
-        "pb.toml",
-        r#"name = "ok"
-
-[[steps]]
-id = "s1"
-kind = "exec"
-run = "touch one"
-undo = "rm -f one"
-
-[[steps]]
-id = "s2"
-kind = "exec"
-run = "test -e ready && touch two"
-undo = "rm -f two"
-on_failure = "stop"
-"#,
-    );
+    Playbook::new("ok")
+        .exec("s1", "touch one")
+        .undo("rm -f one")
+        .exec("s2", "test -e ready && touch two")
+        .undo("rm -f two")
+        .on_failure("stop")
+        .write(&sb, "pb.toml");
     // s2 fails once and stops the run; fixed, the run is resumed to its end.
     sb.run(&["run", "pb.toml"]).expect(1);
     sb.write("ready", "");

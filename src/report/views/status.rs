@@ -135,3 +135,45 @@ impl View for StatusView {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json_name(v: impl Serialize) -> String {
+        serde_json::to_value(v)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn human_names_are_the_json_names() {
+        use RunStatus as R;
+        use StepState as S;
+        for r in [
+            R::Running,
+            R::Interrupted,
+            R::Stopped,
+            R::RollingBack,
+            R::Done,
+            R::RolledBack,
+            R::RollbackIncomplete,
+            R::Corrupt,
+        ] {
+            assert_eq!(json_name(r), r.as_str());
+        }
+        for s in [
+            S::Pending,
+            S::Started,
+            S::Skipped,
+            S::Done,
+            S::Failed,
+            S::Undoing,
+            S::Undone,
+            S::UndoFailed,
+        ] {
+            assert_eq!(json_name(s), s.as_str());
+        }
+    }
+}
