@@ -283,13 +283,7 @@ impl Run<'_> {
         )?;
         self.emit_end(i, StepStatus::Failed, t0, Some(msg.clone()));
         let run_id = self.req.run_id.clone();
-        let failed = |hint: String| Error::StepFailed {
-            step: def.id.clone(),
-            kind: def.kind.clone(),
-            describe: def.spec.describe(),
-            error: msg.clone(),
-            hint,
-        };
+        let failed = |hint: String| def.failed(msg.clone(), hint);
         if def.on_failure == OnFailure::Stop {
             return Err(failed(format!(
                 "the run stopped there (on_failure = \"stop\"): fix the cause and `ferry resume {run_id}`, or undo it with `ferry rollback {run_id}`"

@@ -356,19 +356,21 @@ impl Engine {
                     Ok(()) if !undo && failed => {
                         // The step whose failure started the rollback: the last with an error.
                         let at = run.state.steps.iter().rposition(|s| s.error.is_some());
-                        let def = at.and_then(|i| run.req.playbook.steps.get(i));
-                        Err(Error::StepFailed {
-                            step: def.map_or_else(String::new, |d| d.id.clone()),
-                            kind: def.map_or_else(String::new, |d| d.kind.clone()),
-                            describe: def.map_or_else(String::new, |d| {
-                                crate::steps::Step::describe(&d.spec)
-                            }),
-                            error: at
-                                .and_then(|i| run.state.steps[i].error.clone())
-                                .unwrap_or(reason),
-                            hint: format!(
-                                "the rollback is complete: the completed steps were undone; `ferry status {run_id}` shows each one"
-                            ),
+                        let error = at
+                            .and_then(|i| run.state.steps[i].error.clone())
+                            .unwrap_or(reason);
+                        let hint = format!(
+                            "the rollback is complete: the completed steps were undone; `ferry status {run_id}` shows each one"
+                        );
+                        Err(match at.and_then(|i| run.req.playbook.steps.get(i)) {
+                            Some(def) => def.failed(error, hint),
+                            None => Error::StepFailed {
+                                step: String::new(),
+                                kind: String::new(),
+                                describe: String::new(),
+                                error,
+                                hint,
+                            },
                         })
                     }
                     r => r,

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::steps::StepSpec;
+use crate::error::Error;
+use crate::steps::{Step, StepSpec};
 
 #[derive(Debug, Clone)]
 pub struct Playbook {
@@ -35,6 +36,20 @@ pub struct StepDef {
     pub spec: StepSpec,
     /// sha256 over kind, resolved parameters and the common settings.
     pub fingerprint: String,
+}
+
+impl StepDef {
+    /// This step's failure, as the run reports it: which step, its kind and what it does,
+    /// why it failed, and what the run did about it (`hint`).
+    pub fn failed(&self, error: String, hint: String) -> Error {
+        Error::StepFailed {
+            step: self.id.clone(),
+            kind: self.kind.clone(),
+            describe: self.spec.describe(),
+            error,
+            hint,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
