@@ -17,4 +17,5 @@ mod release;
 mod sandbox;
 mod security;
 mod sql;
+mod standin_db;
 mod validate;
