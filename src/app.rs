@@ -223,6 +223,7 @@ async fn sandbox(g: &Global, cmd: &SandboxCommand) -> Result<i32> {
             replicas,
             standin,
             labels,
+            resources,
         } => {
             let labels = parse_vars(labels)?;
             let opts = sandbox::UpOptions {
@@ -230,6 +231,7 @@ async fn sandbox(g: &Global, cmd: &SandboxCommand) -> Result<i32> {
                 replicas: *replicas,
                 standin: standin.clone(),
                 labels,
+                resources: *resources,
             };
             show(g, &sandbox::up(&opts).await.map_err(fail)?)?;
             Ok(code::DONE)

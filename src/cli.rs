@@ -96,6 +96,9 @@ pub enum SandboxCommand {
         /// An extra label for everything it creates (repeatable), e.g. ferry.test=1.
         #[arg(long = "label", value_name = "K=V")]
         labels: Vec<String>,
+        /// How many HAPI resources to generate in fhirdb (fixtures/hapi-datagen.sql).
+        #[arg(long, default_value_t = 2000)]
+        resources: u64,
     },
     /// Remove everything it made: containers, networks, images, processes, files.
     Down {

@@ -17,7 +17,13 @@ pub struct Layout<'a> {
     pub http_port: u16,
     pub sandbox_id: &'a str,
     pub labels: &'a [(String, String)],
+    /// pgBouncer's port, and the host address the replicas reach it at (net.rs).
+    pub bouncer_port: u16,
+    pub host_address: std::net::Ipv4Addr,
 }
+
+/// The replicas' datasource password, kept out of the committed checkout.
+pub const DB_ENV: &str = "hapi-db.env";
 
 pub fn compose_file(l: &Layout) -> String {
     let extra: String = l
@@ -32,7 +38,16 @@ version: "2.4"
 services:
   hapi:
     image: ${{HAPI_IMAGE}}
+    # pgBouncer runs on the host: the replicas reach it at the host's docker0 address
+    # (named here rather than `host-gateway`, so it is the address pgBouncer listens on).
+    extra_hosts:
+      - "{alias}:{host}"
+    env_file:
+      - {db_env}
     environment:
+      SPRING_DATASOURCE_URL: "jdbc:postgresql://{alias}:{bouncer}/fhirdb"
+      SPRING_DATASOURCE_USERNAME: "hapi"
+      SPRING_JPA_PROPERTIES_HIBERNATE_HBM2DDL_AUTO: "${{SPRING_JPA_PROPERTIES_HIBERNATE_HBM2DDL_AUTO:-validate}}"
       SPRING_DATASOURCE_HIKARI_MAXIMUM_POOL_SIZE: "5"
       STANDIN_START_DELAY_MS: "1000"
     ports:
@@ -56,6 +71,10 @@ networks:
         id = l.sandbox_id,
         lb = l.lb_image,
         http = l.http_port,
+        alias = super::net::HOST_ALIAS,
+        host = l.host_address,
+        bouncer = l.bouncer_port,
+        db_env = DB_ENV,
     )
 }
 
@@ -67,8 +86,15 @@ pub fn env_file(l: &Layout) -> String {
     )
 }
 
-/// Writes the checkout and commits it; `dockerfile` and `standin` are the stand-in's.
-pub fn write(root: &Path, l: &Layout, dockerfile: &str, standin: &Path) -> anyhow::Result<()> {
+/// Writes the checkout and commits it; `dockerfile` and `standin` are the stand-in's,
+/// `db_password` goes into the (ignored, 0600) datasource env file.
+pub fn write(
+    root: &Path,
+    l: &Layout,
+    dockerfile: &str,
+    standin: &Path,
+    db_password: &str,
+) -> anyhow::Result<()> {
     let overlay = root.join("hapi-overlay");
     let packages = overlay.join("src/main/resources/packages");
     std::fs::create_dir_all(&packages)?;
@@ -77,9 +103,16 @@ pub fn write(root: &Path, l: &Layout, dockerfile: &str, standin: &Path) -> anyho
     std::fs::copy(standin, overlay.join("hapi-standin"))?;
     std::fs::write(root.join(".env"), env_file(l))?;
     std::fs::write(root.join("docker-compose.yml"), compose_file(l))?;
+    let db_env = root.join(DB_ENV);
+    std::fs::write(
+        &db_env,
+        format!("SPRING_DATASOURCE_PASSWORD={db_password}\n"),
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&db_env, std::fs::Permissions::from_mode(0o600))?;
     std::fs::write(
         root.join(".gitignore"),
-        ".ferry-backup/\nhapi-overlay/hapi-standin\n",
+        format!(".ferry-backup/\nhapi-overlay/hapi-standin\n{DB_ENV}\n"),
     )?;
     let git = |args: &[&str]| {
         let mut c = Command::new(super::deps::bin("git"));

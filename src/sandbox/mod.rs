@@ -11,6 +11,7 @@
 
 mod deps;
 mod files;
+mod net;
 mod pg;
 mod proc;
 mod registry;
@@ -53,6 +54,8 @@ pub struct UpOptions {
     pub standin: Option<PathBuf>,
     /// Extra labels for every container, network and image (tests add `ferry.test=1`).
     pub labels: Vec<(String, String)>,
+    /// Generated HAPI resources in fhirdb (fixtures/hapi-datagen.sql).
+    pub resources: u64,
 }
 
 const STATE: &str = "sandbox.json";
@@ -180,9 +183,16 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<SandboxUp> {
         bouncer_admin: &secrets[3].1,
     };
     let svc = state.services();
-    pg::init(&svc.join("pg"), pg_port, &s).context("PostgreSQL")?;
-    state.bouncer_pid = pg::start_bouncer(&svc.join("pgbouncer"), pg_port, bouncer_port, &s)
-        .context("pgBouncer")?;
+    let host_address = net::bridge_address().await?;
+    pg::init(&svc.join("pg"), pg_port, &s, opts.resources).context("PostgreSQL")?;
+    state.bouncer_pid = pg::start_bouncer(
+        &svc.join("pgbouncer"),
+        pg_port,
+        bouncer_port,
+        host_address,
+        &s,
+    )
+    .context("pgBouncer")?;
     state.save()?;
     state.registry_pid = registry::start(
         &dir.join("registry"),
@@ -199,8 +209,17 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<SandboxUp> {
         http_port,
         sandbox_id: &id,
         labels: &state.labels,
+        bouncer_port,
+        host_address,
     };
-    files::write(&dir.join("files"), &layout, stack::DOCKERFILE, &standin).context("files root")?;
+    files::write(
+        &dir.join("files"),
+        &layout,
+        stack::DOCKERFILE,
+        &standin,
+        &secrets[1].1,
+    )
+    .context("files root")?;
     std::fs::write(
         dir.join("target.toml"),
         files::target_toml(&files::TargetSpec {

@@ -20,7 +20,8 @@ pub struct Secrets<'a> {
     pub bouncer_admin: &'a str,
 }
 
-pub fn init(dir: &Path, port: u16, s: &Secrets) -> anyhow::Result<()> {
+/// A new cluster with both databases; `resources` generated HAPI resources in fhirdb.
+pub fn init(dir: &Path, port: u16, s: &Secrets, resources: u64) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let pwfile = dir.join("pw");
     std::fs::write(&pwfile, format!("{}\n", s.superuser))?;
@@ -51,15 +52,19 @@ pub fn init(dir: &Path, port: u16, s: &Secrets) -> anyhow::Result<()> {
         dir,
         port,
         "fhirdb",
-        "DO $$ DECLARE r record; BEGIN FOR r IN SELECT tablename FROM pg_tables WHERE schemaname = 'public' LOOP EXECUTE format('ALTER TABLE public.%I OWNER TO hapi', r.tablename); END LOOP; END $$",
+        // Tables and sequences, as HAPI's migrator (running as `hapi`) would own them: the
+        // stand-in draws ids from seq_resource_id & co.
+        "DO $$ DECLARE r record; BEGIN FOR r IN SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'S') LOOP EXECUTE format('ALTER TABLE public.%I OWNER TO hapi', r.relname); END LOOP; END $$",
     )?;
     psql(dir, port, "fhirdb", HAPI_DATAGEN)?;
-    psql(
-        dir,
-        port,
-        "fhirdb",
-        "SELECT ferry_gen.gen_hapi(2000, 1); ANALYZE",
-    )?;
+    if resources > 0 {
+        psql(
+            dir,
+            port,
+            "fhirdb",
+            &format!("SELECT ferry_gen.gen_hapi({resources}, 1); ANALYZE"),
+        )?;
+    }
     psql(dir, port, "auditdb", AUDIT_SCHEMA)?;
     psql(
         dir,
@@ -138,12 +143,19 @@ pub fn psql(dir: &Path, port: u16, db: &str, sql: &str) -> anyhow::Result<String
 }
 
 /// pgBouncer (transaction pooling, the seed's pool of 20) in front of `fhirdb`, run as the
-/// service user (it refuses root). Returns its PID (from its pidfile).
-pub fn start_bouncer(dir: &Path, pg_port: u16, port: u16, s: &Secrets) -> anyhow::Result<u32> {
+/// service user (it refuses root), listening on 127.0.0.1 and on `also` (the address the
+/// replicas reach the host by: see net.rs). Returns its PID (from its pidfile).
+pub fn start_bouncer(
+    dir: &Path,
+    pg_port: u16,
+    port: u16,
+    also: std::net::Ipv4Addr,
+    s: &Secrets,
+) -> anyhow::Result<u32> {
     std::fs::create_dir_all(dir)?;
     let ini = format!(
         "[databases]\nfhirdb = host=127.0.0.1 port={pg_port} dbname=fhirdb\n\n[pgbouncer]\n\
-         listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = scram-sha-256\n\
+         listen_addr = 127.0.0.1,{also}\nlisten_port = {port}\nunix_socket_dir =\nauth_type = scram-sha-256\n\
          auth_file = {d}/userlist.txt\nadmin_users = pgbouncer_admin\nstats_users = pgbouncer_admin\n\
          pool_mode = transaction\ndefault_pool_size = 20\nmax_client_conn = 200\n\
          logfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n",

@@ -15,6 +15,8 @@ mod prometheus;
 mod registry;
 mod release;
 mod sandbox;
+mod sandbox_db;
 mod security;
 mod sql;
+mod standin_db;
 mod validate;

@@ -7,9 +7,9 @@ use std::process::Command;
 
 use crate::harness::{Leftover, Out, Playbook, Sandbox, assert_no_leftovers, repo, require};
 
-struct Sbx {
+pub struct Sbx {
     sb: Sandbox,
-    dir: PathBuf,
+    pub dir: PathBuf,
 }
 
 fn engine_up() -> bool {
@@ -20,7 +20,7 @@ fn engine_up() -> bool {
 }
 
 impl Sbx {
-    fn up(replicas: u32) -> Option<Sbx> {
+    pub fn up(replicas: u32) -> Option<Sbx> {
         Self::up_in(replicas, "sbx")
     }
 
@@ -91,7 +91,7 @@ impl Sbx {
         )
     }
 
-    fn base_url(&self) -> String {
+    pub fn base_url(&self) -> String {
         let t = std::fs::read_to_string(self.dir.join("target.toml")).unwrap();
         t.lines()
             .find_map(|l| l.strip_prefix("base_url = "))
@@ -108,7 +108,7 @@ impl Sbx {
     }
 
     /// (container name, image id, container id) of each hapi replica.
-    fn replicas(&self) -> Vec<(String, String, String)> {
+    pub fn replicas(&self) -> Vec<(String, String, String)> {
         let o = Command::new("docker")
             .args([
                 "ps",
@@ -143,7 +143,7 @@ impl Sbx {
         metadata(&self.base_url())
     }
 
-    fn state(&self) -> serde_json::Value {
+    pub fn state(&self) -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(self.dir.join("sandbox.json")).unwrap()).unwrap()
     }
 
@@ -177,7 +177,7 @@ impl Sbx {
     }
 
     /// Ends the test: `sandbox down` (on drop) must leave nothing of it.
-    fn finish(self) {
+    pub fn finish(self) {
         let made = self.leftovers();
         drop(self);
         assert_no_leftovers(&made);

@@ -133,6 +133,28 @@ impl Docker {
         })
     }
 
+    /// A network's driver options and the gateways of its IPAM config (the default
+    /// `bridge` network usually lists none: its address is docker0's). None when absent.
+    pub async fn network_options(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<Option<(HashMap<String, String>, Vec<String>)>> {
+        match self.docker.inspect_network(name, None).await {
+            Ok(n) => {
+                let gateways = n
+                    .ipam
+                    .and_then(|i| i.config)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|c| c.gateway)
+                    .collect();
+                Ok(Some((n.options.unwrap_or_default(), gateways)))
+            }
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(describe(e)).with_context(|| format!("inspect network {name}")),
+        }
+    }
+
     /// None when there is no such image.
     pub async fn inspect_image(&self, reference: &str) -> anyhow::Result<Option<ImageInfo>> {
         match self.docker.inspect_image(reference).await {
