@@ -5,6 +5,7 @@ mod changes;
 mod checks;
 mod crash;
 mod docker;
+mod doctor;
 mod durable;
 mod engine;
 mod hardening;

@@ -1,0 +1,122 @@
+//! The deployment's files (`[files]`): the root exists, the env file is there and every line
+//! of it is `KEY=VALUE` (as env_set and ig_package_swap edit it), the overlay has the layout
+//! the shipped ig-upgrade playbook builds from, and its packages dir is writable.
+
+use std::path::{Path, PathBuf};
+
+use crate::infra::dotenv;
+use crate::report::views::doctor::Finding;
+use crate::target::Target;
+
+const C: &str = "files";
+/// Where the shipped ig-upgrade playbook swaps the IG package (`packages_dir`).
+pub const PACKAGES: &str = "hapi-overlay/src/main/resources/packages";
+/// The image build's context and Dockerfile.
+const DOCKERFILE: &str = "hapi-overlay/Dockerfile";
+
+pub fn probe(target: &Target) -> Finding {
+    let (Some(root), Some(env)) = (target.files_root(), target.env_file()) else {
+        return Finding::skipped(
+            C,
+            "no [files] in the target: env_set, ig_package_swap and image_build steps cannot run",
+        );
+    };
+    // Absolute, so the line names the directory whatever the target's path was.
+    let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+    match check(&abs(root), &abs(env)) {
+        Ok(detail) => Finding::ok(C, detail),
+        Err((what, fix)) => Finding::problem(C, what, fix),
+    }
+}
+
+type Problem = (String, String);
+
+fn check(root: &Path, env: &Path) -> Result<String, Problem> {
+    if !root.is_dir() {
+        return Err((
+            format!("the files root {} is not a directory", root.display()),
+            "set [files] root to the deployment's checkout (the directory with hapi-overlay/, .env and docker-compose.yml); a relative root is relative to the target file".into(),
+        ));
+    }
+    let keys = env_file(env)?;
+    for rel in [DOCKERFILE, PACKAGES] {
+        if !root.join(rel).exists() {
+            return Err((
+                format!("{} is missing under {}", rel, root.display()),
+                format!(
+                    "the root must be the checkout the HAPI image is built from: check [files] root, or restore {rel} (git status in {})",
+                    root.display()
+                ),
+            ));
+        }
+    }
+    let packages = root.join(PACKAGES);
+    writable(&packages).map_err(|e| {
+        (
+            format!("cannot write in {}: {e}", packages.display()),
+            format!(
+                "ig_package_swap copies the new IG there: give this user write access (`chown`/`chmod u+w`, or `chattr -i` if it is immutable) to {}",
+                packages.display()
+            ),
+        )
+    })?;
+    Ok(format!(
+        "{}: {} ({keys} keys), {DOCKERFILE}, {PACKAGES} writable",
+        root.display(),
+        env.file_name().unwrap_or_default().to_string_lossy()
+    ))
+}
+
+/// Every line blank, a comment or `KEY=VALUE` with balanced quotes; the number of keys.
+fn env_file(env: &Path) -> Result<usize, Problem> {
+    let text = std::fs::read_to_string(env).map_err(|e| {
+        (
+            format!("cannot read the env file {}: {e}", env.display()),
+            format!(
+                "set [files] env_file (relative to the root) to the deployment's dotenv file, or restore {}",
+                env.display()
+            ),
+        )
+    })?;
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        let value = l.split_once('=').map(|(_, v)| v.trim());
+        let quoted = value.is_some_and(|v| {
+            let q = v.chars().next().filter(|c| *c == '"' || *c == '\'');
+            q.is_some_and(|q| v.len() < 2 || !v.ends_with(q))
+        });
+        if dotenv::key_of(l).is_none() || quoted {
+            return Err((
+                // Only what precedes `=`: the value may be a secret.
+                format!(
+                    "{}:{}: not a KEY=VALUE line (it starts `{}`)",
+                    env.display(),
+                    i + 1,
+                    t.split('=')
+                        .next()
+                        .unwrap_or("")
+                        .chars()
+                        .take(40)
+                        .collect::<String>()
+                ),
+                "fix that line (docker-compose reads KEY=VALUE, # comments and blank lines only)"
+                    .into(),
+            ));
+        }
+    }
+    Ok(dotenv::read(env).map(|m| m.len()).unwrap_or(0))
+}
+
+/// Creates and removes an empty file: the only sure test (root ignores mode bits, not an
+/// immutable flag or a read-only mount).
+fn writable(dir: &Path) -> std::io::Result<()> {
+    let probe: PathBuf = dir.join(format!(".ferry-doctor-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    std::fs::remove_file(&probe)
+}
