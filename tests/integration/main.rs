@@ -3,6 +3,7 @@
 
 mod changes;
 mod checks;
+mod ci_recipes;
 mod crash;
 mod docker;
 mod doctor;
