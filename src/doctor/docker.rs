@@ -161,3 +161,73 @@ fn judge(project: &str, service: &str, replicas: &[Replica]) -> Finding {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(n: u32, state: &str, status: &str) -> Replica {
+        Replica {
+            id: format!("id{n}"),
+            name: format!("p_hapi_{n}"),
+            number: n,
+            image: "img".into(),
+            image_id: "sha256:1".into(),
+            state: state.into(),
+            status: status.into(),
+            labels: Default::default(),
+        }
+    }
+
+    #[test]
+    fn every_replica_not_ready_is_named_with_its_command() {
+        let f = judge(
+            "p",
+            "hapi",
+            &[
+                replica(1, "running", "Up 2 minutes (healthy)"),
+                replica(2, "paused", "Up 2 minutes (Paused)"),
+                replica(3, "exited", "Exited (137) 5 seconds ago"),
+                replica(4, "running", "Up 1 second (health: starting)"),
+                replica(5, "running", "Up 9 minutes (unhealthy)"),
+                replica(6, "running", "Up 9 minutes"),
+            ],
+        );
+        assert_eq!(f.status, crate::report::views::doctor::Health::Problem);
+        assert!(
+            f.detail.starts_with("p/hapi: 2 of 6 replica(s) ready"),
+            "{}",
+            f.detail
+        );
+        for s in [
+            "p_hapi_2 is paused",
+            "p_hapi_3 is exited (Exited (137)",
+            "p_hapi_4 is running, health check starting",
+            "p_hapi_5 is running but unhealthy",
+        ] {
+            assert!(f.detail.contains(s), "{s}: {}", f.detail);
+        }
+        let fix = f.fix.unwrap();
+        assert!(fix.contains("docker unpause p_hapi_2"), "{fix}");
+        assert!(fix.contains("docker start p_hapi_3"), "{fix}");
+        assert!(fix.contains("{{json .State.Health}}' p_hapi_5"), "{fix}");
+    }
+
+    #[test]
+    fn no_replica_is_a_problem_and_ready_ones_are_counted() {
+        let none = judge("p", "hapi", &[]);
+        assert!(none.fix.unwrap().contains("docker-compose -p p up -d hapi"));
+        let ok = judge(
+            "p",
+            "hapi",
+            &[
+                replica(1, "running", "Up 2 minutes (healthy)"),
+                replica(2, "running", "Up 2 minutes"),
+            ],
+        );
+        assert_eq!(
+            ok.detail,
+            "p/hapi: 2 replica(s) running, 1 healthy, 1 without a health check"
+        );
+    }
+}

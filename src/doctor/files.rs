@@ -90,12 +90,12 @@ fn env_file(env: &Path) -> Result<usize, Problem> {
         });
         if dotenv::key_of(l).is_none() || quoted {
             return Err((
-                // Only what precedes `=`: the value may be a secret.
+                // Only the first word before any `=`: the rest may be a secret.
                 format!(
                     "{}:{}: not a KEY=VALUE line (it starts `{}`)",
                     env.display(),
                     i + 1,
-                    t.split('=')
+                    t.split(['=', ' ', '\t'])
                         .next()
                         .unwrap_or("")
                         .chars()
@@ -119,4 +119,33 @@ fn writable(dir: &Path) -> std::io::Result<()> {
         .create_new(true)
         .open(&probe)?;
     std::fs::remove_file(&probe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(text: &str) -> Result<usize, Problem> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(".env");
+        std::fs::write(&p, text).unwrap();
+        env_file(&p)
+    }
+
+    #[test]
+    fn env_lines_must_be_settings_and_the_value_is_never_quoted() {
+        assert_eq!(env("# c\n\nA=1\nexport B=\"x y\"\nA=2\n").unwrap(), 2);
+        let (what, _) = env("A=1\nDB_PASSWORD 's3cr3t-value'\n").unwrap_err();
+        assert!(
+            what.ends_with(":2: not a KEY=VALUE line (it starts `DB_PASSWORD`)")
+                && !what.contains("s3cr3t"),
+            "{what}"
+        );
+        let (what, _) = env("A=1\nB=\"unterminated s3cr3t\n").unwrap_err();
+        assert!(
+            what.ends_with(":2: not a KEY=VALUE line (it starts `B`)"),
+            "{what}"
+        );
+        assert!(!what.contains("s3cr3t"));
+    }
 }

@@ -25,21 +25,22 @@ use crate::target::Target;
 /// Runs every probe the target calls for.
 pub async fn run(target: &Target, timeout: Duration) -> DoctorView {
     let t = timeout;
-    let (mut found, regs, fhirs, bouncers, file_lines) = tokio::join!(
-        docker::probe(target, t),
-        registry::probe(target, t),
-        fhir::probe(target, t),
-        postgres::probe_bouncer(target, t),
-        async { files::probe(target) },
-    );
-    found.push(regs);
-    let pgs = join_all(
+    let databases = join_all(
         target
             .postgres
             .iter()
             .map(|(name, pg)| postgres::probe(target, name, pg, t)),
-    )
-    .await;
+    );
+    // All at once: a dead component costs one timeout, not one per line after it.
+    let (mut found, regs, pgs, bouncers, fhirs, file_lines) = tokio::join!(
+        docker::probe(target, t),
+        registry::probe(target, t),
+        databases,
+        postgres::probe_bouncer(target, t),
+        fhir::probe(target, t),
+        async { files::probe(target) },
+    );
+    found.push(regs);
     if pgs.is_empty() {
         found.push(Finding::skipped(
             "postgres",
