@@ -121,15 +121,23 @@ impl Sbx {
         (out, v)
     }
 
-    fn leftovers(&self) -> Vec<Leftover> {
-        let st = self.state();
-        let svc = st["service_dir"]
+    fn services(&self) -> PathBuf {
+        self.state()["service_dir"]
             .as_str()
-            .map_or_else(|| self.dir.clone(), PathBuf::from);
-        let postmaster: u32 = std::fs::read_to_string(svc.join("pg/data/postmaster.pid"))
+            .map_or_else(|| self.dir.clone(), PathBuf::from)
+    }
+
+    fn postmaster(&self) -> u32 {
+        std::fs::read_to_string(self.services().join("pg/data/postmaster.pid"))
             .ok()
             .and_then(|s| s.lines().next()?.trim().parse().ok())
-            .expect("the sandbox's postmaster pid");
+            .expect("the sandbox's postmaster pid")
+    }
+
+    fn leftovers(&self) -> Vec<Leftover> {
+        let st = self.state();
+        let svc = self.services();
+        let postmaster = self.postmaster();
         let mut v = vec![
             Leftover::Docker(format!("ferry.sandbox={}", st["id"].as_str().unwrap())),
             Leftover::Docker(format!(
@@ -349,6 +357,27 @@ fn sandbox_doctor_green_then_each_component_broken_in_turn() {
         &["postgres.fhir"],
         &["Connection refused"],
         &["is the server running", &wrong.to_string()],
+    );
+
+    // PostgreSQL stopped in its tracks (SIGSTOP on the postmaster: the kernel still accepts
+    // the connection, nobody answers it): both database lines, after the timeout.
+    let postmaster = s.postmaster();
+    signal(postmaster.into(), "-STOP");
+    let t0 = Instant::now();
+    let (out, v) = s.doctor(&target, &["--timeout", "2s"]);
+    let took = t0.elapsed();
+    signal(postmaster.into(), "-CONT");
+    assert_broken(
+        &out,
+        &v,
+        &["postgres.fhir", "postgres.audit"],
+        &["no answer from postgres://hapi@", "within 2s"],
+        &["hung or stopped"],
+    );
+    assert_eq!(line(&v, "postgres.audit")["status"], "problem");
+    assert!(
+        took < Duration::from_secs(15),
+        "a stopped PostgreSQL held doctor for {took:?}"
     );
 
     // A role lacking what the checks need, then a login lacking the audit function.
