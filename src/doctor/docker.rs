@@ -19,17 +19,19 @@ pub async fn probe(target: &Target, timeout: Duration) -> Vec<Finding> {
         )];
     };
     let host = infra::host(d.host.as_deref());
-    let engine = within("docker", timeout, &host, engine(&host)).await;
-    let compose = match (&d.compose_project, &d.service) {
-        (Some(project), Some(service)) => {
-            let what = format!("the Docker engine at {host}");
-            within("compose", timeout, &what, compose(&host, project, service)).await
+    let what = format!("the Docker engine at {host}");
+    let compose = async {
+        match (&d.compose_project, &d.service) {
+            (Some(project), Some(service)) => {
+                within("compose", timeout, &what, compose(&host, project, service)).await
+            }
+            _ => Finding::skipped(
+                "compose",
+                "[docker] names no compose_project and service: scale and rolling_redeploy steps cannot run",
+            ),
         }
-        _ => Finding::skipped(
-            "compose",
-            "[docker] names no compose_project and service: scale and rolling_redeploy steps cannot run",
-        ),
     };
+    let (engine, compose) = tokio::join!(within("docker", timeout, &what, engine(&host)), compose);
     vec![engine, compose]
 }
 

@@ -3,10 +3,13 @@
 //! the shipped ig-upgrade playbook builds from, and its packages dir is writable.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::infra::dotenv;
 use crate::report::views::doctor::Finding;
 use crate::target::Target;
+
+use super::within;
 
 const C: &str = "files";
 /// Where the shipped ig-upgrade playbook swaps the IG package (`packages_dir`).
@@ -14,7 +17,7 @@ pub const PACKAGES: &str = "hapi-overlay/src/main/resources/packages";
 /// The image build's context and Dockerfile.
 const DOCKERFILE: &str = "hapi-overlay/Dockerfile";
 
-pub fn probe(target: &Target) -> Finding {
+pub async fn probe(target: &Target, timeout: Duration) -> Finding {
     let (Some(root), Some(env)) = (target.files_root(), target.env_file()) else {
         return Finding::skipped(
             C,
@@ -23,10 +26,22 @@ pub fn probe(target: &Target) -> Finding {
     };
     // Absolute, so the line names the directory whatever the target's path was.
     let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
-    match check(&abs(root), &abs(env)) {
-        Ok(detail) => Finding::ok(C, detail),
-        Err((what, fix)) => Finding::problem(C, what, fix),
-    }
+    let (root, env) = (abs(root), abs(env));
+    let what = root.display().to_string();
+    // On a thread of its own: a hung network mount blocks the file calls, not the probes.
+    let work = tokio::task::spawn_blocking(move || check(&root, &env));
+    within(C, timeout, &what, async {
+        match work.await {
+            Ok(Ok(detail)) => Finding::ok(C, detail),
+            Ok(Err((what, fix))) => Finding::problem(C, what, fix),
+            Err(e) => Finding::problem(
+                C,
+                format!("the probe failed: {e}"),
+                "report this as a ferry bug",
+            ),
+        }
+    })
+    .await
 }
 
 type Problem = (String, String);

@@ -3,8 +3,8 @@
 //! and how to fix it). One file per component family; each probe is a small function.
 //!
 //! Invariants: every probe is read-only (the packages-dir probe creates and removes one empty
-//! file of its own) and runs under `timeout`, so a dead or stopped component becomes a
-//! line, never a hang; probes run concurrently and their lines come out in a fixed order
+//! file of its own) and runs under `timeout` (file calls on a blocking thread), so a dead or
+//! stopped component or a hung mount becomes a line, never a hang; probes run concurrently and their lines come out in a fixed order
 //! (the order of the target file's sections); a section the target lacks is a `skip` line,
 //! never a failure; secrets are read at use and registered with the redactor.
 
@@ -38,7 +38,7 @@ pub async fn run(target: &Target, timeout: Duration) -> DoctorView {
         databases,
         postgres::probe_bouncer(target, t),
         fhir::probe(target, t),
-        async { files::probe(target) },
+        files::probe(target, t),
     );
     found.push(regs);
     if pgs.is_empty() {
