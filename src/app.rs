@@ -94,6 +94,7 @@ pub async fn main(cli: Cli) -> Result<i32> {
         Command::Check { name, target, set } => {
             check_cmd(g, name.as_deref(), target.as_deref(), set).await
         }
+        Command::Doctor { target, timeout } => doctor(g, target, *timeout).await,
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "ferry", &mut std::io::stdout());
             Ok(0)
@@ -208,6 +209,15 @@ async fn check_cmd(
         },
     )?;
     Ok(code)
+}
+
+/// `ferry doctor`: a target that does not parse is explained like any other (exit 2).
+async fn doctor(g: &Global, target: &Path, timeout: std::time::Duration) -> Result<i32> {
+    let target = Target::load(target)?;
+    target.register_secrets();
+    let v = crate::doctor::run(&target, timeout).await;
+    show(g, &v)?;
+    Ok(if v.ok { code::DONE } else { code::PRECONDITION })
 }
 
 async fn sandbox(g: &Global, cmd: &SandboxCommand) -> Result<i32> {

@@ -189,6 +189,15 @@ pub enum Command {
         #[arg(long = "set", value_name = "K=V")]
         set: Vec<String>,
     },
+    /// Probe every component the target names (Docker, compose service, registry, each
+    /// database, pgBouncer, FHIR, files): one line each; exit 0 all good, 3 otherwise.
+    Doctor {
+        #[arg(long, short)]
+        target: PathBuf,
+        /// How long each probe waits for an answer, e.g. 10s, 500ms.
+        #[arg(long, default_value = "10s", value_parser = crate::util::duration::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// A disposable local staging: PostgreSQL, pgBouncer, a registry, N HAPI stand-ins.
     #[command(subcommand)]
     Sandbox(SandboxCommand),

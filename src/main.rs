@@ -6,6 +6,7 @@
 mod app;
 mod checks;
 mod cli;
+mod doctor;
 mod engine;
 mod error;
 mod ig;

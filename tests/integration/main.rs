@@ -3,8 +3,10 @@
 
 mod changes;
 mod checks;
+mod ci_recipes;
 mod crash;
 mod docker;
+mod doctor;
 mod durable;
 mod engine;
 mod hardening;

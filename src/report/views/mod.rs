@@ -2,6 +2,7 @@
 //! the checks, the sandbox and the command wiring build, rendered here and only here.
 
 pub mod check;
+pub mod doctor;
 pub mod ig;
 pub mod plan;
 pub mod sandbox;
