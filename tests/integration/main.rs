@@ -14,6 +14,8 @@ mod images;
 mod prometheus;
 mod registry;
 mod release;
+mod report_record;
+mod report_shot;
 mod sandbox;
 mod security;
 mod sql;
