@@ -15,7 +15,6 @@ mod prometheus;
 mod registry;
 mod release;
 mod report_record;
-mod report_shot;
 mod sandbox;
 mod security;
 mod sql;

@@ -9,6 +9,8 @@
 //! they begin, and an unended span ends at the journal's last record (`SpanEnd::Open`).
 
 mod fold;
+#[cfg(test)]
+mod tests;
 
 use std::path::Path;
 

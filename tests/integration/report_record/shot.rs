@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::harness::Sandbox;
+use crate::harness::Sandbox;
 
 /// The browser: `$CHROMIUM`, else `chromium` (or `chromium-browser`) on PATH.
 pub fn chromium() -> Option<PathBuf> {

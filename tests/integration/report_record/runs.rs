@@ -1,0 +1,154 @@
+//! Runs that ended: done (with checks, a retry and vars) and failed then rolled back.
+
+use super::*;
+use crate::harness::Playbook;
+
+#[test]
+fn a_done_run_records_who_where_every_step_its_checks_retries_and_durations() {
+    let sb = Sandbox::new();
+    Playbook::new("record-done")
+        .var("greeting", "hello")
+        .var("api_token", "tok-3a9f-not-for-tickets")
+        .exec("prepare", "sleep 0.3; echo ok >> log")
+        .check("test -w .")
+        .exec("flaky", "test -f tried || { touch tried; exit 7; }")
+        .retries(1, "50ms")
+        .exec("finish", "sleep 0.2")
+        .write(&sb, "pb.toml");
+    sb.run(&["run", "pb.toml", "--var", "greeting=bonjour"])
+        .expect(0);
+    let id = only_run(&sb);
+    let rec = data(&sb, &id);
+    assert_eq!(rec["state"], "done");
+    assert_eq!(rec["exit_code"], 0);
+    assert_eq!(
+        rec["user"],
+        std::env::var("USER").unwrap_or_else(|_| "root".into())
+    );
+    assert!(!rec["host"].as_str().unwrap().is_empty());
+    assert_eq!(rec["playbook"]["name"], "record-done");
+    assert_eq!(rec["playbook"]["hash"].as_str().unwrap().len(), 64);
+    assert!(took(&rec, "prepare", "apply") >= 300, "{rec:#}");
+    assert!(took(&rec, "finish", "apply") >= 200, "{rec:#}");
+    let flaky = step(&rec, "flaky");
+    assert_eq!(flaky["retries"][0]["attempt"], 1);
+    assert!(
+        flaky["retries"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("exit code 7")
+    );
+    assert_eq!(step(&rec, "prepare")["checks"][0]["status"], "pass");
+    let vars = rec["vars"].as_array().unwrap();
+    assert!(
+        vars.iter()
+            .any(|v| v["name"] == "greeting" && v["value"] == "bonjour" && v["source"] == "--var")
+    );
+    assert!(
+        vars.iter()
+            .any(|v| v["name"] == "api_token" && v["value"] == "***")
+    );
+
+    let (html, md) = documents(&sb, &id);
+    for doc in [&html, &md] {
+        assert!(!doc.contains("tok-3a9f"), "a secret-named var is masked");
+        for s in [
+            "prepare",
+            "flaky",
+            "finish",
+            "bonjour",
+            "attempt 1 failed",
+            "exit code",
+        ] {
+            assert!(doc.contains(s), "{s} in {doc}");
+        }
+    }
+    assert!(md.contains("| 1 | prepare | exec | done | 3"), "{md}");
+    let bars = parsed(&sb, &html);
+    assert_eq!(bars.len(), 3, "{bars:?}");
+    assert!(
+        bars.iter()
+            .all(|(c, fill, _)| c == "bar apply" && fill == "#2e7d32"),
+        "{bars:?}"
+    );
+    if let Some(shot) = page_shot(&sb, &id) {
+        assert!(shot.distinct_colours() > 20, "the page is not blank");
+        let done = in_chart(&shot, DONE).expect("green bars in the timeline");
+        assert!(done.w() > 600, "three bars across the timeline: {done:?}");
+        assert!(in_chart(&shot, FAILED).is_none() && in_chart(&shot, UNDONE).is_none());
+        assert!(
+            shot.bbox_in(DONE, None).unwrap().y0 < done.y0,
+            "and the green badge above"
+        );
+    }
+}
+
+#[test]
+fn a_failed_run_records_the_failure_the_rollback_and_what_was_undone() {
+    let sb = Sandbox::new();
+    Playbook::new("record-failed")
+        .exec("one", "sleep 0.3")
+        .undo("sleep 0.2")
+        .exec("two", "sleep 0.3")
+        .undo("sleep 0.2")
+        .exec(
+            "three",
+            "sleep 0.3; echo '<script>alert(1)</script>' >&2; exit 3",
+        )
+        .write(&sb, "pb.toml");
+    sb.run(&["run", "pb.toml"]).expect(1);
+    let id = only_run(&sb);
+    let rec = data(&sb, &id);
+    assert_eq!(rec["state"], "rolled_back");
+    assert_eq!(rec["exit_code"], 1);
+    assert!(
+        rec["rollback"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("three")
+    );
+    for s in ["one", "two"] {
+        assert_eq!(step(&rec, s)["state"], "undone");
+        assert!(took(&rec, s, "undo") >= 200, "{rec:#}");
+    }
+    // As `ferry status` has it, a step whose undo was skipped counts as undone; its outcome
+    // says what happened.
+    assert_eq!(
+        step(&rec, "three")["outcome"],
+        "failed, then not undone: no `undo` command"
+    );
+    let (html, md) = documents(&sb, &id);
+    for doc in [&html, &md] {
+        assert!(!doc.contains("<script"), "the error's <script> stays text");
+        assert!(doc.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(doc.contains("rolled back"));
+    }
+    assert!(
+        html.contains("Undone, newest first: two (rolled back), one (rolled back)"),
+        "{html}"
+    );
+    let bars = parsed(&sb, &html);
+    let fills = |what: &str| -> Vec<&str> {
+        bars.iter()
+            .filter(|b| b.2.starts_with(what))
+            .map(|b| b.1.as_str())
+            .collect()
+    };
+    assert_eq!(fills("one:"), ["#2e7d32", "#6a1b9a"], "{bars:?}");
+    assert_eq!(fills("three:"), ["#c62828"], "{bars:?}");
+    if let Some(shot) = page_shot(&sb, &id) {
+        let done = in_chart(&shot, DONE).expect("green: the applies of one and two");
+        let failed = in_chart(&shot, FAILED).expect("red: the failed apply of three");
+        let undone = in_chart(&shot, UNDONE).expect("purple: the undos");
+        // Time runs left to right: the applies, then the failure, then the undos.
+        assert!(failed.x0 + 2 >= done.x1, "{done:?} then {failed:?}");
+        assert!(undone.x0 + 2 >= failed.x1, "{failed:?} then {undone:?}");
+        // Rows: three's below one's and two's, which are the rows undone.
+        assert!(failed.y0 >= done.y1, "{done:?} above {failed:?}");
+        assert!(
+            undone.y0 + 2 >= done.y0 && undone.y1 <= done.y1 + 2,
+            "{undone:?} in {done:?}"
+        );
+        assert!(done.y1 - done.y0 > 30, "two rows of green: {done:?}");
+    }
+}
