@@ -29,7 +29,7 @@ pub fn esc(s: &str) -> String {
 const STYLE: &str = "body{font-family:'DejaVu Sans',Arial,sans-serif;color:#212121;margin:24px;max-width:1000px}\
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:26px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}\
 table{border-collapse:collapse;width:100%;font-size:13px}th,td{text-align:left;vertical-align:top;padding:4px 8px;border-bottom:1px solid #eee}\
-th{background:#fafafa}table.kv th{width:170px}code{font-family:'DejaVu Sans Mono',monospace;font-size:12px;word-break:break-all}code.id{word-break:normal;white-space:nowrap}\
+th{background:#fafafa}table.kv th{width:170px}code{font-family:'DejaVu Sans Mono',monospace;font-size:12px;word-break:break-all}code.id{word-break:normal;white-space:nowrap}td.num{white-space:nowrap}\
 .badge{display:inline-block;padding:3px 10px;border-radius:4px;color:#fff;font-weight:bold}\
 .ok{background:#2e7d32}.bad{background:#c62828}.warn{background:#f9a825;color:#212121}\
 .note{background:#fff8e1;border-left:4px solid #f9a825;padding:8px 12px;margin:12px 0}\
@@ -213,7 +213,7 @@ fn steps(s: &mut String, r: &ChangeRecord) {
         };
         let _ = writeln!(
             s,
-            "<tr><td>{}</td><td><code class=\"id\">{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"err\">{}</td></tr>",
+            "<tr><td>{}</td><td><code class=\"id\">{}</code></td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td class=\"err\">{}</td></tr>",
             i + 1,
             esc(&st.id),
             esc(&st.kind),

@@ -152,3 +152,49 @@ fn a_failed_run_records_the_failure_the_rollback_and_what_was_undone() {
         assert!(done.y1 - done.y0 > 30, "two rows of green: {done:?}");
     }
 }
+
+#[test]
+fn the_target_is_named_by_its_file_and_its_secrets_are_masked() {
+    let sb = Sandbox::new();
+    let secret = "s3cr3t-registry-pw-4471";
+    sb.write(
+        "target.toml",
+        "name = \"staging-eu\"\n[registry]\nurl = \"127.0.0.1:9\"\nusername_env = \"RR_USER\"\npassword_env = \"RR_PW\"\n",
+    );
+    Playbook::new("record-target")
+        .var("note", "n/a")
+        .exec("a", "true")
+        .write(&sb, "pb.toml");
+    let env = [("RR_USER", "ops"), ("RR_PW", secret)];
+    // A var that happens to hold the secret: the journal keeps `--var` as given.
+    let var = format!("note={secret}");
+    sb.run_env(
+        &["run", "pb.toml", "-t", "target.toml", "--var", &var],
+        &env,
+    )
+    .expect(0);
+    let id = only_run(&sb);
+    let out = sb.run_env(&["report", &id, "--format", "json", "-o", "-"], &env);
+    out.expect(0);
+    assert!(!out.stdout.contains(secret), "{}", out.stdout);
+    let rec: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(rec["target"]["name"], "staging-eu");
+    assert!(
+        rec["target"]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("target.toml")
+    );
+    assert_eq!(rec["target"]["hash"].as_str().unwrap().len(), 64);
+    assert_eq!(rec["vars"][0]["value"], "***");
+    for args in [vec!["report", &id], vec!["report", &id, "--format", "md"]] {
+        sb.run_env(&args, &env).expect(0);
+    }
+    for f in [
+        format!("ferry-report-{id}.html"),
+        format!("ferry-report-{id}.md"),
+    ] {
+        let doc = sb.read(&f);
+        assert!(doc.contains("staging-eu") && !doc.contains(secret), "{doc}");
+    }
+}
