@@ -205,7 +205,7 @@ fn steps(s: &mut String, r: &ChangeRecord) {
             .iter()
             .filter(|s| s.kind == SpanKind::Apply && s.end != SpanEnd::Skipped)
             .count();
-        let apply = st.apply_ms().map_or("–".into(), fmt_ms);
+        let apply = st.apply_text(fmt_ms);
         let apply = if applies > 1 {
             format!("{apply} ({applies} spans)")
         } else {

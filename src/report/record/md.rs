@@ -140,7 +140,7 @@ pub fn page(r: &ChangeRecord) -> String {
             esc(&st.id),
             esc(&st.kind),
             esc(&st.outcome),
-            st.apply_ms().map_or("–".into(), fmt_ms),
+            st.apply_text(fmt_ms),
             st.undo_ms().map_or("–".into(), fmt_ms),
             esc(&checks_line(&st.checks)),
             esc(&notes.join("; ")),

@@ -92,6 +92,18 @@ impl StepRecord {
         self.total(SpanKind::Undo)
     }
 
+    /// The apply time as a person should read it: an unended span (ferry killed, or still
+    /// running) only says how long it ran at least.
+    pub fn apply_text(&self, fmt: impl Fn(u64) -> String) -> String {
+        match self.apply_ms() {
+            None => "–".into(),
+            Some(ms) if self.spans.iter().any(|s| s.end == SpanEnd::Open) => {
+                format!("≥ {} (end not recorded)", fmt(ms))
+            }
+            Some(ms) => fmt(ms),
+        }
+    }
+
     fn total(&self, kind: SpanKind) -> Option<u64> {
         let spans: Vec<&Span> = self.spans.iter().filter(|s| s.kind == kind).collect();
         (!spans.is_empty()).then(|| spans.iter().map(|s| s.to_ms - s.from_ms).sum())

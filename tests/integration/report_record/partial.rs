@@ -59,6 +59,10 @@ fn an_interrupted_run_and_a_killed_run_say_so() {
         "{rec:#}"
     );
     assert_eq!(step(&rec, "a")["spans"][0]["end"], "open");
+    let (html, md) = documents(&sb, &id);
+    for doc in [&html, &md] {
+        assert!(doc.contains("(end not recorded)"), "{doc}");
+    }
     let (html, _) = documents(&sb, &id);
     assert!(
         parsed(&sb, &html).iter().any(|b| b.1 == "#1565c0"),
