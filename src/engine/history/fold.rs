@@ -98,7 +98,7 @@ fn empty(run_id: &str, meta: Option<&RunMeta>, untimed: bool) -> ChangeRecord {
         }),
         vars: vec![],
         steps: vec![],
-        rollback: None,
+        rollbacks: vec![],
         sessions: vec![],
         interruptions: vec![],
         downtime: vec![],
@@ -202,13 +202,11 @@ fn apply(r: &mut ChangeRecord, e: &Entry, now: u64) {
             at: when.clone(),
             accepted_changes: *accepted_changes,
         }),
-        Record::RollbackStarted { reason } => {
-            r.rollback = Some(Rollback {
-                reason: reason.clone(),
-                at: at.clone(),
-                at_ms: now,
-            })
-        }
+        Record::RollbackStarted { reason } => r.rollbacks.push(Rollback {
+            reason: reason.clone(),
+            at: at.clone(),
+            at_ms: now,
+        }),
         Record::Checked { step, checks } => {
             if let Some(s) = r.steps.iter_mut().find(|s| &s.id == step) {
                 s.checks = checks.clone();

@@ -95,7 +95,7 @@ fn applies_and_undos_become_spans_with_their_ends() {
     );
     assert_eq!((a.apply_ms(), a.undo_ms()), (Some(1500), Some(1000)));
     assert_eq!(r.steps[1].spans[0].end, SpanEnd::Failed);
-    assert_eq!(r.rollback.as_ref().unwrap().at_ms, 3100);
+    assert_eq!(r.rollbacks[0].at_ms, 3100);
     assert_eq!(r.duration_ms, Some(4300));
     assert_eq!(r.user.as_deref(), Some("dba"));
     assert_eq!(step_outcome(&r.steps[0]), "rolled back");

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::{LEGEND, checks_line, colour, fmt_ms, state_class, svg};
+use super::{LEGEND, checks_line, colour, fmt_ms, state_class, svg, undos_of};
 use crate::report::views::record::{ChangeRecord, SpanEnd, SpanKind, StepRecord};
 
 /// Escapes text for an HTML element or a quoted attribute (and for SVG, which is XML).
@@ -232,18 +232,12 @@ fn steps(s: &mut String, r: &ChangeRecord) {
 }
 
 fn events(s: &mut String, r: &ChangeRecord) {
-    if r.rollback.is_none() && r.sessions.is_empty() && r.interruptions.is_empty() {
+    if r.rollbacks.is_empty() && r.sessions.is_empty() && r.interruptions.is_empty() {
         return;
     }
     s.push_str("<h2>Rollback, interruptions and resumes</h2>\n<table class=\"kv\">\n");
-    if let Some(rb) = &r.rollback {
-        let undone: Vec<String> = r
-            .steps
-            .iter()
-            .rev()
-            .filter(|st| st.spans.iter().any(|sp| sp.kind == SpanKind::Undo))
-            .map(|st| format!("{} ({})", st.id, st.outcome))
-            .collect();
+    for (i, rb) in r.rollbacks.iter().enumerate() {
+        let undone = undos_of(r, i);
         let text = format!(
             "at {}: {}. Undone, newest first: {}",
             rb.at.as_deref().unwrap_or("?"),
@@ -251,7 +245,7 @@ fn events(s: &mut String, r: &ChangeRecord) {
             if undone.is_empty() {
                 "nothing".into()
             } else {
-                undone.join(", ")
+                undone.join("; ")
             }
         );
         row(s, "rollback", &esc(&text));

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::{checks_line, fmt_ms};
+use super::{checks_line, fmt_ms, undos_of};
 use crate::report::views::record::{ChangeRecord, SpanKind};
 
 pub fn esc(s: &str) -> String {
@@ -146,8 +146,41 @@ pub fn page(r: &ChangeRecord) -> String {
             esc(&notes.join("; ")),
         );
     }
+    events(&mut s, r);
     timeline(&mut s, r);
     s
+}
+
+/// Rollbacks (what each undid), interruptions and resumes, as a list.
+fn events(s: &mut String, r: &ChangeRecord) {
+    if r.rollbacks.is_empty() && r.sessions.is_empty() && r.interruptions.is_empty() {
+        return;
+    }
+    s.push_str("\n## Rollback, interruptions and resumes\n\n");
+    for (i, rb) in r.rollbacks.iter().enumerate() {
+        let undone = undos_of(r, i);
+        let undone = if undone.is_empty() {
+            "nothing".into()
+        } else {
+            undone.join("; ")
+        };
+        let at = rb.at.as_deref().unwrap_or("?");
+        let text = format!("at {at}: {}. Undone, newest first: {undone}", rb.reason);
+        let _ = writeln!(s, "- rollback {}", esc(&text));
+    }
+    for i in &r.interruptions {
+        let step = i.step.as_ref().map(|s| format!(", in step {s}"));
+        let text = format!(
+            "at {}{}",
+            i.at.as_deref().unwrap_or("?"),
+            step.unwrap_or_default()
+        );
+        let _ = writeln!(s, "- interrupted {}", esc(&text));
+    }
+    for se in &r.sessions {
+        let text = format!("at {} on {} (pid {})", se.at, se.host, se.pid);
+        let _ = writeln!(s, "- continued {}", esc(&text));
+    }
 }
 
 /// The timeline as text: every span in time order.
@@ -174,7 +207,7 @@ fn timeline(s: &mut String, r: &ChangeRecord) {
             spans.push((sp.from_ms, line));
         }
     }
-    if let Some(rb) = &r.rollback {
+    for rb in &r.rollbacks {
         let line = format!(
             "| +{} | – | rollback started | | {} |",
             fmt_ms(rb.at_ms),

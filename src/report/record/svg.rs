@@ -139,7 +139,7 @@ pub fn timeline(r: &ChangeRecord) -> String {
             text = esc(text),
         );
     };
-    if let Some(rb) = &r.rollback {
+    for rb in &r.rollbacks {
         marker(rb.at_ms, "rollback");
     }
     for i in &r.interruptions {

@@ -40,7 +40,8 @@ pub struct ChangeRecord {
     pub target: Option<Named>,
     pub vars: Vec<VarValue>,
     pub steps: Vec<StepRecord>,
-    pub rollback: Option<Rollback>,
+    /// Every rollback begun on the run (after a failure, `ferry rollback`, a resumed one).
+    pub rollbacks: Vec<Rollback>,
     /// Later commands on the run (`ferry resume`, `ferry rollback`).
     pub sessions: Vec<Session>,
     pub interruptions: Vec<Interruption>,

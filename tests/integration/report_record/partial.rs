@@ -36,6 +36,23 @@ fn an_interrupted_run_and_a_killed_run_say_so() {
         );
     }
     parsed(&sb, &html);
+    // Resumed: the same record now ends done, and says when it was continued and where.
+    sb.run(&["resume", &id]).expect(0);
+    let rec = data(&sb, &id);
+    assert_eq!(
+        (rec["state"].as_str(), rec["exit_code"].as_i64()),
+        (Some("done"), Some(0))
+    );
+    assert_eq!(rec["sessions"].as_array().unwrap().len(), 1);
+    assert_eq!(rec["interruptions"].as_array().unwrap().len(), 1);
+    assert_eq!(step(&rec, "b")["state"], "done");
+    let (html, md) = documents(&sb, &id);
+    for doc in [&html, &md] {
+        assert!(
+            doc.contains("continued") && doc.contains("interrupted"),
+            "{doc}"
+        );
+    }
 
     // Killed outright: no record says why; the step's bar is open to the last record.
     std::fs::remove_dir_all(&sb.state).unwrap();

@@ -102,7 +102,7 @@ fn a_failed_run_records_the_failure_the_rollback_and_what_was_undone() {
     assert_eq!(rec["state"], "rolled_back");
     assert_eq!(rec["exit_code"], 1);
     assert!(
-        rec["rollback"]["reason"]
+        rec["rollbacks"][0]["reason"]
             .as_str()
             .unwrap()
             .contains("three")
@@ -123,10 +123,16 @@ fn a_failed_run_records_the_failure_the_rollback_and_what_was_undone() {
         assert!(doc.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(doc.contains("rolled back"));
     }
-    assert!(
-        html.contains("Undone, newest first: two (rolled back), one (rolled back)"),
-        "{html}"
-    );
+    let undone = html
+        .split("Undone, newest first: ")
+        .nth(1)
+        .and_then(|s| s.split("</td>").next())
+        .unwrap_or_default();
+    let order: Vec<&str> = undone.split("; ").collect();
+    assert_eq!(order.len(), 3, "{undone}");
+    assert!(order[0].starts_with("two rolled back at 20"), "{undone}");
+    assert!(order[1].starts_with("one rolled back at 20"), "{undone}");
+    assert_eq!(order[2], "three not undone: no `undo` command");
     let bars = parsed(&sb, &html);
     let fills = |what: &str| -> Vec<&str> {
         bars.iter()
@@ -197,4 +203,46 @@ fn the_target_is_named_by_its_file_and_its_secrets_are_masked() {
         let doc = sb.read(&f);
         assert!(doc.contains("staging-eu") && !doc.contains(secret), "{doc}");
     }
+}
+
+#[test]
+fn a_done_run_undone_later_with_ferry_rollback_records_both() {
+    let sb = Sandbox::new();
+    Playbook::new("record-undo-later")
+        .exec("a", "echo a >> log")
+        .undo("sed -i '/^a$/d' log")
+        .exec("b", "echo b >> log")
+        .undo("sed -i '/^b$/d' log")
+        .write(&sb, "pb.toml");
+    sb.run(&["run", "pb.toml"]).expect(0);
+    let id = only_run(&sb);
+    sb.run(&["rollback", &id]).expect(0);
+    assert_eq!(sb.read("log"), "");
+    let rec = data(&sb, &id);
+    assert_eq!(rec["state"], "rolled_back");
+    assert_eq!(rec["exit_code"], 0, "asked for: `ferry rollback` exits 0");
+    assert_eq!(rec["rollbacks"].as_array().unwrap().len(), 1);
+    assert!(
+        rec["rollbacks"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("ferry rollback")
+    );
+    for s in ["a", "b"] {
+        let ends: Vec<&str> = step(&rec, s)["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|sp| sp["end"].as_str().unwrap())
+            .collect();
+        assert_eq!(ends, ["done", "undone"], "{s}: applied, then undone");
+    }
+    let (html, md) = documents(&sb, &id);
+    for doc in [&html, &md] {
+        assert!(
+            doc.contains("Undone, newest first: b rolled back at "),
+            "{doc}"
+        );
+    }
+    parsed(&sb, &html);
 }
