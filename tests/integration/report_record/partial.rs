@@ -128,6 +128,13 @@ fn a_corrupt_journal_gives_a_record_of_what_came_before_the_damage() {
     std::fs::write(&path, "").unwrap();
     assert_eq!(data(&sb, &id)["state"], "corrupt");
     sb.run(&["report", "no-such-run"]).expect(2);
+    let other = sb.run(&["status", "--format", "md"]);
+    other.expect(2);
+    assert!(
+        other.stderr.contains("are for `ferry report`"),
+        "{}",
+        other.stderr
+    );
 }
 
 /// The `replicas` record of a step (what a step that stops or starts the service leaves),
