@@ -40,9 +40,10 @@ impl Engine {
     }
 
     /// Runs every step's checks in order, reporting each; returns failed step ids, the
-    /// ids whose checks were deferred and the `checked` records to journal, or None when a signal stopped it (the first one
-    /// cancels the running check: checks change nothing, so nothing is lost; dropping it
-    /// kills its process group).
+    /// ids whose checks were deferred and the `checked` records for the journal (written
+    /// once it exists), or None when a signal stopped it (the first one cancels the running
+    /// check: checks change nothing, so nothing is lost; dropping it kills its process
+    /// group).
     pub(super) async fn preflight(
         &self,
         req: &RunRequest,
