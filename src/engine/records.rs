@@ -53,6 +53,9 @@ pub enum Record {
     Resumed {
         pid: u32,
         host: String,
+        /// Who continued the run (absent in older journals).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
         at: String,
         accepted_changes: bool,
     },
@@ -500,6 +503,7 @@ mod tests {
             Record::Resumed {
                 pid: 2,
                 host: "host".into(),
+                user: None,
                 at: "later".into(),
                 accepted_changes: false,
             },
@@ -663,6 +667,7 @@ mod tests {
             Record::Resumed {
                 pid: 2,
                 host: "host".into(),
+                user: None,
                 at: "later".into(),
                 accepted_changes: true,
             },

@@ -340,6 +340,7 @@ impl Engine {
             Record::Resumed {
                 pid: std::process::id(),
                 host: super::hostname(),
+                user: Some(super::username()),
                 at: crate::report::now_rfc3339(),
                 accepted_changes: accepted,
             },

@@ -194,9 +194,11 @@ fn apply(r: &mut ChangeRecord, e: &Entry, now: u64) {
         Record::Resumed {
             pid,
             host,
+            user,
             at: when,
             accepted_changes,
         } => r.sessions.push(Session {
+            user: user.clone(),
             host: host.clone(),
             pid: *pid,
             at: when.clone(),

@@ -263,8 +263,9 @@ fn events(s: &mut String, r: &ChangeRecord) {
     }
     for se in &r.sessions {
         let text = format!(
-            "at {} on {} (pid {}){}",
+            "at {} by {} on {} (pid {}){}",
             se.at,
+            se.user.as_deref().unwrap_or("?"),
             se.host,
             se.pid,
             if se.accepted_changes {

@@ -178,7 +178,8 @@ fn events(s: &mut String, r: &ChangeRecord) {
         let _ = writeln!(s, "- interrupted {}", esc(&text));
     }
     for se in &r.sessions {
-        let text = format!("at {} on {} (pid {})", se.at, se.host, se.pid);
+        let who = se.user.as_deref().unwrap_or("?");
+        let text = format!("at {} by {who} on {} (pid {})", se.at, se.host, se.pid);
         let _ = writeln!(s, "- continued {}", esc(&text));
     }
 }

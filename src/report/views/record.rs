@@ -172,6 +172,7 @@ pub struct Rollback {
 
 #[derive(Debug, Serialize)]
 pub struct Session {
+    pub user: Option<String>,
     pub host: String,
     pub pid: u32,
     pub at: String,

@@ -44,6 +44,7 @@ fn an_interrupted_run_and_a_killed_run_say_so() {
         (Some("done"), Some(0))
     );
     assert_eq!(rec["sessions"].as_array().unwrap().len(), 1);
+    assert_eq!(rec["sessions"][0]["user"], rec["user"], "who resumed it");
     assert_eq!(rec["interruptions"].as_array().unwrap().len(), 1);
     assert_eq!(step(&rec, "b")["state"], "done");
     let (html, md) = documents(&sb, &id);
