@@ -198,6 +198,7 @@ fn apply(r: &mut ChangeRecord, e: &Entry, now: u64) {
             at: when,
             accepted_changes,
         } => r.sessions.push(Session {
+            at_ms: now,
             user: user.clone(),
             host: host.clone(),
             pid: *pid,

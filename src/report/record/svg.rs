@@ -145,6 +145,9 @@ pub fn timeline(r: &ChangeRecord) -> String {
     for i in &r.interruptions {
         marker(i.at_ms, "interrupted");
     }
+    for se in &r.sessions {
+        marker(se.at_ms, "resumed");
+    }
     // The chart's frame, on pixel centres so that it is drawn crisp in [`FRAME`] (tests
     // find the timeline in a screenshot by it).
     let _ = write!(

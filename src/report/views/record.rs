@@ -172,6 +172,7 @@ pub struct Rollback {
 
 #[derive(Debug, Serialize)]
 pub struct Session {
+    pub at_ms: u64,
     pub user: Option<String>,
     pub host: String,
     pub pid: u32,
