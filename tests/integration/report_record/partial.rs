@@ -54,6 +54,7 @@ fn an_interrupted_run_and_a_killed_run_say_so() {
             "{doc}"
         );
     }
+    assert!(html.contains(">interrupted</text>") && html.contains(">resumed</text>"));
 
     // Killed outright: no record says why; the step's bar is open to the last record.
     std::fs::remove_dir_all(&sb.state).unwrap();
