@@ -32,6 +32,13 @@ pub async fn main(cli: Cli) -> Result<i32> {
         Color::Auto => {}
     }
     let g = &cli.global;
+    if matches!(g.format, Format::Html | Format::Md)
+        && !matches!(cli.command, Command::Report { .. })
+    {
+        return Err(Error::invalid(
+            "--format html and --format md are for `ferry report`; use human or json here",
+        ));
+    }
     match &cli.command {
         Command::Validate(pb) => validate(g, pb),
         Command::Plan(pb) => plan(g, pb),
@@ -71,6 +78,7 @@ pub async fn main(cli: Cli) -> Result<i32> {
             accept_changes,
         } => continue_run(g, run_id, *accept_changes, true, false, &[]).await,
         Command::Status { run_id } => show_status(g, run_id.as_deref()),
+        Command::Report { run_id, output } => report(g, run_id, output.as_deref()),
         Command::Unlock { target, force } => {
             let state_dir = engine::lock::unlock(&g.state_dir)?;
             let database = match load_target(target.as_deref())? {
@@ -121,7 +129,7 @@ fn man(dir: Option<&Path>) -> Result<i32> {
 /// Prints a command's answer in the chosen `--format`.
 fn show(g: &Global, v: &impl View) -> Result<()> {
     let format = match g.format {
-        Format::Human => view::Format::Human,
+        Format::Human | Format::Html | Format::Md => view::Format::Human,
         Format::Json => view::Format::Json,
     };
     view::print(v, format).map_err(|e| Error::Other(e.into()))
@@ -317,7 +325,9 @@ fn plan(g: &Global, a: &PlaybookArgs) -> Result<i32> {
 fn sink(g: &Global) -> Arc<Fanout> {
     let mut rs: Vec<Box<dyn Reporter>> = vec![];
     match g.format {
-        Format::Human => rs.push(Box::new(HumanReporter::new(g.quiet, g.verbose))),
+        Format::Human | Format::Html | Format::Md => {
+            rs.push(Box::new(HumanReporter::new(g.quiet, g.verbose)))
+        }
         Format::Json => rs.push(Box::new(JsonReporter::new(std::io::stdout()))),
     }
     if let Some(j) = &g.junit {
@@ -495,5 +505,36 @@ fn show_status(g: &Global, run_id: Option<&str>) -> Result<i32> {
             detail: run_id.is_some(),
         },
     )?;
+    Ok(code::DONE)
+}
+
+/// `ferry report RUN_ID`: the run's change record, from its journal (a corrupt or unfinished
+/// run gives a record that says so; only a missing run is an error, exit 2).
+fn report(g: &Global, run_id: &str, output: Option<&Path>) -> Result<i32> {
+    use crate::report::record::{self, Kind};
+    let kind = match g.format {
+        Format::Md => Kind::Markdown,
+        Format::Json => Kind::Json,
+        Format::Human | Format::Html => Kind::Html,
+    };
+    let rec = engine::history::load(&g.state_dir, run_id).map_err(load_error)?;
+    // The target's secrets, so that the redactor masks them wherever they were quoted (best
+    // effort: the record is still written when the file is gone or a variable is not set).
+    if let Some(t) = rec
+        .target
+        .as_ref()
+        .and_then(|t| Target::load(Path::new(&t.path)).ok())
+    {
+        t.register_secrets();
+    }
+    let doc = record::render(&rec, kind);
+    let default = format!("ferry-report-{run_id}.{}", kind.extension());
+    let dest = output.unwrap_or(Path::new(&default));
+    record::write(&doc, dest).map_err(|e| {
+        Error::Other(anyhow::anyhow!(
+            "cannot write the report to {}: {e}",
+            dest.display()
+        ))
+    })?;
     Ok(code::DONE)
 }

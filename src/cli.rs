@@ -61,6 +61,10 @@ pub struct Global {
 pub enum Format {
     Human,
     Json,
+    /// `ferry report` only: the change record as HTML (its default).
+    Html,
+    /// `ferry report` only: the change record as Markdown.
+    Md,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -170,6 +174,17 @@ pub enum Command {
     },
     /// Runs and their steps, newest first.
     Status { run_id: Option<String> },
+    /// Write the change record of a run, to attach to the change ticket: one self-contained
+    /// HTML file (`--format md`: Markdown; `--format json`: its data) with who ran it, where,
+    /// the playbook, vars, every step's checks, durations and outcome, the rollback, and a
+    /// timeline of the steps with the service's downtime marked.
+    Report {
+        run_id: String,
+        /// Where to write it: default `ferry-report-<RUN_ID>.html` (`.md`, `.json`) in the
+        /// current directory; `-` writes it to stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Clear a lock whose owner is dead (refuses a live owner).
     Unlock {
         /// Also release the deployment's database lock held for this target.

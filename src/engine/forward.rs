@@ -192,6 +192,9 @@ impl Run<'_> {
             let Some(checks) = run_checks(&cx, &def.spec, &self.e.stop.hard).await else {
                 return Err(Interrupted.into());
             };
+            if let Some(rec) = super::preflight::checked(&def.id, &checks) {
+                self.rec(rec, false)?;
+            }
             let failed: Vec<String> = checks
                 .iter()
                 .filter(|c| c.status == CheckStatus::Fail)
@@ -249,6 +252,15 @@ impl Run<'_> {
                 Ok(()) => break,
                 Err(e) if !is_interrupted(&e) && attempt < def.retries => {
                     attempt += 1;
+                    let error = crate::report::redact::redact(&format!("{e:#}")).into_owned();
+                    self.rec(
+                        Record::Retrying {
+                            step: def.id.clone(),
+                            attempt,
+                            error,
+                        },
+                        false,
+                    )?;
                     self.e.sink.emit(Event::log(
                         Some(&def.id),
                         Level::Warn,

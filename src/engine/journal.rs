@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 
 use super::records::Record;
 
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: every line carries `ts` (UTC, milliseconds) and the records `checked`, `retrying` and
+/// `replicas` exist (what `ferry report` shows); version 1 journals are still read.
+pub const FORMAT_VERSION: u32 = 2;
 const CHUNK: u64 = 64 * 1024;
 /// Room kept preallocated after each durable record (they precede effects), so that the
 /// records that follow an effect (`step_done`, child records) never meet a full disk: when
@@ -46,6 +48,10 @@ pub struct WriteFailed {
 #[derive(Serialize, Deserialize)]
 struct Line {
     v: u32,
+    /// When the record was written (absent in format 1). `ts` as in the events; `at` is
+    /// a field of `resumed` records.
+    #[serde(default)]
+    ts: Option<String>,
     #[serde(flatten)]
     rec: Record,
 }
@@ -153,11 +159,13 @@ impl Journal {
 
     /// Writes a record once `reserve` more bytes are preallocated after it.
     fn append_reserving(&mut self, rec: &Record, reserve: u64) -> anyhow::Result<()> {
-        // `{"v":1,` + the record's own object without its `{`: the same line `Line` reads,
-        // without serde's flatten (a map per record) on the hot path.
+        // `{"v":2,"ts":"…",` + the record's own object without its `{`: the same line `Line`
+        // reads, without serde's flatten (a map per record) on the hot path.
         let body = serde_json::to_vec(rec)?;
-        let mut line = Vec::with_capacity(body.len() + 8);
-        line.extend_from_slice(format!("{{\"v\":{FORMAT_VERSION},").as_bytes());
+        let mut line = Vec::with_capacity(body.len() + 40);
+        line.extend_from_slice(
+            format!("{{\"v\":{FORMAT_VERSION},\"ts\":\"{}\",", now_ms()).as_bytes(),
+        );
         line.extend_from_slice(body.get(1..).unwrap_or_default());
         line.push(b'\n');
         self.grow(line.len() as u64 + reserve)?;
@@ -187,6 +195,16 @@ impl Journal {
     }
 }
 
+/// Now in UTC to the millisecond (`2026-01-01T00:00:00.000Z`): the `ts` of every record.
+pub fn now_ms() -> String {
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::now_utc()
+        .format(&fmt)
+        .unwrap_or_default()
+}
+
 /// fsyncs a directory, making the entries created in it durable (a new file's data is synced
 /// through the file; its name only through its directory).
 pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
@@ -211,12 +229,26 @@ pub struct Corrupt {
     pub line: usize,
     pub reason: String,
     pub valid: Vec<Record>,
+    /// When each of `valid` was written (None in format 1), in the same order.
+    pub valid_at: Vec<Option<String>>,
+}
+
+/// A record and when it was written (None in format 1 journals).
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub at: Option<String>,
+    pub rec: Record,
 }
 
 /// Reads every complete record. A line that does not parse is tolerated only as the last
 /// one without its newline (a torn write); anywhere else the journal is corrupt and that is
 /// a [`Corrupt`] error (downcast it to tell it from an I/O error).
 pub fn read(path: &Path) -> anyhow::Result<Vec<Record>> {
+    Ok(read_entries(path)?.into_iter().map(|e| e.rec).collect())
+}
+
+/// [`read`], with each record's time.
+pub fn read_entries(path: &Path) -> anyhow::Result<Vec<Entry>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let end = data_end(&bytes);
     let text = String::from_utf8_lossy(&bytes[..end]);
@@ -224,11 +256,12 @@ pub fn read(path: &Path) -> anyhow::Result<Vec<Record>> {
     let mut out = vec![];
     for (i, l) in lines.iter().enumerate() {
         let torn = i == lines.len() - 1;
-        let corrupt = |reason: String, valid: Vec<Record>| Corrupt {
+        let corrupt = |reason: String, valid: Vec<Entry>| Corrupt {
             path: path.into(),
             line: i + 1,
             reason,
-            valid,
+            valid_at: valid.iter().map(|e| e.at.clone()).collect(),
+            valid: valid.into_iter().map(|e| e.rec).collect(),
         };
         if l.contains('\0') && !torn {
             return Err(corrupt("a NUL byte inside the line".into(), out).into());
@@ -237,7 +270,10 @@ pub fn read(path: &Path) -> anyhow::Result<Vec<Record>> {
             continue;
         }
         match serde_json::from_str::<Line>(l) {
-            Ok(line) if line.v <= FORMAT_VERSION => out.push(line.rec),
+            Ok(line) if line.v <= FORMAT_VERSION => out.push(Entry {
+                at: line.ts,
+                rec: line.rec,
+            }),
             Ok(line) => bail!(
                 "{} was written by a newer ferry (journal format {}; this one reads up to {FORMAT_VERSION})",
                 path.display(),
@@ -272,6 +308,26 @@ mod tests {
         let recs = read(&p).unwrap();
         assert_eq!(recs.len(), 2);
         assert!(matches!(&recs[1], Record::StepDone { step } if step == "c"));
+    }
+
+    #[test]
+    fn records_carry_the_time_they_were_written_and_format_1_lines_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.jsonl");
+        let mut j = Journal::create(&p).unwrap();
+        j.append(&Record::StepDone { step: "a".into() }).unwrap();
+        drop(j);
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes.truncate(data_end(&bytes));
+        bytes.extend_from_slice(b"{\"v\":1,\"type\":\"step_done\",\"step\":\"b\"}\n");
+        std::fs::write(&p, bytes).unwrap();
+        let es = read_entries(&p).unwrap();
+        let at = es[0].at.as_deref().expect("a time");
+        assert!(
+            time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).is_ok(),
+            "{at}"
+        );
+        assert!(es[1].at.is_none());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod changes;
 mod forward;
+pub mod history;
 pub mod journal;
 pub mod lock;
 mod preflight;
@@ -26,6 +27,23 @@ pub fn hostname() -> String {
     }
     let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// The login name of the user ferry runs as (from the password database; `$USER`, then the
+/// uid, when it has no entry, as in a container started with an arbitrary uid).
+pub fn username() -> String {
+    // SAFETY: getuid cannot fail; getpwuid_r writes only into the buffers it is given.
+    let uid = unsafe { libc::getuid() };
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc == 0 && !found.is_null() && !pw.pw_name.is_null() {
+        // SAFETY: pw_name points into `buf`, NUL-terminated by getpwuid_r.
+        let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
+        return name.to_string_lossy().into_owned();
+    }
+    std::env::var("USER").unwrap_or_else(|_| format!("uid {uid}"))
 }
 
 pub fn runs_dir(state_dir: &std::path::Path) -> std::path::PathBuf {

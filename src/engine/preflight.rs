@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
+use super::records::{CheckRecord, Record};
 use super::runner::{Engine, RunRequest};
 use crate::error::Error;
 use crate::report::{CheckStatus, Event, Mode, Phase, RunOutcome, StepStatus};
@@ -15,7 +16,7 @@ impl Engine {
     pub async fn dry_run(&self, req: RunRequest) -> Result<(), Error> {
         let started = Instant::now();
         self.started(&req, Mode::DryRun);
-        let (failed, _) = match self.preflight(&req, true).await {
+        let (failed, _, _) = match self.preflight(&req, true).await {
             Some(r) => r,
             None => {
                 let r = Err(Error::StoppedInChecks {
@@ -38,16 +39,18 @@ impl Engine {
         r
     }
 
-    /// Runs every step's checks in order, reporting each; returns failed step ids and the
-    /// ids whose checks were deferred, or None when a signal stopped it (the first one
-    /// cancels the running check: checks change nothing, so nothing is lost; dropping it
-    /// kills its process group).
+    /// Runs every step's checks in order, reporting each; returns failed step ids, the
+    /// ids whose checks were deferred and the `checked` records for the journal (written
+    /// once it exists), or None when a signal stopped it (the first one cancels the running
+    /// check: checks change nothing, so nothing is lost; dropping it kills its process
+    /// group).
     pub(super) async fn preflight(
         &self,
         req: &RunRequest,
         dry_run: bool,
-    ) -> Option<(Vec<String>, HashSet<String>)> {
+    ) -> Option<(Vec<String>, HashSet<String>, Vec<Record>)> {
         let mut failed = vec![];
+        let mut records = vec![];
         let mut deferred = HashSet::new();
         let total = req.playbook.steps.len();
         let mut changes_before = false;
@@ -90,6 +93,7 @@ impl Engine {
             if checks.iter().any(|c| c.status == CheckStatus::Deferred) {
                 deferred.insert(step.id.clone());
             }
+            records.extend(checked(&step.id, &checks));
             for c in checks {
                 self.sink.emit(Event::Check {
                     step: step.id.clone(),
@@ -117,8 +121,25 @@ impl Engine {
         if self.stop.soft.is_cancelled() {
             return None;
         }
-        Some((failed, deferred))
+        Some((failed, deferred, records))
     }
+}
+
+/// The `checked` record of a step's checks (none when the step has no checks), redacted
+/// before it reaches the journal.
+pub(super) fn checked(step: &str, checks: &[Check]) -> Option<Record> {
+    use crate::report::redact::redact;
+    (!checks.is_empty()).then(|| Record::Checked {
+        step: step.into(),
+        checks: checks
+            .iter()
+            .map(|c| CheckRecord {
+                name: c.name.clone(),
+                status: c.status,
+                detail: redact(&c.detail).into_owned(),
+            })
+            .collect(),
+    })
 }
 
 /// Checks never abort a run by erroring: an error is a failed check with its message.

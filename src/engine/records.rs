@@ -28,6 +28,9 @@ pub struct RunMeta {
     pub cli_vars: Vec<(String, String)>,
     pub steps: Vec<StepMeta>,
     pub host: String,
+    /// Who started it (the login name of ferry's user; absent in older journals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     pub pid: u32,
     pub started_at: String,
     pub workdir: PathBuf,
@@ -50,6 +53,9 @@ pub enum Record {
     Resumed {
         pid: u32,
         host: String,
+        /// Who continued the run (absent in older journals).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
         at: String,
         accepted_changes: bool,
     },
@@ -102,7 +108,28 @@ pub enum Record {
     RunFinished {
         outcome: Ending,
     },
+    /// A step's read-only checks as they answered (for the record; the fold ignores them):
+    /// before the first apply of a run, or when a resumed or deferred step was reached.
+    Checked {
+        step: String,
+        checks: Vec<CheckRecord>,
+    },
+    /// An attempt of a step's apply or verify failed and it is tried again (`retries`).
+    Retrying {
+        step: String,
+        attempt: u32,
+        error: String,
+    },
+    /// How many replicas of a service run now that a step changed them: `running = 0` starts
+    /// a downtime, the next record with more ends it (what `ferry report` marks).
+    Replicas {
+        step: String,
+        service: String,
+        running: u32,
+    },
 }
+
+pub use crate::report::views::record::CheckRecord;
 
 /// Where a step stands; the same vocabulary `ferry status` shows.
 pub use crate::report::views::status::StepState;
@@ -230,6 +257,8 @@ impl RunState {
             }
             Record::Interrupted { .. } => self.interrupted = true,
             Record::RunFinished { outcome } => self.phase = Phase::Finished(*outcome),
+            // What the run saw, not where it stands.
+            Record::Checked { .. } | Record::Retrying { .. } | Record::Replicas { .. } => {}
         }
     }
 
@@ -286,6 +315,7 @@ mod tests {
                 })
                 .collect(),
             host: "host".into(),
+            user: None,
             pid: 1,
             started_at: "2026-01-01T00:00:00Z".into(),
             workdir: "/".into(),
@@ -473,6 +503,7 @@ mod tests {
             Record::Resumed {
                 pid: 2,
                 host: "host".into(),
+                user: None,
                 at: "later".into(),
                 accepted_changes: false,
             },
@@ -636,6 +667,7 @@ mod tests {
             Record::Resumed {
                 pid: 2,
                 host: "host".into(),
+                user: None,
                 at: "later".into(),
                 accepted_changes: true,
             },

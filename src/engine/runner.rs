@@ -168,7 +168,7 @@ impl Engine {
             Err(e) => return self.ended_early(&run_id, started, e),
         };
         // Stopped in preflight: nothing ran, so no journal is written (nothing to resume).
-        let Some((failed, deferred)) = self.preflight(&req, false).await else {
+        let Some((failed, deferred, checked)) = self.preflight(&req, false).await else {
             let e = Error::StoppedInChecks {
                 run_id: run_id.clone(),
             };
@@ -244,6 +244,7 @@ impl Engine {
                 })
                 .collect(),
             host: super::hostname(),
+            user: Some(super::username()),
             pid: std::process::id(),
             started_at: crate::report::now_rfc3339(),
             workdir: std::env::current_dir().unwrap_or_default(),
@@ -254,6 +255,13 @@ impl Engine {
         let store = JournalStore::new(journal);
         if let Err(e) = store.write(&first, true) {
             return self.ended_early(&run_id, started, abandon(e));
+        }
+        // The preflight's answers, for the record: synced with the first step's record.
+        for rec in &checked {
+            if let Err(e) = store.write(rec, false) {
+                let e = Error::journal(e, Some(&run_id));
+                return self.ended_early(&run_id, started, e);
+            }
         }
         let mut run = Run {
             e: self,
@@ -332,6 +340,7 @@ impl Engine {
             Record::Resumed {
                 pid: std::process::id(),
                 host: super::hostname(),
+                user: Some(super::username()),
                 at: crate::report::now_rfc3339(),
                 accepted_changes: accepted,
             },

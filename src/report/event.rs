@@ -4,9 +4,10 @@
 //! are documented in the README and only ever added to. Every event carries `event` (the
 //! variant, snake_case) and `ts` (RFC 3339, UTC).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Also journaled (`checked` records), hence Deserialize.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckStatus {
     Pass,

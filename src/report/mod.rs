@@ -9,6 +9,7 @@ pub mod human;
 pub mod json;
 pub mod junit;
 pub mod prompt;
+pub mod record;
 pub mod redact;
 pub mod view;
 pub mod views;

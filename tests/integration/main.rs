@@ -16,6 +16,7 @@ mod images;
 mod prometheus;
 mod registry;
 mod release;
+mod report_record;
 mod sandbox;
 mod sandbox_db;
 mod security;

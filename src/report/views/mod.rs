@@ -5,6 +5,7 @@ pub mod check;
 pub mod doctor;
 pub mod ig;
 pub mod plan;
+pub mod record;
 pub mod sandbox;
 pub mod status;
 pub mod unlock;
