@@ -211,13 +211,13 @@ pub async fn read(c: &Client, schema: &str, table: &str, key: &str) -> anyhow::R
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let stats = format!(
-        "SELECT count(*), max({k}) FROM {}.{}",
+        "SELECT count(*), max({k})::text FROM {}.{}",
         super::quote_ident(schema),
         super::quote_ident(table),
         k = super::quote_ident(key)
     );
     let (rows, max_key) = match c.query_one(stats.as_str(), &[]).await {
-        Ok(r) => (r.get::<_, i64>(0), r.get::<_, Option<i64>>(1)),
+        Ok(r) => (r.get::<_, i64>(0), r.get::<_, Option<String>>(1).and_then(|m| m.parse::<i64>().ok())),
         Err(e) => bail!("cannot read {table}.{key}: {}", pgerr(e)),
     };
     Ok(Catalog {
