@@ -402,3 +402,54 @@ fn refusals_are_clear_and_change_nothing() {
         pg.finish(sb, &[], vec![]);
     }
 }
+
+/// The playbook's split: prepare (online), convert (the window), validate (online), on a
+/// database-only target; then the window budget: a copy that cannot fit stops at a
+/// checkpoint (exit 5) or rolls back (`on_window = "rollback"`, exit 1, nothing left).
+#[test]
+fn staged_attach_and_the_window_budget() {
+    for schema in SCHEMAS {
+        let Some((pg, sb)) = setup(schema) else {
+            return;
+        };
+        let before = pg.psql("fhirdb", SHAPE);
+        let pb = convert("range", "attach")
+            .str("stage", "prepare")
+            .step("window", "partition_table")
+            .str("stage", "convert")
+            .raw("interval", "\"500\"")
+            .raw("premake", "2")
+            .step("validate", "partition_table")
+            .str("stage", "validate");
+        let out = run(&sb, &pb, &[]);
+        out.expect(0);
+        assert!(out.stderr.contains("window transaction:"), "{}", out.stderr);
+        let after = pg.psql("fhirdb", SHAPE);
+        assert_eq!(
+            after.split(" | ").next(),
+            before.split(" | ").next(),
+            "{schema}: FKs validated"
+        );
+        assert_eq!(
+            after.split(" | ").nth(4),
+            before.split(" | ").nth(4),
+            "{schema}: rows"
+        );
+        let id = sb.run_ids().pop().unwrap();
+        sb.run_env(&["rollback", &id], &ENV).expect(0);
+        assert_eq!(pg.psql("fhirdb", SHAPE), before, "{schema}: rolled back");
+        assert_eq!(pg.psql("fhirdb", FERRY_LEFT), "0");
+        // A window far too small for the copy.
+        let out = run(&sb, &convert("hash", "copy").str("window", "1ms"), &[]);
+        out.expect(5);
+        assert!(out.stderr.contains("window"), "{}", out.stderr);
+        let id = sb.run_ids().pop().unwrap();
+        sb.run_env(&["rollback", &id], &ENV).expect(0);
+        let pb = convert("hash", "copy")
+            .str("window", "1ms")
+            .str("on_window", "rollback");
+        run(&sb, &pb, &[]).expect(1);
+        assert_eq!(pg.psql("fhirdb", SHAPE), before, "{schema}: rolled back");
+        pg.finish(sb, &[("fhirdb", FERRY_LEFT)], vec![]);
+    }
+}

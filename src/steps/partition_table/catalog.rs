@@ -142,7 +142,8 @@ pub async fn read(c: &Client, schema: &str, table: &str, key: &str) -> anyhow::R
                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = u.k ORDER BY u.o), \
          (SELECT relname::text FROM pg_class WHERE oid = i.indexrelid) \
          FROM pg_index i LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid \
-         WHERE i.indrelid = $1 ORDER BY i.indisprimary DESC, 10")
+         WHERE i.indrelid = $1 AND (SELECT relname::text FROM pg_class WHERE oid = i.indexrelid) NOT LIKE 'ferry%' \
+         ORDER BY i.indisprimary DESC, 10")
     .await?
     {
         let def: String = r.get(1);
@@ -217,7 +218,11 @@ pub async fn read(c: &Client, schema: &str, table: &str, key: &str) -> anyhow::R
         k = super::quote_ident(key)
     );
     let (rows, max_key) = match c.query_one(stats.as_str(), &[]).await {
-        Ok(r) => (r.get::<_, i64>(0), r.get::<_, Option<String>>(1).and_then(|m| m.parse::<i64>().ok())),
+        Ok(r) => (
+            r.get::<_, i64>(0),
+            r.get::<_, Option<String>>(1)
+                .and_then(|m| m.parse::<i64>().ok()),
+        ),
         Err(e) => bail!("cannot read {table}.{key}: {}", pgerr(e)),
     };
     Ok(Catalog {

@@ -85,7 +85,7 @@ pub async fn run(pt: &PartitionTable, cx: &StepCx) -> anyhow::Result<Vec<Check>>
         ));
     }
     if pt.stage != "prepare" {
-        checks.push(sessions(&c).await?);
+        checks.push(sessions(&c, later).await?);
         if let Some(ch) = hapi(cx).await {
             checks.push(ch);
         }
@@ -154,7 +154,7 @@ fn uniques(pt: &PartitionTable, cat: &catalog::Catalog) -> Vec<Check> {
 
 /// Other client sessions on the database (ferry's own connections carry
 /// application_name = ferry).
-async fn sessions(c: &Client) -> anyhow::Result<Check> {
+async fn sessions(c: &Client, later: bool) -> anyhow::Result<Check> {
     let rows = c
         .query(
             "SELECT pid, coalesce(usename::text, '?'), coalesce(application_name, ''), coalesce(client_addr::text, 'local') \
@@ -179,6 +179,16 @@ async fn sessions(c: &Client) -> anyhow::Result<Check> {
             )
         })
         .collect();
+    if later {
+        return Ok(Check::new(
+            "sessions",
+            CheckStatus::Deferred,
+            format!(
+                "{} other session(s) now; earlier steps stop HAPI and end them",
+                rows.len()
+            ),
+        ));
+    }
     Ok(Check::fail(
         "sessions",
         format!(

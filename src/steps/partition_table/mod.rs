@@ -64,15 +64,15 @@ pub struct PartitionTable {
     pub key: String,
     #[serde(default = "range")]
     pub strategy: String,
-    #[serde(default = "sixteen")]
+    #[serde(default = "sixteen", deserialize_with = "int")]
     pub modulus: i64,
-    #[serde(default = "million")]
+    #[serde(default = "million", deserialize_with = "int")]
     pub interval: i64,
-    #[serde(default = "four")]
+    #[serde(default = "four", deserialize_with = "int")]
     pub premake: i64,
     #[serde(default = "attach_")]
     pub existing: String,
-    #[serde(default = "batch")]
+    #[serde(default = "batch", deserialize_with = "int")]
     pub batch_rows: i64,
     pub throttle: Option<Duration>,
     #[serde(default = "all")]
@@ -85,6 +85,24 @@ pub struct PartitionTable {
     pub lock_timeout: Duration,
     #[serde(default = "five")]
     pub lock_retries: u32,
+}
+
+/// An integer, or a string that holds one (`"{{ interval }}"` in a playbook).
+fn int<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum IntOrText {
+        Int(i64),
+        Text(String),
+    }
+    match IntOrText::deserialize(d)? {
+        IntOrText::Int(n) => Ok(n),
+        IntOrText::Text(t) => t
+            .trim()
+            .replace('_', "")
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("`{t}` is not an integer"))),
+    }
 }
 
 fn fhir() -> String {
