@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use tokio_postgres::Client;
 
-use super::attach::{finish_parent_sql, lit, retry, with_options};
 use super::catalog::{self, Catalog};
+use super::ddl::{finish_parent_sql, lit, retry};
 use super::{Interrupted, PartitionTable, Phase, State, StepCx, guard, pgerr, quote_ident};
 use crate::report::Level;
 
@@ -38,7 +38,7 @@ pub async fn run(
     let twin = pt.q(&pt.names().twin);
     if st.phase < Phase::Twin {
         if catalog::relkind(c, &pt.schema, &pt.names().twin).await? != Some('p') {
-            c.batch_execute(&twin_sql(pt, &cat))
+            c.batch_execute(&super::twin::twin_sql(pt, &cat))
                 .await
                 .map_err(|e| anyhow::anyhow!("creating the twin {twin}: {}", pgerr(e)))?;
         }
@@ -56,7 +56,7 @@ pub async fn run(
             .rate
             .map(|r| Duration::from_secs_f64(cat.rows as f64 / r * 0.5 * n / 2.0));
         fits(pt, cx, started, est, "the index builds")?;
-        build_indexes(pt, cx, c, &cat, &twin).await?;
+        super::twin::build_indexes(pt, cx, c, &cat, &twin).await?;
         st.phase = Phase::Indexed;
         cx.save_checkpoint(st)?;
     }
@@ -101,46 +101,6 @@ fn fits(
         ),
     );
     Err(Interrupted.into())
-}
-
-fn twin_sql(pt: &PartitionTable, cat: &Catalog) -> String {
-    let t = cat.qualified();
-    let twin = pt.q(&pt.names().twin);
-    let k = quote_ident(&pt.key);
-    let by = if pt.strategy == "hash" {
-        "HASH"
-    } else {
-        "RANGE"
-    };
-    let mut sql = format!(
-        "BEGIN;\nCREATE TABLE {twin} (LIKE {t} INCLUDING DEFAULTS INCLUDING STORAGE INCLUDING COMMENTS INCLUDING GENERATED INCLUDING COMPRESSION INCLUDING CONSTRAINTS) PARTITION BY {by} ({k});\n"
-    );
-    let w = with_options(cat);
-    if pt.strategy == "hash" {
-        for r in 0..pt.modulus {
-            sql.push_str(&format!(
-                "CREATE TABLE {} PARTITION OF {twin} FOR VALUES WITH (MODULUS {}, REMAINDER {r}){w};\n",
-                pt.q(&pt.part_name(r)),
-                pt.modulus
-            ));
-        }
-    } else {
-        let n = cat.max_key.unwrap_or(0).max(0) / pt.interval + 1 + pt.premake;
-        for p in 0..n {
-            let from = if p == 0 {
-                "MINVALUE".to_owned()
-            } else {
-                (p * pt.interval).to_string()
-            };
-            sql.push_str(&format!(
-                "CREATE TABLE {} PARTITION OF {twin} FOR VALUES FROM ({from}) TO ({}){w};\n",
-                pt.q(&pt.part_name(p)),
-                (p + 1) * pt.interval
-            ));
-        }
-    }
-    sql.push_str("COMMIT;\n");
-    sql
 }
 
 async fn copy_rows(
@@ -225,52 +185,6 @@ async fn copy_rows(
     Ok(())
 }
 
-async fn build_indexes(
-    pt: &PartitionTable,
-    cx: &StepCx,
-    c: &Client,
-    cat: &Catalog,
-    twin: &str,
-) -> anyhow::Result<()> {
-    let mut todo = vec![];
-    for (n, ix) in cat.indexes.iter().enumerate() {
-        let exists: bool = c
-            .query_one(
-                "SELECT to_regclass($1) IS NOT NULL",
-                &[&pt.q(&new_index(n))],
-            )
-            .await
-            .map_err(pgerr)?
-            .get(0);
-        if !exists {
-            let sql = super::attach::parent_index_sql(twin, ix, &pt.key).replacen(
-                &quote_ident(&ix.name),
-                &quote_ident(&new_index(n)),
-                1,
-            );
-            todo.push(sql);
-        }
-    }
-    // Two sessions side by side, biggest work first alternating (the PK first).
-    let other = pt.client(cx).await?;
-    let (a, b): (Vec<_>, Vec<_>) = todo.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
-    let t0 = Instant::now();
-    let (ra, rb) = tokio::join!(run_list(c, a), run_list(&other, b));
-    ra?;
-    rb?;
-    c.batch_execute(&format!("ANALYZE {twin}"))
-        .await
-        .map_err(pgerr)?;
-    cx.log(
-        Level::Info,
-        format!(
-            "indexes built on the twin in {} ms",
-            t0.elapsed().as_millis()
-        ),
-    );
-    Ok(())
-}
-
 async fn swap(
     pt: &PartitionTable,
     cx: &StepCx,
@@ -291,14 +205,14 @@ async fn swap(
         "BEGIN;\nSET LOCAL lock_timeout = {};\nLOCK TABLE {t}, {twin} IN ACCESS EXCLUSIVE MODE;\n",
         pt.lock_timeout.get().as_millis()
     );
-    sql.push_str(&super::attach::fks_sql(cat, false));
+    sql.push_str(&super::ddl::fks_sql(cat, false));
     sql.push_str(&guard::drop_trigger_sql(&t));
     sql.push_str(&format!(
         "ALTER TABLE {t} RENAME TO {};\n",
         quote_ident(&names.old)
     ));
     for (n, ix) in cat.indexes.iter().enumerate() {
-        sql.push_str(&super::attach::rename_index_sql(
+        sql.push_str(&super::ddl::rename_index_sql(
             pt,
             &old,
             ix,
@@ -315,7 +229,7 @@ async fn swap(
             constraint: ix.constraint.clone().filter(|_| !ix.needs_guard(&pt.key)),
             ..ix.clone()
         };
-        sql.push_str(&super::attach::rename_index_sql(
+        sql.push_str(&super::ddl::rename_index_sql(
             pt,
             &t,
             &on_twin,
@@ -365,13 +279,4 @@ fn changes_sql(pt: &PartitionTable, on: &str) -> String {
             "ferry partition_table: keys changed since the swap, for rollback; dropped by cleanup"
         ),
     )
-}
-
-async fn run_list(cl: &Client, list: Vec<(usize, String)>) -> anyhow::Result<()> {
-    for (_, sql) in list {
-        cl.batch_execute(&sql)
-            .await
-            .map_err(|e| anyhow::anyhow!("{}: {}", sql.trim(), pgerr(e)))?;
-    }
-    Ok(())
 }

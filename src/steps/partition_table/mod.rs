@@ -18,8 +18,12 @@ mod attach;
 pub mod catalog;
 mod check;
 mod copy;
+mod ddl;
+mod defaults;
+mod disk;
 mod guard;
 mod rollback;
+mod twin;
 mod verify;
 
 use anyhow::anyhow;
@@ -53,99 +57,38 @@ pub const KEYS: &[&str] = &[
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PartitionTable {
-    #[serde(default = "fhir")]
+    #[serde(default = "defaults::fhir")]
     pub database: String,
-    #[serde(default = "public")]
+    #[serde(default = "defaults::public")]
     pub schema: String,
-    #[serde(default = "hfj_resource")]
+    #[serde(default = "defaults::hfj_resource")]
     pub table: String,
     /// The partition key; HAPI's HAPI-2563 check needs the PK to stay exactly (res_id).
-    #[serde(default = "res_id")]
+    #[serde(default = "defaults::res_id")]
     pub key: String,
-    #[serde(default = "range")]
+    #[serde(default = "defaults::range")]
     pub strategy: String,
-    #[serde(default = "sixteen", deserialize_with = "int")]
+    #[serde(default = "defaults::sixteen", deserialize_with = "defaults::int")]
     pub modulus: i64,
-    #[serde(default = "million", deserialize_with = "int")]
+    #[serde(default = "defaults::million", deserialize_with = "defaults::int")]
     pub interval: i64,
-    #[serde(default = "four", deserialize_with = "int")]
+    #[serde(default = "defaults::four", deserialize_with = "defaults::int")]
     pub premake: i64,
-    #[serde(default = "attach_")]
+    #[serde(default = "defaults::attach_")]
     pub existing: String,
-    #[serde(default = "batch", deserialize_with = "int")]
+    #[serde(default = "defaults::batch", deserialize_with = "defaults::int")]
     pub batch_rows: i64,
     pub throttle: Option<Duration>,
-    #[serde(default = "all")]
+    #[serde(default = "defaults::all")]
     pub stage: String,
     /// The time the window has; a phase estimated not to fit stops (or rolls back).
     pub window: Option<Duration>,
-    #[serde(default = "stop")]
+    #[serde(default = "defaults::stop")]
     pub on_window: String,
-    #[serde(default = "lock_timeout")]
+    #[serde(default = "defaults::lock_timeout")]
     pub lock_timeout: Duration,
-    #[serde(default = "five")]
+    #[serde(default = "defaults::five")]
     pub lock_retries: u32,
-}
-
-/// An integer, or a string that holds one (`"{{ interval }}"` in a playbook).
-fn int<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum IntOrText {
-        Int(i64),
-        Text(String),
-    }
-    match IntOrText::deserialize(d)? {
-        IntOrText::Int(n) => Ok(n),
-        IntOrText::Text(t) => t
-            .trim()
-            .replace('_', "")
-            .parse()
-            .map_err(|_| serde::de::Error::custom(format!("`{t}` is not an integer"))),
-    }
-}
-
-fn fhir() -> String {
-    "fhir".into()
-}
-fn public() -> String {
-    "public".into()
-}
-fn hfj_resource() -> String {
-    "hfj_resource".into()
-}
-fn res_id() -> String {
-    "res_id".into()
-}
-fn range() -> String {
-    "range".into()
-}
-fn sixteen() -> i64 {
-    16
-}
-fn million() -> i64 {
-    1_000_000
-}
-fn four() -> i64 {
-    4
-}
-fn attach_() -> String {
-    "attach".into()
-}
-fn batch() -> i64 {
-    50_000
-}
-fn all() -> String {
-    "all".into()
-}
-fn stop() -> String {
-    "stop".into()
-}
-fn lock_timeout() -> Duration {
-    Duration::new(std::time::Duration::from_secs(2), "2s")
-}
-fn five() -> u32 {
-    5
 }
 
 /// Where the conversion is; each value is reached by a journaled checkpoint.
@@ -243,47 +186,7 @@ impl Step for PartitionTable {
     }
 
     fn validate(&self) -> Vec<(Option<&'static str>, String)> {
-        let mut v = vec![];
-        if !["hash", "range"].contains(&self.strategy.as_str()) {
-            v.push((
-                Some("strategy"),
-                "`strategy` must be \"hash\" or \"range\"".into(),
-            ));
-        }
-        if !["copy", "attach"].contains(&self.existing.as_str()) {
-            v.push((
-                Some("existing"),
-                "`existing` must be \"copy\" or \"attach\"".into(),
-            ));
-        }
-        if self.existing == "attach" && self.strategy == "hash" {
-            v.push((Some("existing"), "`existing = \"attach\"` needs `strategy = \"range\"`: a hash partition cannot hold every existing row; use `existing = \"copy\"`".into()));
-        }
-        if !["all", "prepare", "convert", "validate", "cleanup"].contains(&self.stage.as_str()) {
-            v.push((
-                Some("stage"),
-                "`stage` must be all, prepare, convert, validate or cleanup".into(),
-            ));
-        }
-        if !["stop", "rollback"].contains(&self.on_window.as_str()) {
-            v.push((
-                Some("on_window"),
-                "`on_window` must be \"stop\" or \"rollback\"".into(),
-            ));
-        }
-        if !(2..=1024).contains(&self.modulus) {
-            v.push((
-                Some("modulus"),
-                "`modulus` must be between 2 and 1024".into(),
-            ));
-        }
-        if self.interval < 1 || self.batch_rows < 1 || !(0..=1000).contains(&self.premake) {
-            v.push((
-                None,
-                "`interval` and `batch_rows` must be ≥ 1, `premake` 0–1000".into(),
-            ));
-        }
-        v
+        defaults::invalid(self)
     }
 
     fn reversibility(&self) -> Reversibility {

@@ -12,9 +12,10 @@
 use anyhow::bail;
 use tokio_postgres::Client;
 
-use super::attach::{fks_sql, p0_index, rename_index_sql, retry, substitute};
+use super::attach::{p0_index, substitute};
 use super::catalog::{self, Catalog};
 use super::copy::{CHANGES_TRIGGER, old_index};
+use super::ddl::{fks_sql, rename_index_sql, retry};
 use super::{PartitionTable, State, StepCx, guard, pgerr, quote_ident};
 use crate::report::Level;
 
