@@ -3,12 +3,14 @@
 //! rollback after writes on the new table, cleanup, kill -9 then resume, and refusals
 //! (each also under --dry-run, exit 3, nothing changed).
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use crate::harness::{PG_SUPERUSER_PW, Pg, Playbook, Sandbox, wait_for};
+mod failures;
 
-const SCHEMAS: [&str; 2] = ["fixtures/hapi-schema.sql", "fixtures/hapi-schema-5x.sql"];
-const ENV: [(&str, &str); 1] = [("PG_SUPERUSER_PASSWORD", PG_SUPERUSER_PW)];
+use crate::harness::{PG_SUPERUSER_PW, Pg, Playbook, Sandbox};
+
+pub const SCHEMAS: [&str; 2] = ["fixtures/hapi-schema.sql", "fixtures/hapi-schema-5x.sql"];
+pub const ENV: [(&str, &str); 1] = [("PG_SUPERUSER_PASSWORD", PG_SUPERUSER_PW)];
 
 /// 2,000 resources with versions, tokens, links (and forced ids on the 5.x schema), a
 /// test table whose FK has actions and deferrability, and a statistics target on
@@ -44,18 +46,18 @@ ANALYZE;
 
 /// Everything a conversion + rollback must leave as it was: FKs (with their state), the
 /// table's indexes, options and statistics, rows and a checksum of every column.
-const SHAPE: &str = "SELECT (SELECT string_agg(conname || ' ' || conrelid::regclass || ' ' || pg_get_constraintdef(oid) || ' ' || convalidated, '; ' ORDER BY conname) FROM pg_constraint WHERE confrelid = 'hfj_resource'::regclass) \
+pub const SHAPE: &str = "SELECT (SELECT string_agg(conname || ' ' || conrelid::regclass || ' ' || pg_get_constraintdef(oid) || ' ' || convalidated, '; ' ORDER BY conname) FROM pg_constraint WHERE confrelid = 'hfj_resource'::regclass) \
   || ' | ' || (SELECT string_agg(indexrelid::regclass::text || ' ' || indisunique, ', ' ORDER BY indexrelid::regclass::text) FROM pg_index WHERE indrelid = 'hfj_resource'::regclass) \
   || ' | ' || (SELECT relkind::text || coalesce(reloptions::text, '') FROM pg_class WHERE oid = 'hfj_resource'::regclass) \
   || ' | ' || (SELECT attstattarget FROM pg_attribute WHERE attrelid = 'hfj_resource'::regclass AND attname = 'res_type') \
   || ' | ' || (SELECT count(*) || ' ' || sum(hashtextextended(r::text, 0)::numeric) FROM hfj_resource r)";
 
 /// ferry objects that must be gone after a rollback (or never made by a refused run).
-const FERRY_LEFT: &str = "SELECT (SELECT count(*) FROM pg_class WHERE relname LIKE '%ferry%' OR relname ~ '^hfj_resource_(old|p[0-9]+)$') \
+pub const FERRY_LEFT: &str = "SELECT (SELECT count(*) FROM pg_class WHERE relname LIKE '%ferry%' OR relname ~ '^hfj_resource_(old|p[0-9]+)$') \
   + (SELECT count(*) FROM pg_proc WHERE proname LIKE '%ferry%') + (SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'ferry%') \
   + (SELECT count(*) FROM pg_constraint WHERE conname LIKE '%ferry%')";
 
-fn setup(schema: &str) -> Option<(Pg, Sandbox)> {
+pub fn setup(schema: &str) -> Option<(Pg, Sandbox)> {
     let pg = Pg::start()?;
     pg.psql("postgres", "CREATE DATABASE fhirdb");
     pg.psql_file("fhirdb", schema);
@@ -71,7 +73,7 @@ fn setup(schema: &str) -> Option<(Pg, Sandbox)> {
     Some((pg, sb))
 }
 
-fn convert(strategy: &str, existing: &str) -> Playbook {
+pub fn convert(strategy: &str, existing: &str) -> Playbook {
     Playbook::new("partition")
         .step("convert", "partition_table")
         .str("strategy", strategy)
@@ -82,13 +84,13 @@ fn convert(strategy: &str, existing: &str) -> Playbook {
         .raw("batch_rows", "300")
 }
 
-fn run(sb: &Sandbox, pb: &Playbook, extra: &[&str]) -> crate::harness::Out {
+pub fn run(sb: &Sandbox, pb: &Playbook, extra: &[&str]) -> crate::harness::Out {
     pb.write(sb, "pb.toml");
     let args = [&["run", "pb.toml", "--target", "target.toml"][..], extra].concat();
     sb.run_env(&args, &ENV)
 }
 
-fn has_fhir_id(pg: &Pg) -> bool {
+pub fn has_fhir_id(pg: &Pg) -> bool {
     pg.psql("fhirdb", "SELECT count(*) FROM information_schema.columns WHERE table_name = 'hfj_resource' AND column_name = 'fhir_id'") == "1"
 }
 
@@ -201,65 +203,6 @@ fn copy_range_end_to_end_guard_and_rollback_after_writes() {
 }
 
 #[test]
-fn kill_9_in_every_phase_then_resume() {
-    // copy with batch_rows 300 on 2,000 rows: checkpoints 1 snapshot, 2 prepared,
-    // 3 twin, 4-10 batches, 11 copied, 12 indexed, 13 swapped.
-    for schema in SCHEMAS {
-        for point in [
-            "checkpoint:convert#5",
-            "checkpoint:convert#12",
-            "checkpoint:convert#13",
-            "step_started:validate",
-        ] {
-            let Some((pg, sb)) = setup(schema) else {
-                return;
-            };
-            let before = pg.psql("fhirdb", SHAPE);
-            let pb = convert("hash", "copy")
-                .str("stage", "convert")
-                .step("validate", "partition_table")
-                .str("stage", "validate");
-            pb.write(&sb, "pb.toml");
-            let out = sb.run_env(
-                &["run", "pb.toml", "--target", "target.toml"],
-                &[ENV[0], ("FERRY_FAILPOINT", point)],
-            );
-            assert_eq!(out.signal, Some(9), "{schema} {point}: {}", out.stderr);
-            sb.run_env(&["resume"], &ENV).expect(0);
-            let after = pg.psql("fhirdb", SHAPE);
-            assert_eq!(
-                after.split(" | ").nth(4),
-                before.split(" | ").nth(4),
-                "{schema} {point}: rows and checksum"
-            );
-            assert_eq!(
-                after.split(" | ").next(),
-                before.split(" | ").next(),
-                "{schema} {point}: FKs"
-            );
-            assert_eq!(
-                pg.psql("fhirdb", "SELECT count(*) FROM hfj_resource_old"),
-                "2000"
-            );
-            // kill -9 during the rollback, then resume finishes it.
-            let id = sb.run_ids().pop().unwrap();
-            let out = sb.run_env(
-                &["rollback", &id],
-                &[ENV[0], ("FERRY_FAILPOINT", "undo_started:convert")],
-            );
-            assert_eq!(out.signal, Some(9), "{schema} {point}: rollback killed");
-            sb.run_env(&["resume"], &ENV).expect(0);
-            assert_eq!(
-                pg.psql("fhirdb", SHAPE),
-                before,
-                "{schema} {point}: rolled back"
-            );
-            pg.finish(sb, &[("fhirdb", FERRY_LEFT)], vec![]);
-        }
-    }
-}
-
-#[test]
 fn cleanup_drops_the_old_table_and_rollback_is_then_refused() {
     for schema in SCHEMAS {
         let Some((pg, sb)) = setup(schema) else {
@@ -286,170 +229,5 @@ fn cleanup_drops_the_old_table_and_rollback_is_then_refused() {
             "2000"
         );
         pg.finish(sb, &[], vec![]);
-    }
-}
-
-/// Each refusal: `--dry-run` and `run` both exit 3, name the object, and change nothing.
-#[test]
-fn refusals_are_clear_and_change_nothing() {
-    for schema in SCHEMAS {
-        let Some((pg, sb)) = setup(schema) else {
-            return;
-        };
-        let before = pg.psql("fhirdb", SHAPE);
-        let cases: Vec<(Playbook, &str)> = vec![
-            (
-                convert("range", "attach").str("key", "res_type"),
-                "HAPI-2563",
-            ),
-            (
-                convert("hash", "copy").str("key", "partition_id"),
-                "exactly (res_id)",
-            ),
-            (
-                convert("range", "attach").str("table", "no_such_table"),
-                "no_such_table does not exist",
-            ),
-        ];
-        for (pb, want) in cases {
-            for extra in [&["--dry-run"][..], &[][..]] {
-                let out = run(&sb, &pb, extra);
-                out.expect(3);
-                assert!(
-                    out.stdout.contains(want) || out.stderr.contains(want),
-                    "{schema} {want}: {}{}",
-                    out.stdout,
-                    out.stderr
-                );
-            }
-        }
-        // A unique key no guard can keep (an expression).
-        pg.psql(
-            "fhirdb",
-            "CREATE UNIQUE INDEX test_expr_uniq ON hfj_resource (lower(hash_sha256))",
-        );
-        for extra in [&["--dry-run"][..], &[][..]] {
-            let out = run(&sb, &convert("hash", "copy"), extra);
-            out.expect(3);
-            assert!(
-                out.stdout.contains("test_expr_uniq") || out.stderr.contains("test_expr_uniq"),
-                "{}",
-                out.stderr
-            );
-        }
-        pg.psql("fhirdb", "DROP INDEX test_expr_uniq");
-        // Another session on the database.
-        let mut other = Command::new("psql")
-            .args([
-                "-h",
-                pg.dir.path().to_str().unwrap(),
-                "-p",
-                &pg.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "fhirdb",
-                "-XAtq",
-                "-c",
-                "SELECT pg_sleep(60)",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for(
-            "the other session",
-            std::time::Duration::from_secs(10),
-            || {
-                pg.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%' AND pid <> pg_backend_pid()") == "1"
-            },
-        );
-        for extra in [&["--dry-run"][..], &[][..]] {
-            let out = run(&sb, &convert("range", "attach"), extra);
-            out.expect(3);
-            assert!(
-                out.stdout.contains("other session") || out.stderr.contains("other session"),
-                "{}",
-                out.stderr
-            );
-        }
-        pg.psql("postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%' AND pid <> pg_backend_pid()");
-        other.wait().unwrap();
-        wait_for(
-            "the session to end",
-            std::time::Duration::from_secs(10),
-            || {
-                pg.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%' AND pid <> pg_backend_pid()") == "0"
-            },
-        );
-        assert_eq!(
-            pg.psql("fhirdb", SHAPE),
-            before,
-            "{schema}: nothing changed"
-        );
-        assert_eq!(pg.psql("fhirdb", FERRY_LEFT), "0");
-        // Already partitioned.
-        run(&sb, &convert("range", "attach"), &[]).expect(0);
-        for extra in [&["--dry-run"][..], &[][..]] {
-            let out = run(&sb, &convert("range", "attach"), extra);
-            out.expect(3);
-            assert!(
-                out.stdout.contains("already partitioned")
-                    || out.stderr.contains("already partitioned"),
-                "{}",
-                out.stderr
-            );
-        }
-        pg.finish(sb, &[], vec![]);
-    }
-}
-
-/// The playbook's split: prepare (online), convert (the window), validate (online), on a
-/// database-only target; then the window budget: a copy that cannot fit stops at a
-/// checkpoint (exit 5) or rolls back (`on_window = "rollback"`, exit 1, nothing left).
-#[test]
-fn staged_attach_and_the_window_budget() {
-    for schema in SCHEMAS {
-        let Some((pg, sb)) = setup(schema) else {
-            return;
-        };
-        let before = pg.psql("fhirdb", SHAPE);
-        let pb = convert("range", "attach")
-            .str("stage", "prepare")
-            .step("window", "partition_table")
-            .str("stage", "convert")
-            .raw("interval", "\"500\"")
-            .raw("premake", "2")
-            .step("validate", "partition_table")
-            .str("stage", "validate");
-        let out = run(&sb, &pb, &[]);
-        out.expect(0);
-        assert!(out.stderr.contains("window transaction:"), "{}", out.stderr);
-        let after = pg.psql("fhirdb", SHAPE);
-        assert_eq!(
-            after.split(" | ").next(),
-            before.split(" | ").next(),
-            "{schema}: FKs validated"
-        );
-        assert_eq!(
-            after.split(" | ").nth(4),
-            before.split(" | ").nth(4),
-            "{schema}: rows"
-        );
-        let id = sb.run_ids().pop().unwrap();
-        sb.run_env(&["rollback", &id], &ENV).expect(0);
-        assert_eq!(pg.psql("fhirdb", SHAPE), before, "{schema}: rolled back");
-        assert_eq!(pg.psql("fhirdb", FERRY_LEFT), "0");
-        // A window far too small for the copy.
-        let out = run(&sb, &convert("hash", "copy").str("window", "1ms"), &[]);
-        out.expect(5);
-        assert!(out.stderr.contains("window"), "{}", out.stderr);
-        let id = sb.run_ids().pop().unwrap();
-        sb.run_env(&["rollback", &id], &ENV).expect(0);
-        let pb = convert("hash", "copy")
-            .str("window", "1ms")
-            .str("on_window", "rollback");
-        run(&sb, &pb, &[]).expect(1);
-        assert_eq!(pg.psql("fhirdb", SHAPE), before, "{schema}: rolled back");
-        pg.finish(sb, &[("fhirdb", FERRY_LEFT)], vec![]);
     }
 }
