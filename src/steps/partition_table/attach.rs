@@ -115,15 +115,7 @@ pub async fn window(
 ) -> anyhow::Result<()> {
     let cat = st.catalog.clone().expect("snapshot");
     let p0 = pt.part_name(0);
-    let attached: bool = c
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhparent = to_regclass($1) AND inhrelid = to_regclass($2))",
-            &[&cat.qualified(), &pt.q(&p0)],
-        )
-        .await
-        .map_err(pgerr)?
-        .get(0);
-    if !attached {
+    if !attached(pt, c, &cat).await? {
         let hi = st.hi.expect("prepared");
         let t = cat.qualified();
         let mut sql = format!(
@@ -175,7 +167,12 @@ pub async fn window(
         }
         sql.push_str(&finish_parent_sql(pt, &cat, &parts));
         sql.push_str("COMMIT;\n");
-        let took = retry(pt, cx, c, &sql, "the window transaction").await?;
+        let took = match retry(pt, cx, c, &sql, "the window transaction").await {
+            Ok(t) => t,
+            // A killed ferry's session may have committed this window meanwhile.
+            Err(_) if attached(pt, c, &cat).await? => std::time::Duration::ZERO,
+            Err(e) => return Err(e),
+        };
         st.window_ms = Some(took.as_millis() as u64);
         cx.log(
             Level::Info,
@@ -191,4 +188,19 @@ pub async fn window(
     st.phase = Phase::Swapped;
     cx.save_checkpoint(st)?;
     Ok(())
+}
+
+async fn attached(
+    pt: &PartitionTable,
+    c: &Client,
+    cat: &super::catalog::Catalog,
+) -> anyhow::Result<bool> {
+    Ok(c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhparent = to_regclass($1) AND inhrelid = to_regclass($2))",
+            &[&cat.qualified(), &pt.q(&pt.part_name(0))],
+        )
+        .await
+        .map_err(pgerr)?
+        .get(0))
 }

@@ -193,9 +193,7 @@ async fn swap(
     cat: &Catalog,
 ) -> anyhow::Result<()> {
     let names = pt.names();
-    let swapped = catalog::relkind(c, &pt.schema, &pt.table).await? == Some('p')
-        && catalog::relkind(c, &pt.schema, &names.old).await?.is_some();
-    if swapped {
+    if swapped(pt, c).await? {
         return Ok(());
     }
     let t = cat.qualified();
@@ -247,7 +245,17 @@ async fn swap(
     sql.push_str(&finish_parent_sql(pt, cat, &parts));
     sql.push_str(&changes_sql(pt, &t));
     sql.push_str("COMMIT;\n");
-    let took = retry(pt, cx, c, &sql, "the swap").await?;
+    let took = match retry(pt, cx, c, &sql, "the swap").await {
+        Ok(t) => t,
+        // A session of a killed ferry may have committed this very swap meanwhile (its
+        // statements were already on the server): then it is done, not failed.
+        Err(e) => {
+            if swapped(pt, c).await? {
+                return Ok(());
+            }
+            return Err(e);
+        }
+    };
     st.window_ms = Some(took.as_millis() as u64);
     cx.log(
         Level::Info,
@@ -258,6 +266,15 @@ async fn swap(
         ),
     );
     Ok(())
+}
+
+async fn swapped(pt: &PartitionTable, c: &Client) -> anyhow::Result<bool> {
+    Ok(
+        catalog::relkind(c, &pt.schema, &pt.table).await? == Some('p')
+            && catalog::relkind(c, &pt.schema, &pt.names().old)
+                .await?
+                .is_some(),
+    )
 }
 
 /// The change capture on the new table: every key inserted, updated or deleted since the

@@ -89,7 +89,10 @@ pub async fn install(pt: &PartitionTable, c: &Client, cat: &Catalog) -> anyhow::
     }
     let t = cat.qualified();
     let k = quote_ident(&pt.key);
-    let mut sql = format!("BEGIN;\nLOCK TABLE {t} IN SHARE ROW EXCLUSIVE MODE;\n");
+    let mut sql = format!(
+        "BEGIN;\nSET LOCAL lock_timeout = {};\nLOCK TABLE {t} IN SHARE ROW EXCLUSIVE MODE;\n",
+        pt.lock_timeout.get().as_millis()
+    );
     for (ix, g) in &guards {
         let cols: Vec<String> = ix.key_cols.iter().map(|c| quote_ident(c)).collect();
         let cols = cols.join(", ");

@@ -111,7 +111,11 @@ pub async fn run(pt: &PartitionTable, cx: &StepCx, c: &Client, st: &State) -> an
             sql
         }
         Some(_) => {
-            // Not converted (or already rolled back): drop what ferry made, if anything.
+            // Not converted (or already rolled back): drop what ferry made, if anything;
+            // nothing there needs no lock (a refused or lock-starved run undoes instantly).
+            if !ferry_objects(pt, c, &t).await? {
+                return Ok(());
+            }
             let twin = pt.q(&names.twin);
             let mut sql = format!("{lock}DROP TABLE IF EXISTS {twin};\n");
             sql.push_str(&format!(
@@ -142,6 +146,23 @@ pub async fn run(pt: &PartitionTable, cx: &StepCx, c: &Client, st: &State) -> an
         ),
     );
     validate(c, cat).await
+}
+
+/// Whether any object this step makes before the window exists.
+async fn ferry_objects(pt: &PartitionTable, c: &Client, t: &str) -> anyhow::Result<bool> {
+    let like = format!("{}_ferry%", pt.table);
+    Ok(c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+               WHERE n.nspname = $1 AND (c.relname::text LIKE $2 OR c.relname::text LIKE 'ferry\\_nu\\_%')) \
+             OR EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass($3) AND conname::text LIKE $2) \
+             OR EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($3) AND tgname::text LIKE 'ferry%') \
+             OR EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1 AND p.proname::text LIKE $2)",
+            &[&pt.schema, &like, &t],
+        )
+        .await
+        .map_err(pgerr)?
+        .get(0))
 }
 
 /// Re-creates a guarded unique index or constraint on the restored table.
