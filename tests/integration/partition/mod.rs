@@ -3,11 +3,12 @@
 //! rollback after writes on the new table, cleanup, kill -9 then resume, and refusals
 //! (each also under --dry-run, exit 3, nothing changed).
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 
+mod crash;
 mod failures;
 
-use crate::harness::{PG_SUPERUSER_PW, Pg, Playbook, Sandbox};
+use crate::harness::{PG_SUPERUSER_PW, Pg, Playbook, Sandbox, wait_for};
 
 pub const SCHEMAS: [&str; 2] = ["fixtures/hapi-schema.sql", "fixtures/hapi-schema-5x.sql"];
 pub const ENV: [(&str, &str); 1] = [("PG_SUPERUSER_PASSWORD", PG_SUPERUSER_PW)];
@@ -230,4 +231,45 @@ fn cleanup_drops_the_old_table_and_rollback_is_then_refused() {
         );
         pg.finish(sb, &[], vec![]);
     }
+}
+
+/// A psql session that holds `lock` until it is terminated.
+pub fn blocker(pg: &Pg, lock: &str) -> std::process::Child {
+    let child = Command::new("psql")
+        .args([
+            "-h",
+            pg.dir.path().to_str().unwrap(),
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "fhirdb",
+            "-XAtq",
+            "-c",
+        ])
+        .arg(format!("BEGIN; {lock}; SELECT pg_sleep(120)"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the blocking session",
+        std::time::Duration::from_secs(10),
+        || {
+            pg.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'BEGIN; LOCK%' AND state = 'active'") == "1"
+        },
+    );
+    child
+}
+
+pub fn end_sessions(pg: &Pg, filter: &str) {
+    pg.psql("postgres", &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {filter} AND pid <> pg_backend_pid()"));
+    wait_for(
+        "the sessions to end",
+        std::time::Duration::from_secs(10),
+        || {
+            pg.psql("postgres", &format!("SELECT count(*) FROM pg_stat_activity WHERE {filter} AND pid <> pg_backend_pid()")) == "0"
+        },
+    );
 }
