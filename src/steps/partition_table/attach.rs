@@ -33,8 +33,25 @@ pub async fn prepare(
 ) -> anyhow::Result<()> {
     let cat = st.catalog.clone().expect("snapshot");
     let t = cat.qualified();
-    let hi = match st.hi {
-        Some(h) => h,
+    let name = pt.names().check;
+    // A CHECK an earlier `stage = "prepare"` step added decides the bound: the partition
+    // bound must be implied by it for ATTACH to skip its scan.
+    let existing: Option<i64> = c
+        .query_opt(
+            "SELECT substring(pg_get_constraintdef(oid) from '< \\(?(-?[0-9]+)')::bigint FROM pg_constraint WHERE conrelid = to_regclass($1) AND conname = $2",
+            &[&t, &name],
+        )
+        .await
+        .map_err(pgerr)?
+        .and_then(|r| r.get(0));
+    let hi = match existing.or(st.hi) {
+        Some(h) => {
+            if st.hi != Some(h) {
+                st.hi = Some(h);
+                cx.save_checkpoint(st)?;
+            }
+            h
+        }
         None => {
             // One interval of headroom above the largest key: rows HAPI writes until the
             // window still satisfy the CHECK.
@@ -44,7 +61,6 @@ pub async fn prepare(
             h
         }
     };
-    let name = pt.names().check;
     let row = c
         .query_opt(
             "SELECT convalidated FROM pg_constraint WHERE conrelid = to_regclass($1) AND conname = $2",
