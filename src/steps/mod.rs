@@ -18,6 +18,7 @@ pub mod ig_package_swap;
 pub mod image_build;
 pub mod image_push;
 pub mod metadata_check;
+pub mod partition_table;
 pub mod pool_capacity;
 pub mod replicas;
 pub mod rolling_redeploy;
@@ -146,6 +147,7 @@ step_kinds! {
     "scale" => Scale(scale::Scale),
     "pool_capacity" => PoolCapacity(pool_capacity::PoolCapacity),
     "metadata_check" => MetadataCheck(metadata_check::MetadataCheck),
+    "partition_table" => PartitionTable(partition_table::PartitionTable),
 }
 
 /// The one place that says which keys are shell or SQL text, where `{{ … }}` is inserted

@@ -13,6 +13,7 @@ mod hardening;
 mod harness;
 mod ig;
 mod images;
+mod partition;
 mod prometheus;
 mod registry;
 mod release;

@@ -1,0 +1,222 @@
+//! `existing = "attach"` (range only), the zero-copy path: the table becomes the first
+//! partition. `prepare` (online, HAPI may serve): a `CHECK (key < hi) NOT VALID` then
+//! `VALIDATE` (SHARE UPDATE EXCLUSIVE: reads and writes go on), and for each guarded
+//! unique index a non-unique twin built CONCURRENTLY. `window`: one transaction under
+//! `lock_timeout` (retried with back-off) that renames, creates the partitioned parent with
+//! the original names, ATTACHes (no scan: the validated CHECK proves the bound; the
+//! existing indexes are attached, not built), makes `premake` partitions and re-points
+//! every FK `NOT VALID`. Its duration does not depend on the table's size.
+
+use std::time::Instant;
+
+use tokio_postgres::Client;
+
+use super::ddl::{
+    finish_parent_sql, fks_sql, parent_index_sql, rename_index_sql, retry, with_options,
+};
+use super::{PartitionTable, Phase, State, StepCx, guard, pgerr, quote_ident};
+use crate::report::Level;
+
+/// The name of the old table's `n`th index while it is the first partition's.
+pub fn p0_index(n: usize) -> String {
+    format!("ferry_p0_{n}")
+}
+pub fn substitute(n: usize) -> String {
+    format!("ferry_nu_{n}")
+}
+
+pub async fn prepare(
+    pt: &PartitionTable,
+    cx: &StepCx,
+    c: &Client,
+    st: &mut State,
+) -> anyhow::Result<()> {
+    let cat = st.catalog.clone().expect("snapshot");
+    let t = cat.qualified();
+    let name = pt.names().check;
+    // A CHECK an earlier `stage = "prepare"` step added decides the bound: the partition
+    // bound must be implied by it for ATTACH to skip its scan.
+    let existing: Option<i64> = c
+        .query_opt(
+            "SELECT substring(pg_get_constraintdef(oid) from '< \\(?(-?[0-9]+)')::bigint FROM pg_constraint WHERE conrelid = to_regclass($1) AND conname = $2",
+            &[&t, &name],
+        )
+        .await
+        .map_err(pgerr)?
+        .and_then(|r| r.get(0));
+    let hi = match existing.or(st.hi) {
+        Some(h) => {
+            if st.hi != Some(h) {
+                st.hi = Some(h);
+                cx.save_checkpoint(st)?;
+            }
+            h
+        }
+        None => {
+            // One interval of headroom above the largest key: rows HAPI writes until the
+            // window still satisfy the CHECK.
+            let h = (cat.max_key.unwrap_or(0) / pt.interval + 2) * pt.interval;
+            st.hi = Some(h);
+            cx.save_checkpoint(st)?;
+            h
+        }
+    };
+    let row = c
+        .query_opt(
+            "SELECT convalidated FROM pg_constraint WHERE conrelid = to_regclass($1) AND conname = $2",
+            &[&t, &name],
+        )
+        .await
+        .map_err(pgerr)?;
+    if row.is_none() {
+        let add = format!(
+            "SET lock_timeout = {}; ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({} < {hi}) NOT VALID; RESET lock_timeout",
+            pt.lock_timeout.get().as_millis(),
+            quote_ident(&name),
+            quote_ident(&pt.key)
+        );
+        retry(pt, cx, c, &add, "adding the range CHECK").await?;
+    }
+    if !row.is_some_and(|r| r.get::<_, bool>(0)) {
+        let t0 = Instant::now();
+        c.batch_execute(&format!(
+            "ALTER TABLE {t} VALIDATE CONSTRAINT {}",
+            quote_ident(&name)
+        ))
+        .await
+        .map_err(|e| anyhow::anyhow!("validating {name} on {t}: {}", pgerr(e)))?;
+        cx.log(
+            Level::Info,
+            format!("{name} validated in {} ms", t0.elapsed().as_millis()),
+        );
+    }
+    for (n, ix) in cat.indexes.iter().enumerate() {
+        if !ix.needs_guard(&pt.key) {
+            continue;
+        }
+        let sub = substitute(n);
+        let valid: Option<bool> = c
+            .query_opt(
+                "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)",
+                &[&pt.q(&sub)],
+            )
+            .await
+            .map_err(pgerr)?
+            .map(|r| r.get(0));
+        if valid == Some(true) {
+            continue;
+        }
+        if valid == Some(false) {
+            // A build killed half-way leaves an invalid index: start it again.
+            c.batch_execute(&format!("DROP INDEX CONCURRENTLY {}", pt.q(&sub)))
+                .await
+                .map_err(pgerr)?;
+        }
+        c.batch_execute(&format!(
+            "CREATE INDEX CONCURRENTLY {} ON {t} USING {}",
+            quote_ident(&sub),
+            ix.tail
+        ))
+        .await
+        .map_err(|e| anyhow::anyhow!("building {sub} on {t}: {}", pgerr(e)))?;
+    }
+    Ok(())
+}
+
+pub async fn window(
+    pt: &PartitionTable,
+    cx: &StepCx,
+    c: &Client,
+    st: &mut State,
+) -> anyhow::Result<()> {
+    let cat = st.catalog.clone().expect("snapshot");
+    let p0 = pt.part_name(0);
+    if !attached(pt, c, &cat).await? {
+        let hi = st.hi.expect("prepared");
+        let t = cat.qualified();
+        let mut sql = format!(
+            "BEGIN;\nSET LOCAL lock_timeout = {};\nLOCK TABLE {t} IN ACCESS EXCLUSIVE MODE;\n",
+            pt.lock_timeout.get().as_millis()
+        );
+        sql.push_str(&fks_sql(&cat, false));
+        sql.push_str(&guard::drop_trigger_sql(&t));
+        for ix in cat.indexes.iter().filter(|i| i.needs_guard(&pt.key)) {
+            sql.push_str(&match ix.constraint {
+                Some(_) => format!(
+                    "ALTER TABLE {t} DROP CONSTRAINT {};\n",
+                    quote_ident(&ix.name)
+                ),
+                None => format!("DROP INDEX {};\n", pt.q(&ix.name)),
+            });
+        }
+        sql.push_str(&format!(
+            "ALTER TABLE {t} RENAME TO {};\n",
+            quote_ident(&p0)
+        ));
+        let p0q = pt.q(&p0);
+        for (n, ix) in cat.indexes.iter().enumerate() {
+            if !ix.needs_guard(&pt.key) {
+                sql.push_str(&rename_index_sql(pt, &p0q, ix, &ix.name, &p0_index(n)));
+            }
+        }
+        sql.push_str(&format!(
+            "CREATE TABLE {t} (LIKE {p0q} INCLUDING DEFAULTS INCLUDING STORAGE INCLUDING COMMENTS INCLUDING GENERATED INCLUDING COMPRESSION) PARTITION BY RANGE ({});\n",
+            quote_ident(&pt.key)
+        ));
+        for ix in &cat.indexes {
+            sql.push_str(&parent_index_sql(&t, ix, &pt.key));
+        }
+        sql.push_str(&format!(
+            "ALTER TABLE {t} ATTACH PARTITION {p0q} FOR VALUES FROM (MINVALUE) TO ({hi});\n"
+        ));
+        let mut parts = vec![];
+        for k in 1..=pt.premake {
+            let name = pt.part_name(k);
+            sql.push_str(&format!(
+                "CREATE TABLE {} PARTITION OF {t} FOR VALUES FROM ({}) TO ({}){};\n",
+                pt.q(&name),
+                hi + (k - 1) * pt.interval,
+                hi + k * pt.interval,
+                with_options(&cat)
+            ));
+            parts.push(name);
+        }
+        sql.push_str(&finish_parent_sql(pt, &cat, &parts));
+        sql.push_str("COMMIT;\n");
+        let took = match retry(pt, cx, c, &sql, "the window transaction").await {
+            Ok(t) => t,
+            // A killed ferry's session may have committed this window meanwhile.
+            Err(_) if attached(pt, c, &cat).await? => std::time::Duration::ZERO,
+            Err(e) => return Err(e),
+        };
+        st.window_ms = Some(took.as_millis() as u64);
+        cx.log(
+            Level::Info,
+            format!(
+                "window transaction: {} ms ({} attached as {p0}, {} partitions made, {} FKs re-pointed NOT VALID)",
+                took.as_millis(),
+                cat.table,
+                pt.premake,
+                cat.incoming.len()
+            ),
+        );
+    }
+    st.phase = Phase::Swapped;
+    cx.save_checkpoint(st)?;
+    Ok(())
+}
+
+async fn attached(
+    pt: &PartitionTable,
+    c: &Client,
+    cat: &super::catalog::Catalog,
+) -> anyhow::Result<bool> {
+    Ok(c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhparent = to_regclass($1) AND inhrelid = to_regclass($2))",
+            &[&cat.qualified(), &pt.q(&pt.part_name(0))],
+        )
+        .await
+        .map_err(pgerr)?
+        .get(0))
+}

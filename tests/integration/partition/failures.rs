@@ -1,0 +1,204 @@
+//! `partition_table` refusals (each with --dry-run too: exit 3, nothing changed), an
+//! exhausted lock_timeout, the staged playbook shape and the window budget.
+
+use std::process::{Command, Stdio};
+
+use super::{ENV, FERRY_LEFT, SCHEMAS, SHAPE, blocker, convert, end_sessions, run, setup};
+use crate::harness::{Playbook, wait_for};
+
+/// Each refusal: `--dry-run` and `run` both exit 3, name the object, and change nothing.
+#[test]
+fn refusals_are_clear_and_change_nothing() {
+    for schema in SCHEMAS {
+        let Some((pg, sb)) = setup(schema) else {
+            return;
+        };
+        let before = pg.psql("fhirdb", SHAPE);
+        let cases: Vec<(Playbook, &str)> = vec![
+            (
+                convert("range", "attach").str("key", "res_type"),
+                "HAPI-2563",
+            ),
+            (
+                convert("hash", "copy").str("key", "partition_id"),
+                "exactly (res_id)",
+            ),
+            (
+                convert("range", "attach").str("table", "no_such_table"),
+                "no_such_table does not exist",
+            ),
+        ];
+        for (pb, want) in cases {
+            for extra in [&["--dry-run"][..], &[][..]] {
+                let out = run(&sb, &pb, extra);
+                out.expect(3);
+                assert!(
+                    out.stdout.contains(want) || out.stderr.contains(want),
+                    "{schema} {want}: {}{}",
+                    out.stdout,
+                    out.stderr
+                );
+            }
+        }
+        // A unique key no guard can keep (an expression).
+        pg.psql(
+            "fhirdb",
+            "CREATE UNIQUE INDEX test_expr_uniq ON hfj_resource (lower(hash_sha256))",
+        );
+        for extra in [&["--dry-run"][..], &[][..]] {
+            let out = run(&sb, &convert("hash", "copy"), extra);
+            out.expect(3);
+            assert!(
+                out.stdout.contains("test_expr_uniq") || out.stderr.contains("test_expr_uniq"),
+                "{}",
+                out.stderr
+            );
+        }
+        pg.psql("fhirdb", "DROP INDEX test_expr_uniq");
+        // Another session on the database.
+        let mut other = Command::new("psql")
+            .args([
+                "-h",
+                pg.dir.path().to_str().unwrap(),
+                "-p",
+                &pg.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "fhirdb",
+                "-XAtq",
+                "-c",
+                "SELECT pg_sleep(60)",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(
+            "the other session",
+            std::time::Duration::from_secs(10),
+            || {
+                pg.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%' AND pid <> pg_backend_pid()") == "1"
+            },
+        );
+        for extra in [&["--dry-run"][..], &[][..]] {
+            let out = run(&sb, &convert("range", "attach"), extra);
+            out.expect(3);
+            assert!(
+                out.stdout.contains("other session") || out.stderr.contains("other session"),
+                "{}",
+                out.stderr
+            );
+        }
+        pg.psql("postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%' AND pid <> pg_backend_pid()");
+        other.wait().unwrap();
+        wait_for(
+            "the session to end",
+            std::time::Duration::from_secs(10),
+            || {
+                pg.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%' AND pid <> pg_backend_pid()") == "0"
+            },
+        );
+        assert_eq!(
+            pg.psql("fhirdb", SHAPE),
+            before,
+            "{schema}: nothing changed"
+        );
+        assert_eq!(pg.psql("fhirdb", FERRY_LEFT), "0");
+        // Already partitioned.
+        run(&sb, &convert("range", "attach"), &[]).expect(0);
+        for extra in [&["--dry-run"][..], &[][..]] {
+            let out = run(&sb, &convert("range", "attach"), extra);
+            out.expect(3);
+            assert!(
+                out.stdout.contains("already partitioned")
+                    || out.stderr.contains("already partitioned"),
+                "{}",
+                out.stderr
+            );
+        }
+        pg.finish(sb, &[], vec![]);
+    }
+}
+
+/// The playbook's split: prepare (online), convert (the window), validate (online), on a
+/// database-only target; then the window budget: a copy that cannot fit stops at a
+/// checkpoint (exit 5) or rolls back (`on_window = "rollback"`, exit 1, nothing left).
+#[test]
+fn staged_attach_and_the_window_budget() {
+    for schema in SCHEMAS {
+        let Some((pg, sb)) = setup(schema) else {
+            return;
+        };
+        let before = pg.psql("fhirdb", SHAPE);
+        let pb = convert("range", "attach")
+            .str("stage", "prepare")
+            .step("window", "partition_table")
+            .str("stage", "convert")
+            .raw("interval", "\"500\"")
+            .raw("premake", "2")
+            .step("validate", "partition_table")
+            .str("stage", "validate");
+        let out = run(&sb, &pb, &[]);
+        out.expect(0);
+        assert!(out.stderr.contains("window transaction:"), "{}", out.stderr);
+        let after = pg.psql("fhirdb", SHAPE);
+        assert_eq!(
+            after.split(" | ").next(),
+            before.split(" | ").next(),
+            "{schema}: FKs validated"
+        );
+        assert_eq!(
+            after.split(" | ").nth(4),
+            before.split(" | ").nth(4),
+            "{schema}: rows"
+        );
+        let id = sb.run_ids().pop().unwrap();
+        sb.run_env(&["rollback", &id], &ENV).expect(0);
+        assert_eq!(pg.psql("fhirdb", SHAPE), before, "{schema}: rolled back");
+        assert_eq!(pg.psql("fhirdb", FERRY_LEFT), "0");
+        // A window far too small for the copy.
+        let out = run(&sb, &convert("hash", "copy").str("window", "1ms"), &[]);
+        out.expect(5);
+        assert!(out.stderr.contains("window"), "{}", out.stderr);
+        let id = sb.run_ids().pop().unwrap();
+        sb.run_env(&["rollback", &id], &ENV).expect(0);
+        let pb = convert("hash", "copy")
+            .str("window", "1ms")
+            .str("on_window", "rollback");
+        run(&sb, &pb, &[]).expect(1);
+        assert_eq!(pg.psql("fhirdb", SHAPE), before, "{schema}: rolled back");
+        pg.finish(sb, &[("fhirdb", FERRY_LEFT)], vec![]);
+    }
+}
+
+/// `lock_timeout` exhausted (a session holds the table): the step fails saying so, the run
+/// rolls back, nothing is changed.
+#[test]
+fn lock_timeout_exhausted_fails_clearly_and_changes_nothing() {
+    for schema in SCHEMAS {
+        let Some((pg, sb)) = setup(schema) else {
+            return;
+        };
+        let before = pg.psql("fhirdb", SHAPE);
+        let mut hold = blocker(&pg, "LOCK TABLE hfj_resource IN ACCESS SHARE MODE");
+        let pb = convert("range", "attach")
+            .str("stage", "prepare")
+            .str("lock_timeout", "200ms")
+            .raw("lock_retries", "1");
+        let out = run(&sb, &pb, &[]);
+        out.expect(1);
+        assert!(
+            out.stderr.contains("lock_timeout 200ms"),
+            "{schema}: {}",
+            out.stderr
+        );
+        end_sessions(&pg, "query LIKE 'BEGIN; LOCK%'");
+        hold.wait().unwrap();
+        assert_eq!(
+            pg.psql("fhirdb", SHAPE),
+            before,
+            "{schema}: nothing changed"
+        );
+        pg.finish(sb, &[("fhirdb", FERRY_LEFT)], vec![]);
+    }
+}
