@@ -7,9 +7,9 @@ use std::process::Command;
 
 use crate::harness::{Leftover, Out, Playbook, Sandbox, assert_no_leftovers, repo, require};
 
-struct Sbx {
-    sb: Sandbox,
-    dir: PathBuf,
+pub struct Sbx {
+    pub sb: Sandbox,
+    pub dir: PathBuf,
 }
 
 fn engine_up() -> bool {
@@ -20,7 +20,7 @@ fn engine_up() -> bool {
 }
 
 impl Sbx {
-    fn up(replicas: u32) -> Option<Sbx> {
+    pub fn up(replicas: u32) -> Option<Sbx> {
         Self::up_in(replicas, "sbx")
     }
 
@@ -61,11 +61,11 @@ impl Sbx {
         Some(Sbx { sb, dir })
     }
 
-    fn target(&self) -> String {
+    pub fn target(&self) -> String {
         self.dir.join("target.toml").display().to_string()
     }
 
-    fn project(&self) -> String {
+    pub fn project(&self) -> String {
         let t = std::fs::read_to_string(self.dir.join("target.toml")).unwrap();
         t.lines()
             .find_map(|l| l.strip_prefix("compose_project = "))
@@ -74,7 +74,7 @@ impl Sbx {
             .to_owned()
     }
 
-    fn compose(&self, args: &[&str]) -> (bool, String) {
+    pub fn compose(&self, args: &[&str]) -> (bool, String) {
         let o = Command::new("docker-compose")
             .current_dir(self.dir.join("files"))
             .args(["-p", &self.project()])
@@ -91,7 +91,7 @@ impl Sbx {
         )
     }
 
-    fn base_url(&self) -> String {
+    pub fn base_url(&self) -> String {
         let t = std::fs::read_to_string(self.dir.join("target.toml")).unwrap();
         t.lines()
             .find_map(|l| l.strip_prefix("base_url = "))
@@ -100,7 +100,7 @@ impl Sbx {
             .to_owned()
     }
 
-    fn run(&self, args: &[&str]) -> Out {
+    pub fn run(&self, args: &[&str]) -> Out {
         let mut a: Vec<&str> = args.to_vec();
         let t = self.target();
         a.extend_from_slice(&["--target", &t]);
@@ -108,7 +108,7 @@ impl Sbx {
     }
 
     /// (container name, image id, container id) of each hapi replica.
-    fn replicas(&self) -> Vec<(String, String, String)> {
+    pub fn replicas(&self) -> Vec<(String, String, String)> {
         let o = Command::new("docker")
             .args([
                 "ps",
@@ -143,7 +143,7 @@ impl Sbx {
         metadata(&self.base_url())
     }
 
-    fn state(&self) -> serde_json::Value {
+    pub fn state(&self) -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(self.dir.join("sandbox.json")).unwrap()).unwrap()
     }
 
@@ -177,7 +177,7 @@ impl Sbx {
     }
 
     /// Ends the test: `sandbox down` (on drop) must leave nothing of it.
-    fn finish(self) {
+    pub fn finish(self) {
         let made = self.leftovers();
         drop(self);
         assert_no_leftovers(&made);
@@ -497,7 +497,7 @@ impl Drop for Unpause {
     }
 }
 
-fn docker(args: &[&str]) -> String {
+pub fn docker(args: &[&str]) -> String {
     let o = Command::new("docker").args(args).output().unwrap();
     assert!(
         o.status.success(),
@@ -602,7 +602,7 @@ fn a_paused_replica_fails_the_rollout_its_checks_and_scale_instead_of_being_skip
     s.finish();
 }
 
-fn wait_healthy(name: &str) {
+pub fn wait_healthy(name: &str) {
     crate::harness::wait_for(
         &format!("{name} healthy"),
         std::time::Duration::from_secs(60),
