@@ -55,8 +55,13 @@ pub async fn finish_orphans(
                 engine.start_container(&r.name).await?;
             }
             gate(engine, cx, &r.name, g).await?;
+            traffic::ensure_joined(engine, &r.name).await?;
             engine.rename_container(&r.name, base).await?;
         }
+    }
+    // A replica ferry left out of the rotation (it died while one was draining) serves again.
+    for r in super::all_replicas(engine, project, service).await? {
+        traffic::ensure_joined(engine, &r.name).await?;
     }
     Ok(())
 }
@@ -222,6 +227,7 @@ pub async fn replace(
     let Some(old) = old else {
         if leftover.is_some() {
             gate(engine, cx, &tmp, g).await?;
+            traffic::ensure_joined(engine, &tmp).await?;
             return engine.rename_container(&tmp, old_name).await;
         }
         bail!("replica {old_name} does not exist");

@@ -146,3 +146,40 @@ pub async fn drain_and_stop(
     engine.stop_container(&old.name, stop_timeout).await?;
     Ok(had)
 }
+
+/// Puts `name` back into its service's alias on every network where it lacks it (a clone
+/// finished after a crash, an old replica left out of the rotation when ferry died between
+/// [`leave`] and its stop): the alias compose gives, the service name from its label.
+/// Returns whether anything changed.
+pub async fn ensure_joined(engine: &Docker, name: &str) -> anyhow::Result<bool> {
+    let Some(info) = engine.inspect_container(name).await? else {
+        return Ok(false);
+    };
+    let Some(service) = info
+        .config
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("com.docker.compose.service"))
+        .cloned()
+    else {
+        return Ok(false);
+    };
+    let mut changed = false;
+    let mut nets: Vec<_> = info.networks.iter().collect();
+    nets.sort_by(|a, b| a.0.cmp(b.0));
+    for (net, ep) in nets {
+        if ep.aliases.iter().flatten().any(|a| *a == service) {
+            continue;
+        }
+        let full = EndpointSettings {
+            aliases: Some(vec![service.clone()]),
+            links: ep.links.clone(),
+            driver_opts: ep.driver_opts.clone(),
+            ..Default::default()
+        };
+        engine.disconnect_network(net, name).await?;
+        engine.connect_network(net, name, full).await?;
+        changed = true;
+    }
+    Ok(changed)
+}
