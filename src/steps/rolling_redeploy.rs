@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use anyhow::{Context, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
+use super::replicas::spec::{self, ServiceSpec};
 use super::replicas::swap::{self, CONFIG_HASH, Gate, compose_hash};
 use super::replicas::{
     TEMP_SUFFIX, all_replicas, fhir_path, not_running, project_service, running_replicas,
@@ -37,6 +38,7 @@ pub const KEYS: &[&str] = &[
     "env_key",
     "env_file",
     "stop_timeout",
+    "drain",
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -56,6 +58,9 @@ pub struct RollingRedeploy {
     pub env_file: Option<PathBuf>,
     #[serde(default = "ten")]
     pub stop_timeout: i32,
+    /// How long an old replica keeps serving its requests in flight after it left the
+    /// service's alias, before it is stopped; default: the service's stop_grace_period.
+    pub drain: Option<Duration>,
 }
 
 fn one() -> u32 {
@@ -98,12 +103,40 @@ impl RollingRedeploy {
         }
     }
 
-    fn gate<'a>(&'a self, path: &'a str, version: Option<&'a str>) -> Gate<'a> {
+    fn gate<'a>(
+        &'a self,
+        path: &'a str,
+        version: Option<&'a str>,
+        spec: Option<&'a ServiceSpec>,
+    ) -> Gate<'a> {
         Gate {
             health_timeout: self.health_timeout.get(),
             verify_version: version,
             fhir_path: path,
             stop_timeout: self.stop_timeout,
+            spec,
+            drain: self.drain.as_ref().map_or_else(
+                || {
+                    spec.and_then(|s| s.stop_grace)
+                        .unwrap_or(std::time::Duration::from_secs(10))
+                },
+                Duration::get,
+            ),
+        }
+    }
+
+    /// What compose gives a container of the service with the env file as it is now.
+    fn spec(&self, cx: &StepCx, project: &str, service: &str) -> Option<ServiceSpec> {
+        let dir = self.compose_dir(cx).ok()?;
+        match spec::load(&dir, project, service) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                cx.log(
+                    Level::Warn,
+                    format!("{e:#}: new replicas keep the old ones' environment and command"),
+                );
+                None
+            }
         }
     }
 }
@@ -251,7 +284,8 @@ impl Step for RollingRedeploy {
             cx.log(Level::Warn, "docker-compose config --hash failed: replicas keep their old config-hash label, so compose will recreate them on its next `up`");
         }
         let path = fhir_path(cx);
-        let gate = self.gate(&path, self.verify_version.as_deref());
+        let spec = self.spec(cx, &project, &service);
+        let gate = self.gate(&path, self.verify_version.as_deref(), spec.as_ref());
         swap::finish_orphans(&e, cx, &project, &service, &gate).await?;
         let replicas = running_replicas(&e, &project, &service).await?;
         let total = replicas.len() as u64;
@@ -330,7 +364,8 @@ impl Step for RollingRedeploy {
             })?
             .id;
         let path = fhir_path(cx);
-        let gate = self.gate(&path, None);
+        let spec = self.spec(cx, &project, &service);
+        let gate = self.gate(&path, None, spec.as_ref());
         let all = e.replicas(&project, &service).await?;
         swap::finish_orphans(&e, cx, &project, &service, &gate).await?;
         for r in all.iter().filter(|r| r.name.ends_with(TEMP_SUFFIX)) {

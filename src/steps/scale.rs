@@ -61,6 +61,8 @@ impl Scale {
             verify_version: None,
             fhir_path: &path,
             stop_timeout: 10,
+            spec: None,
+            drain: std::time::Duration::ZERO,
         };
         loop {
             let now = running_replicas(e, &project, &service).await?;

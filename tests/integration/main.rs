@@ -18,6 +18,7 @@ mod prometheus;
 mod registry;
 mod release;
 mod report_record;
+mod rollout;
 mod sandbox;
 mod sandbox_db;
 mod security;

@@ -8,7 +8,7 @@ use std::process::Command;
 use crate::harness::{Leftover, Out, Playbook, Sandbox, assert_no_leftovers, repo, require};
 
 pub struct Sbx {
-    sb: Sandbox,
+    pub sb: Sandbox,
     pub dir: PathBuf,
 }
 
@@ -61,11 +61,11 @@ impl Sbx {
         Some(Sbx { sb, dir })
     }
 
-    fn target(&self) -> String {
+    pub fn target(&self) -> String {
         self.dir.join("target.toml").display().to_string()
     }
 
-    fn project(&self) -> String {
+    pub fn project(&self) -> String {
         let t = std::fs::read_to_string(self.dir.join("target.toml")).unwrap();
         t.lines()
             .find_map(|l| l.strip_prefix("compose_project = "))
@@ -74,7 +74,7 @@ impl Sbx {
             .to_owned()
     }
 
-    fn compose(&self, args: &[&str]) -> (bool, String) {
+    pub fn compose(&self, args: &[&str]) -> (bool, String) {
         let o = Command::new("docker-compose")
             .current_dir(self.dir.join("files"))
             .args(["-p", &self.project()])
@@ -100,7 +100,7 @@ impl Sbx {
             .to_owned()
     }
 
-    fn run(&self, args: &[&str]) -> Out {
+    pub fn run(&self, args: &[&str]) -> Out {
         let mut a: Vec<&str> = args.to_vec();
         let t = self.target();
         a.extend_from_slice(&["--target", &t]);
@@ -497,7 +497,7 @@ impl Drop for Unpause {
     }
 }
 
-fn docker(args: &[&str]) -> String {
+pub fn docker(args: &[&str]) -> String {
     let o = Command::new("docker").args(args).output().unwrap();
     assert!(
         o.status.success(),
@@ -602,7 +602,7 @@ fn a_paused_replica_fails_the_rollout_its_checks_and_scale_instead_of_being_skip
     s.finish();
 }
 
-fn wait_healthy(name: &str) {
+pub fn wait_healthy(name: &str) {
     crate::harness::wait_for(
         &format!("{name} healthy"),
         std::time::Duration::from_secs(60),

@@ -13,6 +13,7 @@
 mod build;
 mod containers;
 mod lifecycle;
+mod network;
 
 use std::collections::HashMap;
 

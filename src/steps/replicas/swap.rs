@@ -1,17 +1,22 @@
 //! Replacing one replica the way docker-compose (v1 and v2) still recognises it: a clone with
 //! every `com.docker.compose.*` label (container number kept, `config-hash` recomputed, v2's
 //! `com.docker.compose.image` set), the same networks and aliases, restart policy, port
-//! bindings and mounts, and the environment the service was given — not the old image's own
-//! ENV, which belongs to the image being replaced. The clone is started under a temporary
-//! name, must turn healthy (and report the expected version), and only then takes the old
-//! one's place: a replica that fails its gate is removed and the old one kept.
+//! bindings and mounts, and what compose derives from the files *now* (environment, labels,
+//! command, healthcheck…: `spec`, from `docker-compose config`), never the old container's
+//! values of those, which came from the old `.env`. Without a spec (compose unavailable) the
+//! old container's own settings are kept, minus the old image's ENV.
+//! The clone is started under a temporary name with no alias, must turn healthy (and report
+//! the expected version) on its own port, and only then joins the service's aliases and
+//! takes the old one's place; the old one leaves the aliases, drains, and is stopped
+//! (`traffic`). A replica that fails its gate is removed and the old one kept.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bollard::models::{ContainerCreateBody, EndpointSettings, NetworkingConfig};
 
-use super::{TEMP_SUFFIX, replica_url};
+use super::spec::{self, ServiceSpec};
+use super::{TEMP_SUFFIX, replica_url, traffic};
 use crate::infra::docker::{ContainerInfo, Docker};
 use crate::steps::StepCx;
 
@@ -23,6 +28,10 @@ pub struct Gate<'a> {
     pub verify_version: Option<&'a str>,
     pub fhir_path: &'a str,
     pub stop_timeout: i32,
+    /// What compose gives a container of the service now; None: keep the old one's.
+    pub spec: Option<&'a ServiceSpec>,
+    /// How long the old replica serves its requests in flight after leaving the rotation.
+    pub drain: Duration,
 }
 
 pub fn temp_name(name: &str) -> String {
@@ -46,8 +55,13 @@ pub async fn finish_orphans(
                 engine.start_container(&r.name).await?;
             }
             gate(engine, cx, &r.name, g).await?;
+            traffic::ensure_joined(engine, &r.name).await?;
             engine.rename_container(&r.name, base).await?;
         }
+    }
+    // A replica ferry left out of the rotation (it died while one was draining) serves again.
+    for r in super::all_replicas(engine, project, service).await? {
+        traffic::ensure_joined(engine, &r.name).await?;
     }
     Ok(())
 }
@@ -213,6 +227,7 @@ pub async fn replace(
     let Some(old) = old else {
         if leftover.is_some() {
             gate(engine, cx, &tmp, g).await?;
+            traffic::ensure_joined(engine, &tmp).await?;
             return engine.rename_container(&tmp, old_name).await;
         }
         bail!("replica {old_name} does not exist");
@@ -220,27 +235,48 @@ pub async fn replace(
     if leftover.is_some() {
         engine.remove_container(&tmp).await?;
     }
-    let (body, more_nets) = clone_body(engine, &old, image, config_hash).await?;
+    let (mut body, more_nets) = clone_body(engine, &old, image, config_hash).await?;
+    if let Some(spec) = g.spec {
+        spec::apply(&mut body, spec);
+    }
+    // Every endpoint, with the aliases the clone joins once its gate passed.
+    let mut nets: Vec<(String, EndpointSettings)> = body
+        .networking_config
+        .take()
+        .and_then(|c| c.endpoints_config)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    nets.extend(more_nets);
+    let bare = traffic::unaliased(&nets);
+    body.networking_config = bare.first().map(|(n, e)| NetworkingConfig {
+        endpoints_config: Some([(n.clone(), e.clone())].into_iter().collect()),
+    });
+    let mut had = vec![];
     if !surge {
         // No room for an extra replica: this one is down while its successor starts.
-        engine.stop_container(old_name, g.stop_timeout).await?;
+        had = traffic::drain_and_stop(engine, cx, &old, g.drain, g.stop_timeout).await?;
     }
     let attempt = async {
         let id = engine.create_container(&tmp, body).await?;
-        for (net, ep) in more_nets {
+        for (net, ep) in bare.into_iter().skip(1) {
             engine.connect_network(&net, &id, ep).await?;
         }
         engine.start_container(&tmp).await?;
-        gate(engine, cx, &tmp, g).await
+        gate(engine, cx, &tmp, g).await?;
+        traffic::join(engine, &tmp, &nets).await
     };
     if let Err(e) = attempt.await {
         let _ = engine.remove_container(&tmp).await;
         if !surge {
             let _ = engine.start_container(old_name).await;
+            let _ = traffic::join(engine, old_name, &had).await;
         }
         return Err(e.context(format!("replica {old_name} kept on its old image")));
     }
-    engine.stop_container(old_name, g.stop_timeout).await?;
+    if surge {
+        traffic::drain_and_stop(engine, cx, &old, g.drain, g.stop_timeout).await?;
+    }
     engine.remove_container(old_name).await?;
     engine.rename_container(&tmp, old_name).await
 }
