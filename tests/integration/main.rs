@@ -14,6 +14,7 @@ mod images;
 mod prometheus;
 mod registry;
 mod release;
+mod rollout_crash;
 mod sandbox;
 mod security;
 mod sql;

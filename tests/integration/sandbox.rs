@@ -7,9 +7,9 @@ use std::process::Command;
 
 use crate::harness::{Leftover, Out, Playbook, Sandbox, assert_no_leftovers, repo, require};
 
-struct Sbx {
-    sb: Sandbox,
-    dir: PathBuf,
+pub(crate) struct Sbx {
+    pub(crate) sb: Sandbox,
+    pub(crate) dir: PathBuf,
 }
 
 fn engine_up() -> bool {
@@ -20,7 +20,7 @@ fn engine_up() -> bool {
 }
 
 impl Sbx {
-    fn up(replicas: u32) -> Option<Sbx> {
+    pub(crate) fn up(replicas: u32) -> Option<Sbx> {
         Self::up_in(replicas, "sbx")
     }
 
@@ -61,11 +61,11 @@ impl Sbx {
         Some(Sbx { sb, dir })
     }
 
-    fn target(&self) -> String {
+    pub(crate) fn target(&self) -> String {
         self.dir.join("target.toml").display().to_string()
     }
 
-    fn project(&self) -> String {
+    pub(crate) fn project(&self) -> String {
         let t = std::fs::read_to_string(self.dir.join("target.toml")).unwrap();
         t.lines()
             .find_map(|l| l.strip_prefix("compose_project = "))
@@ -74,7 +74,7 @@ impl Sbx {
             .to_owned()
     }
 
-    fn compose(&self, args: &[&str]) -> (bool, String) {
+    pub(crate) fn compose(&self, args: &[&str]) -> (bool, String) {
         let o = Command::new("docker-compose")
             .current_dir(self.dir.join("files"))
             .args(["-p", &self.project()])
@@ -143,7 +143,7 @@ impl Sbx {
         metadata(&self.base_url())
     }
 
-    fn state(&self) -> serde_json::Value {
+    pub(crate) fn state(&self) -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(self.dir.join("sandbox.json")).unwrap()).unwrap()
     }
 
@@ -177,7 +177,7 @@ impl Sbx {
     }
 
     /// Ends the test: `sandbox down` (on drop) must leave nothing of it.
-    fn finish(self) {
+    pub(crate) fn finish(self) {
         let made = self.leftovers();
         drop(self);
         assert_no_leftovers(&made);
@@ -306,7 +306,8 @@ fn killed_between_two_replicas_then_resumed() {
         .to_string();
     let t = s.target();
     let pkg = format!("ig_package={}", ig("bd.gov.dghs.core-0.2.2.tgz"));
-    // Checkpoints of `rollout`: previous image, env edit, then one per replaced replica.
+    // Checkpoints of `rollout`: previous image, env edit, then two per replaced replica
+    // (the one it starts on, then that it is done): #4 is replica 1 done.
     let out = s.sb.run_env(
         &[
             "run",
@@ -318,7 +319,7 @@ fn killed_between_two_replicas_then_resumed() {
             "--var",
             "build_version=1.1.0",
         ],
-        &[("FERRY_FAILPOINT", "checkpoint:rollout#3")],
+        &[("FERRY_FAILPOINT", "checkpoint:rollout#4")],
     );
     assert_eq!(out.signal, Some(9), "{}", out.stderr);
     let imgs: Vec<String> = s.replicas().into_iter().map(|r| r.1).collect();

@@ -4,6 +4,7 @@
 //! container's private address). `swap` replaces one replica.
 
 pub mod count;
+pub mod reconcile;
 pub mod swap;
 
 use anyhow::{Context, anyhow, bail};

@@ -29,29 +29,6 @@ pub fn temp_name(name: &str) -> String {
     format!("{name}{TEMP_SUFFIX}")
 }
 
-/// Clones whose original is already gone (ferry died between removing the old replica and
-/// renaming its successor): each is gated and given its name.
-pub async fn finish_orphans(
-    engine: &Docker,
-    cx: &StepCx,
-    project: &str,
-    service: &str,
-    g: &Gate<'_>,
-) -> anyhow::Result<()> {
-    for r in engine.replicas(project, service).await? {
-        if let Some(base) = r.name.strip_suffix(TEMP_SUFFIX)
-            && engine.inspect_container(base).await?.is_none()
-        {
-            if !r.state.eq("running") {
-                engine.start_container(&r.name).await?;
-            }
-            gate(engine, cx, &r.name, g).await?;
-            engine.rename_container(&r.name, base).await?;
-        }
-    }
-    Ok(())
-}
-
 /// What to create: `old` run on `image`, its own settings kept, the old image's dropped.
 pub async fn clone_body(
     engine: &Docker,
@@ -240,9 +217,18 @@ pub async fn replace(
         }
         return Err(e.context(format!("replica {old_name} kept on its old image")));
     }
+    promote(engine, old_name, g).await
+}
+
+/// The gated clone of `old_name` takes its place: the old replica stopped and removed (if
+/// still there), the clone renamed. Also how a re-entered replacement finishes
+/// (`reconcile`), so both go through the same last steps.
+pub async fn promote(engine: &Docker, old_name: &str, g: &Gate<'_>) -> anyhow::Result<()> {
     engine.stop_container(old_name, g.stop_timeout).await?;
     engine.remove_container(old_name).await?;
-    engine.rename_container(&tmp, old_name).await
+    engine
+        .rename_container(&temp_name(old_name), old_name)
+        .await
 }
 
 /// `docker-compose -p PROJECT config --hash=SERVICE` in the compose directory: the hash
