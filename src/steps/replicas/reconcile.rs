@@ -23,7 +23,7 @@ use anyhow::{Context, bail};
 
 use super::TEMP_SUFFIX;
 use super::swap::{self, CONFIG_HASH, Gate, gate};
-use crate::infra::docker::{ContainerInfo, Docker};
+use crate::infra::docker::{ContainerInfo, Docker, Replica};
 use crate::report::Level;
 use crate::steps::StepCx;
 
@@ -212,32 +212,42 @@ pub async fn settle(
 
 /// The replicas a re-entered step's check expects: like `running_replicas`, except that
 /// one taking part in an interrupted replacement (it has a clone, or it is the replica
-/// `in_flight`) may be stopped or created, since `settle` (`settle_new`) deals with it.
+/// `in_flight`) may be stopped or created, since `settle` (`settle_new`) deals with it;
+/// and a clone whose original is gone stands for that replica (it takes its name).
 pub async fn replicas_on_reentry(
     engine: &Docker,
     project: &str,
     service: &str,
     in_flight: Option<u32>,
-) -> anyhow::Result<Vec<crate::infra::docker::Replica>> {
-    let every = engine.replicas(project, service).await?;
-    let clones: Vec<&str> = every
-        .iter()
-        .filter_map(|r| r.name.strip_suffix(TEMP_SUFFIX))
-        .collect();
-    let all: Vec<_> = every
-        .iter()
-        .filter(|r| !r.name.ends_with(TEMP_SUFFIX))
-        .cloned()
-        .collect();
-    let settled: Vec<_> = all
-        .iter()
-        .filter(|r| Some(r.number) != in_flight && !clones.contains(&r.name.as_str()))
-        .cloned()
-        .collect();
+) -> anyhow::Result<Vec<Replica>> {
+    let (all, settled) = on_reentry(&engine.replicas(project, service).await?, in_flight);
     if let Some(msg) = super::not_running(&settled, all.len(), project, service) {
         bail!(msg);
     }
     Ok(all)
+}
+
+/// (the replicas, those of them not in an interrupted replacement) of `every` container
+/// of the service, clones included.
+fn on_reentry(every: &[Replica], in_flight: Option<u32>) -> (Vec<Replica>, Vec<Replica>) {
+    let base = |r: &Replica| r.name.strip_suffix(TEMP_SUFFIX).map(str::to_owned);
+    let clones: Vec<String> = every.iter().filter_map(base).collect();
+    let originals: Vec<&str> = every
+        .iter()
+        .filter(|r| base(r).is_none())
+        .map(|r| r.name.as_str())
+        .collect();
+    let all: Vec<Replica> = every
+        .iter()
+        .filter(|r| base(r).is_none_or(|b| !originals.contains(&b.as_str())))
+        .cloned()
+        .collect();
+    let settled = all
+        .iter()
+        .filter(|r| Some(r.number) != in_flight && base(r).is_none() && !clones.contains(&r.name))
+        .cloned()
+        .collect();
+    (all, settled)
 }
 
 async fn act(
@@ -448,6 +458,36 @@ mod tests {
         assert_eq!(decide_new(S::Created, false), NewReplica::Remove);
         assert_eq!(decide_new(S::Running, false), NewReplica::Remove);
         assert_eq!(decide_new(S::Healthy, false), NewReplica::Nothing);
+    }
+
+    #[test]
+    fn a_reentered_check_leaves_the_interrupted_replicas_to_settle() {
+        let r = |name: &str, number: u32, state: &str| Replica {
+            id: name.into(),
+            name: name.into(),
+            number,
+            image: "i".into(),
+            image_id: "sha256:i".into(),
+            state: state.into(),
+            status: String::new(),
+            labels: Default::default(),
+        };
+        let names = |v: &[Replica]| v.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+        // hapi_1 exited beside its clone, hapi_2 stopped in flight, hapi_3 gone (its clone
+        // stands for it), hapi_4 stopped by someone else.
+        let every = [
+            r("p_hapi_1", 1, "exited"),
+            r("p_hapi_1-ferry-next", 1, "running"),
+            r("p_hapi_2", 2, "exited"),
+            r("p_hapi_3-ferry-next", 3, "created"),
+            r("p_hapi_4", 4, "exited"),
+        ];
+        let (all, settled) = on_reentry(&every, Some(2));
+        assert_eq!(
+            names(&all),
+            ["p_hapi_1", "p_hapi_2", "p_hapi_3-ferry-next", "p_hapi_4"]
+        );
+        assert_eq!(names(&settled), ["p_hapi_4"], "only hapi_4 must be running");
     }
 
     fn info(running: bool, health: Option<&str>) -> ContainerInfo {
