@@ -16,13 +16,12 @@ use std::path::PathBuf;
 use anyhow::{Context, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
+use super::replicas::reconcile::{self, Want};
 use super::replicas::spec::{self, ServiceSpec};
 use super::replicas::swap::{self, CONFIG_HASH, Gate, compose_hash};
-use super::replicas::{
-    TEMP_SUFFIX, all_replicas, fhir_path, not_running, project_service, running_replicas,
-};
+use super::replicas::{all_replicas, fhir_path, not_running, project_service, running_replicas};
 use super::{Check, Reversibility, Step, StepCx};
-use crate::infra::docker::Replica;
+use crate::infra::docker::{Docker, Replica};
 use crate::infra::dotenv::{self, Edit};
 use crate::report::{CheckStatus, Level, Unit};
 use crate::util::duration::Duration;
@@ -83,6 +82,10 @@ struct Rollout {
     env_edit: Option<Edit>,
     /// Container numbers already on the new image.
     done: Vec<u32>,
+    /// The replica being replaced (by the rollout, or by its rollback): a re-entry knows a
+    /// stopped one with no clone is ferry's doing (see `replicas::reconcile`).
+    #[serde(default)]
+    in_flight: Option<u32>,
 }
 
 impl RollingRedeploy {
@@ -100,6 +103,21 @@ impl RollingRedeploy {
                 .target()?
                 .env_file()
                 .context("the target has no [files] root (where docker-compose.yml and .env are)"),
+        }
+    }
+
+    /// The replicas the check expects running: all of them on a first attempt; on a
+    /// re-entry, one an interrupted replacement stopped is left to `reconcile::settle`.
+    async fn replicas_to_check(
+        &self,
+        cx: &StepCx,
+        e: &Docker,
+        project: &str,
+        service: &str,
+    ) -> anyhow::Result<Vec<Replica>> {
+        match cx.checkpoint::<Rollout>().ok().flatten() {
+            Some(cp) => reconcile::replicas_on_reentry(e, project, service, cp.in_flight).await,
+            None => running_replicas(e, project, service).await,
         }
     }
 
@@ -196,7 +214,7 @@ impl Step for RollingRedeploy {
         let mut checks = vec![];
         match project_service(cx, self.service.as_deref()) {
             Err(err) => checks.push(Check::fail("service", format!("{err:#}"))),
-            Ok((p, s)) => match running_replicas(&e, &p, &s).await {
+            Ok((p, s)) => match self.replicas_to_check(cx, &e, &p, &s).await {
                 Ok(r) if r.is_empty() => checks.push(Check::fail(
                     "service",
                     format!("no running replica of service `{s}` in compose project `{p}`"),
@@ -248,10 +266,6 @@ impl Step for RollingRedeploy {
     async fn apply(&self, cx: &StepCx) -> anyhow::Result<()> {
         let e = cx.docker().await?;
         let (project, service) = project_service(cx, self.service.as_deref())?;
-        let replicas = running_replicas(&e, &project, &service).await?;
-        if replicas.is_empty() {
-            bail!("no running replica of service `{service}` in compose project `{project}`");
-        }
         let new_id = e
             .inspect_image(&self.image)
             .await?
@@ -259,6 +273,11 @@ impl Step for RollingRedeploy {
             .id;
         let mut cp: Rollout = cx.checkpoint()?.unwrap_or_default();
         if cp.previous_image.is_empty() {
+            // First attempt: nothing touched yet, so every replica must be running.
+            let replicas = running_replicas(&e, &project, &service).await?;
+            if replicas.is_empty() {
+                bail!("no running replica of service `{service}` in compose project `{project}`");
+            }
             cp.previous_image = replicas
                 .iter()
                 .find(|r| r.image_id != new_id)
@@ -266,18 +285,20 @@ impl Step for RollingRedeploy {
             cx.save_checkpoint(&cp)?;
         }
         let env = self.env_path(cx)?;
+        let text =
+            std::fs::read_to_string(&env).with_context(|| format!("reading {}", env.display()))?;
+        let vars = [(self.env_key.clone(), self.image.clone())]
+            .into_iter()
+            .collect();
+        let (edit, new) = dotenv::plan_set(&text, &vars);
+        // The edit is journaled before the file is written; a re-entry after a kill between
+        // the two writes it again (the journaled edit, planned on the original, stays).
         if cp.env_edit.is_none() {
-            let text = std::fs::read_to_string(&env)
-                .with_context(|| format!("reading {}", env.display()))?;
-            let vars = [(self.env_key.clone(), self.image.clone())]
-                .into_iter()
-                .collect();
-            let (edit, new) = dotenv::plan_set(&text, &vars);
             cp.env_edit = Some(edit);
             cx.save_checkpoint(&cp)?;
-            if let Some(new) = new {
-                dotenv::write_atomic(&env, new.as_bytes())?;
-            }
+        }
+        if let Some(new) = new {
+            dotenv::write_atomic(&env, new.as_bytes())?;
         }
         let hash = compose_hash(&self.compose_dir(cx)?, &project, &service);
         if hash.is_none() {
@@ -286,7 +307,11 @@ impl Step for RollingRedeploy {
         let path = fhir_path(cx);
         let spec = self.spec(cx, &project, &service);
         let gate = self.gate(&path, self.verify_version.as_deref(), spec.as_ref());
-        swap::finish_orphans(&e, cx, &project, &service, &gate).await?;
+        let want = Want {
+            image_id: &new_id,
+            hash: hash.as_deref(),
+        };
+        reconcile::settle(&e, cx, (&project, &service), &want, cp.in_flight, &gate).await?;
         let replicas = running_replicas(&e, &project, &service).await?;
         let total = replicas.len() as u64;
         for (i, r) in replicas.iter().enumerate() {
@@ -302,6 +327,8 @@ impl Step for RollingRedeploy {
                 Level::Info,
                 format!("replacing {} ({} → {})", r.name, r.image, self.image),
             );
+            cp.in_flight = Some(r.number);
+            cx.save_checkpoint(&cp)?;
             swap::replace(
                 &e,
                 cx,
@@ -313,6 +340,7 @@ impl Step for RollingRedeploy {
             )
             .await?;
             cp.done.push(r.number);
+            cp.in_flight = None;
             cx.save_checkpoint(&cp)?;
         }
         cx.progress(total, total, Unit::Replicas);
@@ -344,7 +372,7 @@ impl Step for RollingRedeploy {
     }
 
     async fn rollback(&self, cx: &StepCx) -> anyhow::Result<()> {
-        let Some(cp) = cx.checkpoint::<Rollout>()? else {
+        let Some(mut cp) = cx.checkpoint::<Rollout>()? else {
             return Ok(());
         };
         let e = cx.docker().await?;
@@ -366,16 +394,12 @@ impl Step for RollingRedeploy {
         let path = fhir_path(cx);
         let spec = self.spec(cx, &project, &service);
         let gate = self.gate(&path, None, spec.as_ref());
-        let all = e.replicas(&project, &service).await?;
-        swap::finish_orphans(&e, cx, &project, &service, &gate).await?;
-        for r in all.iter().filter(|r| r.name.ends_with(TEMP_SUFFIX)) {
-            if e.inspect_container(r.name.trim_end_matches(TEMP_SUFFIX))
-                .await?
-                .is_some()
-            {
-                e.remove_container(&r.name).await?;
-            }
-        }
+        // The rollout's clones are unwanted here, the rollback's own (re-entered) wanted.
+        let want = Want {
+            image_id: &prev_id,
+            hash: hash.as_deref(),
+        };
+        reconcile::settle(&e, cx, (&project, &service), &want, cp.in_flight, &gate).await?;
         // Every replica not on the previous image (or not labelled with the restored .env's
         // config hash), newest first: also one replaced just before ferry died, whose number
         // the checkpoint never got. One of them that is not
@@ -395,6 +419,8 @@ impl Step for RollingRedeploy {
                 Level::Info,
                 format!("restoring {} to {}", r.name, cp.previous_image),
             );
+            cp.in_flight = Some(r.number);
+            cx.save_checkpoint(&cp)?;
             swap::replace(
                 &e,
                 cx,
@@ -405,6 +431,8 @@ impl Step for RollingRedeploy {
                 &gate,
             )
             .await?;
+            cp.in_flight = None;
+            cx.save_checkpoint(&cp)?;
         }
         Ok(())
     }

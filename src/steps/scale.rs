@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::replicas::count::{self, Count};
 use super::replicas::swap::{Gate, clone_body, gate};
-use super::replicas::{fhir_path, project_service, running_replicas};
+use super::replicas::{all_replicas, fhir_path, project_service, reconcile, running_replicas};
 use super::{Check, Reversibility, Step, StepCx};
 use crate::infra::docker::{Docker, NUMBER, Replica};
 use crate::report::{Level, Unit};
@@ -34,6 +34,13 @@ fn two_minutes() -> Duration {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Scaled {
     previous: u32,
+    /// The number of the replica being created (journaled before its create): a re-entry
+    /// starts, gates or removes that one (`replicas::reconcile::settle_new`).
+    #[serde(default)]
+    creating: Option<u32>,
+    /// The number of the replica being stopped and removed: a re-entry finishes that.
+    #[serde(default)]
+    removing: Option<u32>,
 }
 
 /// `<project>_<service>_7` for number 7, from a sibling's name.
@@ -53,7 +60,13 @@ impl Scale {
     }
 
     /// Brings the service to `want` running replicas; safe to re-enter.
-    async fn converge(&self, e: &Docker, cx: &StepCx, want: u32) -> anyhow::Result<()> {
+    async fn converge(
+        &self,
+        e: &Docker,
+        cx: &StepCx,
+        cp: &mut Scaled,
+        want: u32,
+    ) -> anyhow::Result<()> {
         let (project, service) = project_service(cx, self.service.as_deref())?;
         let path = fhir_path(cx);
         let g = Gate {
@@ -64,6 +77,24 @@ impl Scale {
             spec: None,
             drain: std::time::Duration::ZERO,
         };
+        if let Some(k) = cp.creating {
+            reconcile::settle_new(e, cx, (&project, &service), k, want, &g).await?;
+            cp.creating = None;
+            cx.save_checkpoint(cp)?;
+        }
+        if let Some(k) = cp.removing {
+            // Its removal was decided: a stopped one is not left behind (nor started).
+            if let Some(r) = all_replicas(e, &project, &service)
+                .await?
+                .into_iter()
+                .find(|r| r.number == k)
+            {
+                cx.log(Level::Info, format!("{}: finishing its removal", r.name));
+                e.remove_container(&r.name).await?;
+            }
+            cp.removing = None;
+            cx.save_checkpoint(cp)?;
+        }
         loop {
             let now = running_replicas(e, &project, &service).await?;
             let n = now.len() as u32;
@@ -104,6 +135,8 @@ impl Scale {
                     l.insert(NUMBER.into(), number.to_string());
                 }
                 cx.log(Level::Info, format!("starting {name}"));
+                cp.creating = Some(number);
+                cx.save_checkpoint(cp)?;
                 let id = e.create_container(&name, body).await?;
                 for (net, ep) in nets {
                     e.connect_network(&net, &id, ep).await?;
@@ -113,10 +146,16 @@ impl Scale {
                     let _ = e.remove_container(&name).await;
                     return Err(err);
                 }
+                cp.creating = None;
+                cx.save_checkpoint(cp)?;
             } else {
                 cx.log(Level::Info, format!("stopping {}", newest.name));
+                cp.removing = Some(newest.number);
+                cx.save_checkpoint(cp)?;
                 e.stop_container(&newest.name, 10).await?;
                 e.remove_container(&newest.name).await?;
+                cp.removing = None;
+                cx.save_checkpoint(cp)?;
             }
         }
     }
@@ -156,7 +195,15 @@ impl Step for Scale {
             Ok(ps) => ps,
             Err(err) => return Ok(vec![Check::fail("service", format!("{err:#}"))]),
         };
-        Ok(vec![match running_replicas(&e, &project, &service).await {
+        let now = match cx.checkpoint::<Scaled>().ok().flatten() {
+            // Re-entered: the replica being created may not run yet.
+            Some(cp) => {
+                let in_flight = cp.creating.or(cp.removing);
+                reconcile::replicas_on_reentry(&e, &project, &service, in_flight).await
+            }
+            None => running_replicas(&e, &project, &service).await,
+        };
+        Ok(vec![match now {
             Ok(r) if r.is_empty() => Check::fail(
                 "service",
                 format!("no running replica of `{service}` in `{project}` to scale from"),
@@ -186,21 +233,31 @@ impl Step for Scale {
 
     async fn apply(&self, cx: &StepCx) -> anyhow::Result<()> {
         let e = cx.docker().await?;
-        if cx.checkpoint::<Scaled>()?.is_none() {
-            let (project, service) = project_service(cx, self.service.as_deref())?;
-            let previous = running_replicas(&e, &project, &service).await?.len() as u32;
-            if previous == 0 {
-                bail!("service `{service}` has no running replica");
+        let mut cp = match cx.checkpoint::<Scaled>()? {
+            Some(cp) => cp,
+            None => {
+                let (project, service) = project_service(cx, self.service.as_deref())?;
+                let previous = running_replicas(&e, &project, &service).await?.len() as u32;
+                if previous == 0 {
+                    bail!("service `{service}` has no running replica");
+                }
+                let cp = Scaled {
+                    previous,
+                    ..Default::default()
+                };
+                cx.save_checkpoint(&cp)?;
+                cp
             }
-            cx.save_checkpoint(&Scaled { previous })?;
-        }
-        self.converge(&e, cx, self.want()?).await
+        };
+        self.converge(&e, cx, &mut cp, self.want()?).await
     }
 
     async fn rollback(&self, cx: &StepCx) -> anyhow::Result<()> {
-        let Some(s) = cx.checkpoint::<Scaled>()? else {
+        let Some(mut s) = cx.checkpoint::<Scaled>()? else {
             return Ok(());
         };
-        self.converge(&cx.docker().await?, cx, s.previous).await
+        let previous = s.previous;
+        self.converge(&cx.docker().await?, cx, &mut s, previous)
+            .await
     }
 }

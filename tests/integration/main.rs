@@ -19,6 +19,7 @@ mod registry;
 mod release;
 mod report_record;
 mod rollout;
+mod rollout_crash;
 mod sandbox;
 mod sandbox_db;
 mod security;

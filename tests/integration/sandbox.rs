@@ -306,7 +306,8 @@ fn killed_between_two_replicas_then_resumed() {
         .to_string();
     let t = s.target();
     let pkg = format!("ig_package={}", ig("bd.gov.dghs.core-0.2.2.tgz"));
-    // Checkpoints of `rollout`: previous image, env edit, then one per replaced replica.
+    // Checkpoints of `rollout`: previous image, env edit, then two per replaced replica
+    // (the one it starts on, then that it is done): #4 is replica 1 done.
     let out = s.sb.run_env(
         &[
             "run",
@@ -318,7 +319,7 @@ fn killed_between_two_replicas_then_resumed() {
             "--var",
             "build_version=1.1.0",
         ],
-        &[("FERRY_FAILPOINT", "checkpoint:rollout#3")],
+        &[("FERRY_FAILPOINT", "checkpoint:rollout#4")],
     );
     assert_eq!(out.signal, Some(9), "{}", out.stderr);
     let imgs: Vec<String> = s.replicas().into_iter().map(|r| r.1).collect();

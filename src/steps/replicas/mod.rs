@@ -5,6 +5,7 @@
 //! a container of the service, `traffic` moves a replica in and out of its aliases.
 
 pub mod count;
+pub mod reconcile;
 pub mod spec;
 pub mod swap;
 pub mod traffic;

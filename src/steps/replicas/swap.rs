@@ -38,34 +38,6 @@ pub fn temp_name(name: &str) -> String {
     format!("{name}{TEMP_SUFFIX}")
 }
 
-/// Clones whose original is already gone (ferry died between removing the old replica and
-/// renaming its successor): each is gated and given its name.
-pub async fn finish_orphans(
-    engine: &Docker,
-    cx: &StepCx,
-    project: &str,
-    service: &str,
-    g: &Gate<'_>,
-) -> anyhow::Result<()> {
-    for r in engine.replicas(project, service).await? {
-        if let Some(base) = r.name.strip_suffix(TEMP_SUFFIX)
-            && engine.inspect_container(base).await?.is_none()
-        {
-            if !r.state.eq("running") {
-                engine.start_container(&r.name).await?;
-            }
-            gate(engine, cx, &r.name, g).await?;
-            traffic::ensure_joined(engine, &r.name).await?;
-            engine.rename_container(&r.name, base).await?;
-        }
-    }
-    // A replica ferry left out of the rotation (it died while one was draining) serves again.
-    for r in super::all_replicas(engine, project, service).await? {
-        traffic::ensure_joined(engine, &r.name).await?;
-    }
-    Ok(())
-}
-
 /// What to create: `old` run on `image`, its own settings kept, the old image's dropped.
 pub async fn clone_body(
     engine: &Docker,
@@ -277,8 +249,30 @@ pub async fn replace(
     if surge {
         traffic::drain_and_stop(engine, cx, &old, g.drain, g.stop_timeout).await?;
     }
+    promote(engine, cx, old_name, g).await
+}
+
+/// The gated clone of `old_name` takes its place: it is in the service's aliases, the old
+/// replica (if still there) leaves them, drains and is stopped, then is removed and the
+/// clone renamed. Also how a re-entered replacement finishes (`reconcile`), so both go
+/// through the same last steps, drain included.
+pub async fn promote(
+    engine: &Docker,
+    cx: &StepCx,
+    old_name: &str,
+    g: &Gate<'_>,
+) -> anyhow::Result<()> {
+    traffic::ensure_joined(engine, &temp_name(old_name)).await?;
+    match engine.inspect_container(old_name).await? {
+        Some(old) if old.running => {
+            traffic::drain_and_stop(engine, cx, &old, g.drain, g.stop_timeout).await?;
+        }
+        _ => engine.stop_container(old_name, g.stop_timeout).await?,
+    }
     engine.remove_container(old_name).await?;
-    engine.rename_container(&tmp, old_name).await
+    engine
+        .rename_container(&temp_name(old_name), old_name)
+        .await
 }
 
 /// `docker-compose -p PROJECT config --hash=SERVICE` in the compose directory: the hash
