@@ -18,6 +18,7 @@ pub mod ig_package_swap;
 pub mod image_build;
 pub mod image_push;
 pub mod metadata_check;
+pub mod pg_settings;
 pub mod pool_capacity;
 pub mod replicas;
 pub mod rolling_redeploy;
@@ -26,6 +27,8 @@ pub mod sql;
 pub mod wait;
 
 use serde::de::DeserializeOwned;
+
+use pg_settings::{pool as pg_pool, setting as pg_setting};
 
 pub use cx::{Approvals, Cancel, CheckpointStore, Interrupted, Prompter, StepCx};
 
@@ -146,6 +149,8 @@ step_kinds! {
     "scale" => Scale(scale::Scale),
     "pool_capacity" => PoolCapacity(pool_capacity::PoolCapacity),
     "metadata_check" => MetadataCheck(metadata_check::MetadataCheck),
+    "pgbouncer_pool" => PgBouncerPool(pg_pool::PgBouncerPool),
+    "pg_setting" => PgSetting(pg_setting::PgSetting),
 }
 
 /// The one place that says which keys are shell or SQL text, where `{{ … }}` is inserted

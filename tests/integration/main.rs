@@ -11,6 +11,7 @@ mod hardening;
 mod harness;
 mod ig;
 mod images;
+mod pg_settings;
 mod prometheus;
 mod registry;
 mod release;
