@@ -54,6 +54,11 @@ impl Stack {
     /// pgBouncer (default_pool_size = 20) in front of it; the target names both, with
     /// `restart` as the cluster's restart_command (None: the pg_ctl restart).
     fn start(restart: Option<&str>) -> Option<Stack> {
+        Stack::start_with(|pg_restart| restart.map_or(pg_restart.to_owned(), str::to_owned))
+    }
+
+    /// As [`Stack::start`], the restart_command made from the pg_ctl restart by `restart`.
+    fn start_with(restart: impl FnOnce(&str) -> String) -> Option<Stack> {
         let pg = Pg::start()?;
         pg.psql(
             "postgres",
@@ -151,7 +156,7 @@ impl Stack {
             data.display(),
             log.display()
         ));
-        let restart = restart.map_or(pg_restart, str::to_owned);
+        let restart = restart(&pg_restart);
         sb.write(
             "target.toml",
             &format!(
@@ -239,6 +244,28 @@ impl Stack {
                 "pool_size",
             );
             (config, db)
+        })
+    }
+
+    /// Whether pgBouncer's fhirdb is paused (`SHOW DATABASES`' `paused`).
+    fn paused(&self) -> bool {
+        let url = format!(
+            "host=127.0.0.1 port={} user=pgbouncer_admin password={BOUNCER_PW} dbname=pgbouncer",
+            self.bouncer_port
+        );
+        block_on(async {
+            let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            c.simple_query("SHOW DATABASES")
+                .await
+                .unwrap()
+                .into_iter()
+                .any(|m| {
+                    matches!(m, tokio_postgres::SimpleQueryMessage::Row(r)
+                    if r.get("name") == Some("fhirdb") && r.get("paused") == Some("1"))
+                })
         })
     }
 
@@ -489,6 +516,58 @@ fn a_restart_that_hangs_resumes_pgbouncer_and_rolls_the_setting_back() {
         "f"
     );
     // The clients recovered: they go on querying after the failed restart.
+    let ok = clients.stats.lock().unwrap().ok;
+    wait_for("queries after the resume", Duration::from_secs(10), || {
+        clients.stats.lock().unwrap().ok > ok + 10
+    });
+    let stats = clients.stop();
+    assert!(
+        stats.failed.is_empty(),
+        "failed queries: {:?}",
+        stats.failed
+    );
+    s.finish();
+}
+
+/// kill -9 while pgBouncer is paused and the restart has not happened: the clients wait;
+/// `ferry resume` RESUMEs pgBouncer first, then finishes the restart behind a new PAUSE.
+#[test]
+fn a_run_killed_during_the_restart_resumes_pgbouncer_on_resume() {
+    let Some(s) =
+        Stack::start_with(|pg| format!("if [ -e slow ]; then rm slow; sleep 30; fi; {pg}"))
+    else {
+        return;
+    };
+    s.sb.write("slow", "");
+    let clients = Clients::start(s.bouncer_port, 2);
+    s.sb.write(
+        "pb.toml",
+        &setting_playbook("max_connections", "40", "fhir_admin", ""),
+    );
+    let mut child = s.sb.spawn(
+        &["run", "pb.toml", "--target", "target.toml", "--yes"],
+        &s.env(),
+    );
+    wait_for(
+        "the restart command to start",
+        Duration::from_secs(30),
+        || !s.sb.path("slow").exists(),
+    );
+    assert!(s.paused());
+    // SAFETY: plain syscall on the ferry this test spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    assert!(s.paused(), "pgBouncer stays paused until ferry comes back");
+    let id = s.sb.run_ids().into_iter().next().unwrap();
+    let out = s.ferry(&["resume", &id]);
+    out.expect(0);
+    assert!(
+        out.stderr.contains("RESUMEd after an interrupted restart"),
+        "{}",
+        out.stderr
+    );
+    assert!(!s.paused());
+    assert_eq!(s.pg.psql("postgres", "SHOW max_connections"), "40");
     let ok = clients.stats.lock().unwrap().ok;
     wait_for("queries after the resume", Duration::from_secs(10), || {
         clients.stats.lock().unwrap().ok > ok + 10
