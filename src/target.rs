@@ -71,6 +71,12 @@ pub struct Postgres {
     pub url: String,
     pub password_env: Option<String>,
     pub password_file: Option<PathBuf>,
+    /// How the server is restarted (for a setting that needs it, behind pgBouncer's PAUSE):
+    /// a shell command that returns once it is back (`pg_ctl -D … -w restart`) …
+    pub restart_command: Option<String>,
+    /// … or the docker-compose service of `[docker] compose_project` whose container is
+    /// restarted (`postgres-fhir`).
+    pub restart_service: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -79,6 +85,12 @@ pub struct PgBouncer {
     pub admin_url: String,
     pub password_env: Option<String>,
     pub password_file: Option<PathBuf>,
+    /// The pgbouncer.ini a pool change is persisted in (then RELOADed). Not `*_file`: that
+    /// suffix names a secret file.
+    pub ini_path: Option<PathBuf>,
+    /// The key of the target's env file that holds the pool size for compose
+    /// (`PGBOUNCER_DEFAULT_POOL_SIZE`); persisted there too when given.
+    pub pool_size_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -142,9 +142,11 @@ const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
 /// `idle_in_transaction_session_timeout` off for it, a heartbeat query every [`HEARTBEAT`]
 /// that also checks the lock is still granted). When the session ends or a heartbeat fails,
 /// the lock is lost: [`PgLock::lost`] says why and `on_lost` (the engine's soft stop) is
-/// cancelled, so the run stops at its next checkpoint or step boundary.
+/// cancelled, so the run stops at its next checkpoint or step boundary. Except while a step
+/// restarts the server on purpose (`infra::postgres::PlannedRestart`): the session then
+/// ends as planned and the lock is taken again on a new one once the server is back; if
+/// another session took it meanwhile, the lock is lost as above.
 pub struct PgLock {
-    _client: Arc<tokio_postgres::Client>,
     lost: Arc<Mutex<Option<String>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -193,18 +195,6 @@ pub async fn acquire_pg(
     let pw = target
         .secret(&pg.password_env, &pg.password_file)
         .map_err(|e| Error::Precondition(format!("database lock: {e}")))?;
-    let (client, conn) = crate::infra::postgres::connect_with(&pg.url, pw.as_deref(), |c| {
-        c.keepalives(true)
-            .keepalives_idle(Duration::from_secs(10))
-            .keepalives_interval(Duration::from_secs(5))
-            .keepalives_retries(3);
-    })
-    .await
-    .map_err(|e| {
-        Error::Precondition(format!(
-            "cannot take the run lock in the fhir database: {e:#}"
-        ))
-    })?;
     // Parsed back by `unlock_pg`: "ferry pid PID on HOSTTAG: COMMAND run RUN_ID", cut to the
     // server's 63 bytes (the pid and the host tag always fit; see `host_tag`).
     let me = format!(
@@ -214,31 +204,13 @@ pub async fn acquire_pg(
         owner.command,
         owner.run_id
     );
-    let q = |e: tokio_postgres::Error| {
-        Error::Other(anyhow::anyhow!(
-            "database lock: {}",
-            crate::infra::postgres::describe(&e)
-        ))
+    let session = Session {
+        url: pg.url.clone(),
+        password: pw,
+        name: truncate_bytes(&me, 63).to_owned(),
     };
-    let name = truncate_bytes(&me, 63);
-    client
-        .execute("SELECT set_config('application_name', $1, false)", &[&name])
-        .await
-        .map_err(q)?;
-    // The server must not end this session for being idle: that would free the lock.
-    // idle_session_timeout exists from PostgreSQL 14; an older server has none to turn off.
-    client
-        .batch_execute("SET idle_in_transaction_session_timeout = 0")
-        .await
-        .map_err(q)?;
-    let _ = client.batch_execute("SET idle_session_timeout = 0").await;
-    let got: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&PG_LOCK_KEY])
-        .await
-        .map_err(q)?
-        .get(0);
-    if got {
-        let client = Arc::new(client);
+    let (client, conn) = session.open().await?;
+    if session.take(&client).await? {
         let lost = Arc::new(Mutex::new(None::<String>));
         let mark = {
             let lost = lost.clone();
@@ -251,44 +223,23 @@ pub async fn acquire_pg(
                 on_lost.cancel();
             }
         };
-        let watch_conn = {
-            let mark = mark.clone();
-            tokio::spawn(async move {
-                let why = conn.await.unwrap_or_else(|e| e.to_string());
-                mark(format!("its session ended ({why})"));
-            })
-        };
-        let heartbeat = {
-            let client = client.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(HEARTBEAT).await;
-                    let r = tokio::time::timeout(
-                        HEARTBEAT_TIMEOUT,
-                        client.query_one(HELD, &[&PG_LOCK_KEY]),
-                    )
-                    .await;
-                    let why = match r {
-                        Ok(Ok(row)) if row.get::<_, bool>(0) => continue,
-                        Ok(Ok(_)) => "its session no longer holds it".to_owned(),
-                        Ok(Err(e)) => format!(
-                            "its session failed ({})",
-                            crate::infra::postgres::describe(&e)
-                        ),
-                        Err(_) => format!(
-                            "its session did not answer within {}s",
-                            HEARTBEAT_TIMEOUT.as_secs()
-                        ),
-                    };
-                    mark(why);
-                    return;
+        let keeper = tokio::spawn(async move {
+            let (mut client, mut conn) = (client, conn);
+            loop {
+                let why = watch(&client, &mut conn).await;
+                if !crate::infra::postgres::restart_planned() {
+                    return mark(why);
                 }
-            })
-        };
+                // A step restarts the server on purpose: take the lock again once it is back.
+                match session.retake().await {
+                    Ok((c, k)) => (client, conn) = (c, k),
+                    Err(e) => return mark(format!("{why}; after the planned restart: {e}")),
+                }
+            }
+        });
         return Ok(Some(PgLock {
-            _client: client,
             lost,
-            tasks: vec![watch_conn, heartbeat],
+            tasks: vec![keeper],
         }));
     }
 
@@ -300,6 +251,129 @@ pub async fn acquire_pg(
             |(pid, name, client)| format!("{name} (backend {pid}, client {client})")
         )
     )))
+}
+
+/// How the lock's session is opened (again, after a planned restart of the server).
+struct Session {
+    url: String,
+    password: Option<String>,
+    name: String,
+}
+
+/// How long after a planned restart ends the lock may still be taken again.
+const RETAKE_GRACE: Duration = Duration::from_secs(30);
+
+impl Session {
+    async fn open(
+        &self,
+    ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<String>), Error> {
+        let (client, conn) =
+            crate::infra::postgres::connect_with(&self.url, self.password.as_deref(), |c| {
+                c.keepalives(true)
+                    .keepalives_idle(Duration::from_secs(10))
+                    .keepalives_interval(Duration::from_secs(5))
+                    .keepalives_retries(3);
+            })
+            .await
+            .map_err(|e| {
+                Error::Precondition(format!(
+                    "cannot take the run lock in the fhir database: {e:#}"
+                ))
+            })?;
+        client
+            .execute(
+                "SELECT set_config('application_name', $1, false)",
+                &[&self.name],
+            )
+            .await
+            .map_err(lock_error)?;
+        // The server must not end this session for being idle: that would free the lock.
+        // idle_session_timeout exists from PostgreSQL 14; an older server has none to turn off.
+        client
+            .batch_execute("SET idle_in_transaction_session_timeout = 0")
+            .await
+            .map_err(lock_error)?;
+        let _ = client.batch_execute("SET idle_session_timeout = 0").await;
+        Ok((client, conn))
+    }
+
+    async fn take(&self, client: &tokio_postgres::Client) -> Result<bool, Error> {
+        Ok(client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&PG_LOCK_KEY])
+            .await
+            .map_err(lock_error)?
+            .get(0))
+    }
+
+    /// Opens a new session and takes the lock, retrying while the server is down (during
+    /// the planned restart and [`RETAKE_GRACE`] after it). Refused if another session took
+    /// the lock meanwhile.
+    async fn retake(
+        &self,
+    ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<String>), String> {
+        let mut ended: Option<tokio::time::Instant> = None;
+        loop {
+            let last = match self.open().await {
+                Ok((c, k)) => match self.take(&c).await {
+                    Ok(true) => return Ok((c, k)),
+                    Ok(false) => {
+                        let holder = pg_holder(&c).await.ok().flatten();
+                        return Err(format!(
+                            "another session took the lock meanwhile{}",
+                            holder.map_or_else(String::new, |(pid, n, _)| format!(
+                                " ({n}, backend {pid})"
+                            ))
+                        ));
+                    }
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => e.to_string(),
+            };
+            if !crate::infra::postgres::restart_planned() {
+                let since = *ended.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= RETAKE_GRACE {
+                    return Err(format!("the lock could not be taken again: {last}"));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Keeps the lock's session alive until it is lost; returns why.
+async fn watch(
+    client: &tokio_postgres::Client,
+    conn: &mut tokio::task::JoinHandle<String>,
+) -> String {
+    loop {
+        tokio::select! {
+            why = &mut *conn => {
+                return format!("its session ended ({})", why.unwrap_or_else(|e| e.to_string()));
+            }
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+        }
+        let r =
+            tokio::time::timeout(HEARTBEAT_TIMEOUT, client.query_one(HELD, &[&PG_LOCK_KEY])).await;
+        return match r {
+            Ok(Ok(row)) if row.get::<_, bool>(0) => continue,
+            Ok(Ok(_)) => "its session no longer holds it".to_owned(),
+            Ok(Err(e)) => format!(
+                "its session failed ({})",
+                crate::infra::postgres::describe(&e)
+            ),
+            Err(_) => format!(
+                "its session did not answer within {}s",
+                HEARTBEAT_TIMEOUT.as_secs()
+            ),
+        };
+    }
+}
+
+fn lock_error(e: tokio_postgres::Error) -> Error {
+    Error::Other(anyhow::anyhow!(
+        "database lock: {}",
+        crate::infra::postgres::describe(&e)
+    ))
 }
 
 /// True while this session holds ferry's advisory lock.

@@ -189,3 +189,29 @@ pub async fn set_statement_timeout(client: &Client, timeout: Duration) -> anyhow
         .await
         .map_err(|e| anyhow!("cannot set statement_timeout: {}", describe(&e)))
 }
+
+/// How many controlled restarts of a PostgreSQL server are under way in this process.
+static RESTARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Held while a step restarts a PostgreSQL server on purpose (behind pgBouncer's PAUSE):
+/// sessions that end meanwhile are expected to, and holders of session state (the run's
+/// database lock) take it again once the server is back instead of giving up.
+pub struct PlannedRestart(());
+
+impl PlannedRestart {
+    pub fn begin() -> PlannedRestart {
+        RESTARTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        PlannedRestart(())
+    }
+}
+
+impl Drop for PlannedRestart {
+    fn drop(&mut self) {
+        RESTARTS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// True while a [`PlannedRestart`] is held.
+pub fn restart_planned() -> bool {
+    RESTARTS.load(std::sync::atomic::Ordering::SeqCst) > 0
+}

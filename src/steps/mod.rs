@@ -19,6 +19,7 @@ pub mod image_build;
 pub mod image_push;
 pub mod metadata_check;
 pub mod partition_table;
+pub mod pg_settings;
 pub mod pool_capacity;
 pub mod replicas;
 pub mod rolling_redeploy;
@@ -27,6 +28,8 @@ pub mod sql;
 pub mod wait;
 
 use serde::de::DeserializeOwned;
+
+use pg_settings::{pool as pg_pool, setting as pg_setting};
 
 pub use cx::{Approvals, Cancel, CheckpointStore, Interrupted, Prompter, StepCx};
 
@@ -148,6 +151,8 @@ step_kinds! {
     "pool_capacity" => PoolCapacity(pool_capacity::PoolCapacity),
     "metadata_check" => MetadataCheck(metadata_check::MetadataCheck),
     "partition_table" => PartitionTable(partition_table::PartitionTable),
+    "pgbouncer_pool" => PgBouncerPool(pg_pool::PgBouncerPool),
+    "pg_setting" => PgSetting(pg_setting::PgSetting),
 }
 
 /// The one place that says which keys are shell or SQL text, where `{{ … }}` is inserted

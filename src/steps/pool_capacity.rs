@@ -174,7 +174,7 @@ impl PoolCapacity {
     }
 }
 
-async fn rows(
+pub(crate) async fn rows(
     client: &tokio_postgres::Client,
     q: &str,
 ) -> anyhow::Result<Vec<std::collections::HashMap<String, String>>> {
