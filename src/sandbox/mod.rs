@@ -341,8 +341,10 @@ pub async fn down(dir: &Path) -> anyhow::Result<SandboxDown> {
         proc::stop_pid(st.bouncer_pid, Duration::from_secs(5));
         done.push(format!("stopped pgbouncer (pid {})", st.bouncer_pid));
     }
-    pg::stop(&st.services().join("pg"))?;
-    done.push("stopped PostgreSQL".into());
+    if st.stack == Stack::Host {
+        pg::stop(&st.services().join("pg"))?;
+        done.push("stopped PostgreSQL".into());
+    }
     if let Some(svc) = &st.service_dir {
         std::fs::remove_dir_all(svc).with_context(|| format!("removing {}", svc.display()))?;
         done.push(format!("removed {}", svc.display()));

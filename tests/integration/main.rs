@@ -15,6 +15,7 @@ mod prometheus;
 mod registry;
 mod release;
 mod sandbox;
+mod sandbox_compose;
 mod sandbox_db;
 mod security;
 mod sql;

@@ -1,6 +1,8 @@
 //! `ferry sandbox` and the release engineers' procedures on it, for real: PostgreSQL,
 //! pgBouncer, Debian's docker-registry, the Docker engine and docker-compose v1. Each test
 //! starts its own sandbox (labelled `ferry.test=1`) and takes it down again.
+//! `FERRY_TEST_SANDBOX_STACK=compose` runs these same tests on `--stack compose` (nginx,
+//! pgBouncer and PostgreSQL containers); sandbox_compose.rs has that stack's own tests.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -8,8 +10,18 @@ use std::process::Command;
 use crate::harness::{Leftover, Out, Playbook, Sandbox, assert_no_leftovers, repo, require};
 
 pub struct Sbx {
-    sb: Sandbox,
+    pub sb: Sandbox,
     pub dir: PathBuf,
+    /// `host` or `compose` (`ferry sandbox up --stack`).
+    pub stack: &'static str,
+}
+
+/// The stack the shared sandbox tests run on (FERRY_TEST_SANDBOX_STACK, default host).
+fn default_stack() -> &'static str {
+    match std::env::var("FERRY_TEST_SANDBOX_STACK").as_deref() {
+        Ok("compose") => "compose",
+        _ => "host",
+    }
 }
 
 fn engine_up() -> bool {
@@ -22,6 +34,11 @@ fn engine_up() -> bool {
 impl Sbx {
     pub fn up(replicas: u32) -> Option<Sbx> {
         Self::up_in(replicas, "sbx")
+    }
+
+    /// A sandbox on `--stack compose`, whatever FERRY_TEST_SANDBOX_STACK says.
+    pub fn up_compose(replicas: u32) -> Option<Sbx> {
+        Self::up_stack(replicas, "sbx", "compose", |_| {})
     }
 
     fn up_private(replicas: u32) -> Option<Sbx> {
@@ -38,6 +55,15 @@ impl Sbx {
     }
 
     fn up_in_with(replicas: u32, rel: &str, prepare: impl FnOnce(&Sandbox)) -> Option<Sbx> {
+        Self::up_stack(replicas, rel, default_stack(), prepare)
+    }
+
+    fn up_stack(
+        replicas: u32,
+        rel: &str,
+        stack: &'static str,
+        prepare: impl FnOnce(&Sandbox),
+    ) -> Option<Sbx> {
         if !require("a running Docker engine", engine_up()) {
             return None;
         }
@@ -56,16 +82,61 @@ impl Sbx {
             standin.to_str().unwrap(),
             "--label",
             "ferry.test=1",
+            "--stack",
+            stack,
         ]);
         out.expect(0);
-        Some(Sbx { sb, dir })
+        Some(Sbx { sb, dir, stack })
     }
 
-    fn target(&self) -> String {
+    /// How many services besides hapi `docker-compose up` reports on.
+    fn other_services(&self) -> usize {
+        if self.stack == "compose" { 4 } else { 1 }
+    }
+
+    /// psql as the superuser on fhirdb: the host cluster's socket, or the published port.
+    pub fn psql(&self, sql: &str) -> String {
+        let st = self.state();
+        let mut c = Command::new("psql");
+        if self.stack == "compose" {
+            let secrets = std::fs::read_to_string(self.dir.join("secrets.env")).unwrap();
+            let pw = secrets
+                .lines()
+                .find_map(|l| l.strip_prefix("SANDBOX_PG_SUPERUSER_PASSWORD="))
+                .unwrap()
+                .to_owned();
+            c.env("PGPASSWORD", pw).args(["-h", "127.0.0.1"]);
+        } else {
+            let svc = st["service_dir"]
+                .as_str()
+                .map_or_else(|| self.dir.clone(), PathBuf::from);
+            c.args(["-h", svc.join("pg").to_str().unwrap()]);
+        }
+        let o = c
+            .args([
+                "-p",
+                &st["pg_port"].to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "fhirdb",
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-XAtq", "-c", sql])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    }
+
+    pub fn target(&self) -> String {
         self.dir.join("target.toml").display().to_string()
     }
 
-    fn project(&self) -> String {
+    pub fn project(&self) -> String {
         let t = std::fs::read_to_string(self.dir.join("target.toml")).unwrap();
         t.lines()
             .find_map(|l| l.strip_prefix("compose_project = "))
@@ -74,7 +145,7 @@ impl Sbx {
             .to_owned()
     }
 
-    fn compose(&self, args: &[&str]) -> (bool, String) {
+    pub fn compose(&self, args: &[&str]) -> (bool, String) {
         let o = Command::new("docker-compose")
             .current_dir(self.dir.join("files"))
             .args(["-p", &self.project()])
@@ -100,7 +171,7 @@ impl Sbx {
             .to_owned()
     }
 
-    fn run(&self, args: &[&str]) -> Out {
+    pub fn run(&self, args: &[&str]) -> Out {
         let mut a: Vec<&str> = args.to_vec();
         let t = self.target();
         a.extend_from_slice(&["--target", &t]);
@@ -152,6 +223,19 @@ impl Sbx {
     /// PostgreSQL, pgBouncer and the registry, its dirs, and the test's own temp dir.
     fn leftovers(&self) -> Vec<Leftover> {
         let st = self.state();
+        if self.stack == "compose" {
+            let mut v = vec![
+                Leftover::Docker(format!("ferry.sandbox={}", st["id"].as_str().unwrap())),
+                Leftover::Docker(format!(
+                    "com.docker.compose.project={}",
+                    st["project"].as_str().unwrap()
+                )),
+                Leftover::process(st["registry_pid"].as_u64().unwrap() as u32),
+                Leftover::Path(self.dir.clone()),
+            ];
+            v.extend(self.sb.leftovers());
+            return v;
+        }
         let svc = st["service_dir"]
             .as_str()
             .map_or_else(|| self.dir.clone(), PathBuf::from);
@@ -243,12 +327,14 @@ fn sandbox_up_twice_status_then_down_leaves_nothing_behind() {
         "replicas=1",
     ]);
     out.expect(0);
-    let service_dir = std::path::PathBuf::from(
-        state["service_dir"]
-            .as_str()
-            .expect("a service dir outside the private one"),
-    );
-    assert!(service_dir.join("pg/data").is_dir());
+    if s.stack == "host" {
+        let service_dir = std::path::PathBuf::from(
+            state["service_dir"]
+                .as_str()
+                .expect("a service dir outside the private one"),
+        );
+        assert!(service_dir.join("pg/data").is_dir());
+    }
     s.finish();
 }
 
@@ -290,8 +376,8 @@ fn ig_upgrade_end_to_end_replica_by_replica() {
     assert!(ok, "{up}");
     assert_eq!(
         up.matches("is up-to-date").count(),
-        4,
-        "3 hapi + lb up to date:\n{up}"
+        3 + s.other_services(),
+        "3 hapi + the other services up to date:\n{up}"
     );
     assert!(!up.contains("Recreating"), "{up}");
     s.finish();
@@ -647,8 +733,8 @@ fn a_tag_of_the_running_image_is_rolled_out_so_compose_agrees_afterwards() {
     assert!(ok, "{up}");
     assert_eq!(
         up.matches("is up-to-date").count(),
-        4,
-        "3 hapi + lb up to date:\n{up}"
+        3 + s.other_services(),
+        "3 hapi + the other services up to date:\n{up}"
     );
     assert!(!up.contains("Recreating"), "{up}");
     assert_eq!(s.replicas(), after, "no container recreated by `up -d`");
@@ -661,7 +747,11 @@ fn a_tag_of_the_running_image_is_rolled_out_so_compose_agrees_afterwards() {
     let back = s.replicas();
     let (ok, up) = s.compose(&["up", "-d", "--scale", "hapi=3"]);
     assert!(ok && !up.contains("Recreating"), "{up}");
-    assert_eq!(up.matches("is up-to-date").count(), 4, "{up}");
+    assert_eq!(
+        up.matches("is up-to-date").count(),
+        3 + s.other_services(),
+        "{up}"
+    );
     assert_eq!(s.replicas(), back, "no container recreated by `up -d`");
     let _ = Command::new("docker").args(["rmi", &promoted]).output();
     s.finish();

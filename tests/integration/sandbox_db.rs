@@ -10,29 +10,7 @@ use std::process::Command;
 use crate::sandbox::Sbx;
 
 fn psql(s: &Sbx, sql: &str) -> String {
-    let st = s.state();
-    let svc = st["service_dir"]
-        .as_str()
-        .map_or_else(|| s.dir.clone(), std::path::PathBuf::from);
-    let o = Command::new("psql")
-        .args(["-h", svc.join("pg").to_str().unwrap()])
-        .args([
-            "-p",
-            &st["pg_port"].to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "fhirdb",
-        ])
-        .args(["-v", "ON_ERROR_STOP=1", "-XAtq", "-c", sql])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    s.psql(sql)
 }
 
 /// (status, JSON body) of a request with curl (the host only talks to 127.0.0.1 ports).
