@@ -17,6 +17,7 @@ mod release;
 mod sandbox;
 mod sandbox_compose;
 mod sandbox_db;
+mod sandbox_harness;
 mod security;
 mod sql;
 mod standin_db;

@@ -1,5 +1,7 @@
-//! The sandbox's HAPI stand-in replicas on the real database path: proxy → replica
-//! (container) → pgBouncer (host, reached at the host's docker0 address) → PostgreSQL.
+//! The sandbox's HAPI stand-in replicas on the real database path: proxy (nginx on the
+//! compose stack) → replica
+//! (container) → pgBouncer (host, reached at the host's docker0 address; on the compose stack
+//! the pgbouncer-fhir service) → PostgreSQL.
 //! Patient create/update/read round-trip through the proxy, the rows land in hfj_resource,
 //! hfj_res_ver and hfj_spidx_*, and each replica draws res_ids in its own block of 50
 //! (Hibernate's pooled optimizer over seq_resource_id). Docker: in the nextest `docker` group.
