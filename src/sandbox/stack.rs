@@ -156,7 +156,13 @@ pub async fn remove(st: &State) -> anyhow::Result<Vec<String>> {
     let mut done = vec![];
     if files_root(st).join("docker-compose.yml").exists() {
         // -v: the compose stack's named volumes (the databases) go too.
-        compose(st, &["down", "--remove-orphans", "-v", "--timeout", "5"])?;
+        let args = ["down", "--remove-orphans", "-v", "--timeout", "5"];
+        if compose(st, &args).is_err() {
+            // The engine can report a network's endpoints a moment after their containers are
+            // gone ("has active endpoints"); `down` is idempotent, so a second one finishes.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            compose(st, &args)?;
+        }
         done.push(format!(
             "removed the compose project {} (containers, networks, volumes)",
             st.project
