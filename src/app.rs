@@ -242,6 +242,7 @@ async fn sandbox(g: &Global, cmd: &SandboxCommand) -> Result<i32> {
             standin,
             labels,
             resources,
+            stack,
         } => {
             let labels = parse_vars(labels)?;
             let opts = sandbox::UpOptions {
@@ -250,6 +251,7 @@ async fn sandbox(g: &Global, cmd: &SandboxCommand) -> Result<i32> {
                 standin: standin.clone(),
                 labels,
                 resources: *resources,
+                stack: *stack,
             };
             show(g, &sandbox::up(&opts).await.map_err(fail)?)?;
             Ok(code::DONE)

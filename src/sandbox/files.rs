@@ -94,6 +94,8 @@ pub fn write(
     dockerfile: &str,
     standin: &Path,
     db_password: &str,
+    compose_yml: &str,
+    env_extra: &str,
 ) -> anyhow::Result<()> {
     let overlay = root.join("hapi-overlay");
     let packages = overlay.join("src/main/resources/packages");
@@ -101,8 +103,8 @@ pub fn write(
     std::fs::write(packages.join(IG_BASELINE_FILE), IG_BASELINE)?;
     std::fs::write(overlay.join("Dockerfile"), dockerfile)?;
     std::fs::copy(standin, overlay.join("hapi-standin"))?;
-    std::fs::write(root.join(".env"), env_file(l))?;
-    std::fs::write(root.join("docker-compose.yml"), compose_file(l))?;
+    std::fs::write(root.join(".env"), format!("{}{env_extra}", env_file(l)))?;
+    std::fs::write(root.join("docker-compose.yml"), compose_yml)?;
     let db_env = root.join(DB_ENV);
     std::fs::write(
         &db_env,
@@ -112,7 +114,10 @@ pub fn write(
     std::fs::set_permissions(&db_env, std::fs::Permissions::from_mode(0o600))?;
     std::fs::write(
         root.join(".gitignore"),
-        format!(".ferry-backup/\nhapi-overlay/hapi-standin\n{DB_ENV}\n"),
+        format!(
+            ".ferry-backup/\nhapi-overlay/hapi-standin\n{DB_ENV}\n{}\n",
+            super::compose_files::DB_ENV
+        ),
     )?;
     let git = |args: &[&str]| {
         let mut c = Command::new(super::deps::bin("git"));
@@ -138,6 +143,8 @@ pub struct TargetSpec<'a> {
     pub registry_port: u16,
     pub http_port: u16,
     pub pg_port: u16,
+    /// auditdb's port: the same cluster as fhirdb on the host stack, its own on compose.
+    pub audit_port: u16,
     pub bouncer_port: u16,
 }
 
@@ -166,7 +173,7 @@ url = "postgres://hapi@127.0.0.1:{pg}/fhirdb"
 password_env = "SANDBOX_FHIR_DB_PASSWORD"
 
 [postgres.audit]
-url = "postgres://audit_maintainer_login@127.0.0.1:{pg}/auditdb"
+url = "postgres://audit_maintainer_login@127.0.0.1:{audit}/auditdb"
 password_env = "SANDBOX_AUDIT_DB_PASSWORD"
 
 [pgbouncer]
@@ -181,6 +188,7 @@ env_file = ".env"
         registry = t.registry_port,
         http = t.http_port,
         pg = t.pg_port,
+        audit = t.audit_port,
         bouncer = t.bouncer_port,
     )
 }

@@ -4,11 +4,16 @@
 //! partitioned audit schema), pgBouncer in front of `fhirdb`, Debian's docker-registry with
 //! htpasswd and deletes, a files root like the production checkout, and a docker-compose
 //! project of N HAPI stand-in replicas behind a round-robin proxy on a loopback port.
+//! `--stack compose` (compose.rs) runs the seed's compose stack instead: nginx, pgBouncer and
+//! both PostgreSQL clusters as containers next to the replicas.
 //!
 //! Invariants: everything it starts is recorded in `<dir>/sandbox.json` (PIDs, ports, image
 //! tags, the compose project), every container and image carries `ferry.sandbox=<id>`, and
 //! `down` removes exactly that. `up` on a running sandbox only restarts what is not running.
 
+mod base;
+mod compose;
+mod compose_files;
 mod deps;
 mod files;
 mod net;
@@ -24,6 +29,17 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::report::views::sandbox::{Component, SandboxDown, SandboxStatus, SandboxUp};
+
+/// Where the databases, pgBouncer and the front door run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Stack {
+    /// PostgreSQL and pgBouncer as host processes, the stand-in's proxy in front.
+    #[default]
+    Host,
+    /// The seed's compose stack: nginx, pgbouncer-fhir, postgres-fhir, postgres-audit.
+    Compose,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct State {
@@ -45,6 +61,14 @@ pub struct State {
     /// user's reach (e.g. under a 0700 home): a world-searchable temp dir, removed by `down`.
     #[serde(default)]
     pub service_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub stack: Stack,
+    /// auditdb's published port (compose; the host stack has one cluster on `pg_port`).
+    #[serde(default)]
+    pub audit_port: u16,
+    /// The base image of the compose stack's nginx/pgBouncer/PostgreSQL (base.rs).
+    #[serde(default)]
+    pub base_image: Option<String>,
 }
 
 pub struct UpOptions {
@@ -56,6 +80,7 @@ pub struct UpOptions {
     pub labels: Vec<(String, String)>,
     /// Generated HAPI resources in fhirdb (fixtures/hapi-datagen.sql).
     pub resources: u64,
+    pub stack: Stack,
 }
 
 const STATE: &str = "sandbox.json";
@@ -144,7 +169,8 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<SandboxUp> {
         dir.join("secrets.env"),
         std::fs::Permissions::from_mode(0o600),
     )?;
-    let (pg_port, bouncer_port, registry_port, http_port) = (
+    let (pg_port, bouncer_port, registry_port, http_port, audit_port) = (
+        proc::free_port()?,
         proc::free_port()?,
         proc::free_port()?,
         proc::free_port()?,
@@ -165,7 +191,26 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<SandboxUp> {
         lb_image: format!("ferry-sandbox-lb:{id}"),
         labels: opts.labels.clone(),
         service_dir: None,
+        stack: opts.stack,
+        audit_port: if opts.stack == Stack::Compose {
+            audit_port
+        } else {
+            pg_port
+        },
+        base_image: None,
     };
+    if opts.stack == Stack::Compose {
+        state.lb_image = String::new();
+        // Recorded first, so that `down` can clean up after a failed `up`.
+        state.save()?;
+        let secrets: Vec<(&str, String)> = secrets.to_vec();
+        compose::start_new(&mut state, &standin, &secrets, opts.resources).await?;
+        let status = status(&dir).await?;
+        return Ok(SandboxUp {
+            already: false,
+            status,
+        });
+    }
     if proc::is_root() && !postgres_reaches(&dir) {
         // PostgreSQL and pgBouncer run as `postgres`, which cannot reach `dir`: keep their
         // files in a world-searchable temp dir instead (recorded, and removed by `down`).
@@ -218,6 +263,8 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<SandboxUp> {
         stack::DOCKERFILE,
         &standin,
         &secrets[1].1,
+        &files::compose_file(&layout),
+        "",
     )
     .context("files root")?;
     std::fs::write(
@@ -227,6 +274,7 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<SandboxUp> {
             registry_port,
             http_port,
             pg_port,
+            audit_port: pg_port,
             bouncer_port,
         }),
     )?;
@@ -240,6 +288,12 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<SandboxUp> {
 
 /// Restarts whatever of a recorded sandbox is not running (a reboot, a killed process).
 async fn ensure_running(st: &State) -> anyhow::Result<()> {
+    if st.stack == Stack::Compose {
+        let mut st = st.clone();
+        restart_registry(&mut st)?;
+        st.save()?;
+        return stack::compose_up(&st).await;
+    }
     let pgdir = st.services().join("pg");
     if !pg::running(&pgdir) {
         pg::start(&pgdir, st.pg_port)?;
@@ -256,14 +310,19 @@ async fn ensure_running(st: &State) -> anyhow::Result<()> {
             Duration::from_secs(10),
         )?;
     }
+    restart_registry(&mut st)?;
+    st.save()?;
+    stack::compose_up(&st).await
+}
+
+fn restart_registry(st: &mut State) -> anyhow::Result<()> {
     if !proc::alive(st.registry_pid) {
         let mut c = std::process::Command::new(deps::bin("docker-registry"));
         c.arg("serve").arg(st.dir.join("registry/config.yml"));
         st.registry_pid = proc::spawn_daemon(c, &st.dir.join("registry/registry.log"))?;
         proc::wait_port(st.registry_port, Duration::from_secs(15))?;
     }
-    st.save()?;
-    stack::compose_up(&st).await
+    Ok(())
 }
 
 /// Removes everything the sandbox made: containers, networks, images, processes, files.
@@ -282,8 +341,10 @@ pub async fn down(dir: &Path) -> anyhow::Result<SandboxDown> {
         proc::stop_pid(st.bouncer_pid, Duration::from_secs(5));
         done.push(format!("stopped pgbouncer (pid {})", st.bouncer_pid));
     }
-    pg::stop(&st.services().join("pg"))?;
-    done.push("stopped PostgreSQL".into());
+    if st.stack == Stack::Host {
+        pg::stop(&st.services().join("pg"))?;
+        done.push("stopped PostgreSQL".into());
+    }
     if let Some(svc) = &st.service_dir {
         std::fs::remove_dir_all(svc).with_context(|| format!("removing {}", svc.display()))?;
         done.push(format!("removed {}", svc.display()));
@@ -308,7 +369,22 @@ pub async fn status(dir: &Path) -> anyhow::Result<SandboxStatus> {
         .iter()
         .filter(|r| r.contains("healthy") && !r.contains("unhealthy"))
         .count();
-    let components = vec![
+    if st.stack == Stack::Compose {
+        let mut components = compose::components(&st).await;
+        components.extend(hapi_components(&st, &replicas, healthy, version));
+        components.push(c(
+            "registry",
+            proc::alive(st.registry_pid),
+            format!("127.0.0.1:{} pid {}", st.registry_port, st.registry_pid),
+        ));
+        return Ok(SandboxStatus::new(
+            st.id.clone(),
+            dir.display().to_string(),
+            components,
+            dir.join("target.toml").display().to_string(),
+        ));
+    }
+    let mut components = vec![
         c(
             "postgresql",
             pg::running(&st.services().join("pg")),
@@ -324,25 +400,36 @@ pub async fn status(dir: &Path) -> anyhow::Result<SandboxStatus> {
             proc::alive(st.registry_pid),
             format!("127.0.0.1:{} pid {}", st.registry_port, st.registry_pid),
         ),
-        c(
-            "hapi",
-            healthy >= st.replicas as usize,
-            format!("{healthy}/{} healthy: {}", st.replicas, replicas.join(", ")),
-        ),
-        c(
-            "fhir",
-            version.is_some(),
-            format!(
-                "{} software.version {}",
-                st.base_url(),
-                version.as_deref().unwrap_or("unreachable")
-            ),
-        ),
     ];
+    components.extend(hapi_components(&st, &replicas, healthy, version));
     Ok(SandboxStatus::new(
         st.id.clone(),
         dir.display().to_string(),
         components,
         dir.join("target.toml").display().to_string(),
     ))
+}
+
+fn hapi_components(
+    st: &State,
+    replicas: &[String],
+    healthy: usize,
+    version: Option<String>,
+) -> [Component; 2] {
+    [
+        Component {
+            name: "hapi",
+            up: healthy >= st.replicas as usize,
+            detail: format!("{healthy}/{} healthy: {}", st.replicas, replicas.join(", ")),
+        },
+        Component {
+            name: "fhir",
+            up: version.is_some(),
+            detail: format!(
+                "{} software.version {}",
+                st.base_url(),
+                version.as_deref().unwrap_or("unreachable")
+            ),
+        },
+    ]
 }

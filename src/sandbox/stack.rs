@@ -30,6 +30,31 @@ pub async fn build_and_start(
     standin: &Path,
     registry_password: &str,
 ) -> anyhow::Result<()> {
+    build_hapi_image(st, registry_password).await?;
+    let engine = engine().await?;
+    let mut labels = BTreeMap::from([(LABEL.to_owned(), st.id.clone())]);
+    labels.extend(st.labels.iter().cloned());
+    let lb = st.dir.join("lb");
+    std::fs::create_dir_all(&lb)?;
+    std::fs::write(lb.join("Dockerfile"), LB_DOCKERFILE)?;
+    std::fs::copy(standin, lb.join("hapi-standin"))?;
+    let req = BuildRequest {
+        context: lb,
+        dockerfile: "Dockerfile".into(),
+        build_args: BTreeMap::new(),
+        labels,
+        tags: vec![st.lb_image.clone()],
+    };
+    engine
+        .build_image(&req, |_| {})
+        .await
+        .context("building the proxy image")?;
+    compose_up(st).await
+}
+
+/// The stand-in HAPI image, built from the files root's overlay with the seed's build args
+/// and pushed to the sandbox registry (as `HAPI_IMAGE` in `.env` names it).
+pub async fn build_hapi_image(st: &State, registry_password: &str) -> anyhow::Result<()> {
     let engine = engine().await?;
     let root = files_root(st);
     let mut git = Command::new(super::deps::bin("git"));
@@ -50,7 +75,7 @@ pub async fn build_and_start(
             ("BUILD_VERSION".to_owned(), "1.0.0".to_owned()),
             ("GIT_COMMIT".to_owned(), commit),
         ]),
-        labels: labels.clone(),
+        labels,
         tags: vec![st.image.clone()],
     };
     engine
@@ -66,25 +91,10 @@ pub async fn build_and_start(
         .push_image(&st.image, Some(&creds), |_| {})
         .await
         .context("pushing to the sandbox registry")?;
-    let lb = st.dir.join("lb");
-    std::fs::create_dir_all(&lb)?;
-    std::fs::write(lb.join("Dockerfile"), LB_DOCKERFILE)?;
-    std::fs::copy(standin, lb.join("hapi-standin"))?;
-    let req = BuildRequest {
-        context: lb,
-        dockerfile: "Dockerfile".into(),
-        build_args: BTreeMap::new(),
-        labels,
-        tags: vec![st.lb_image.clone()],
-    };
-    engine
-        .build_image(&req, |_| {})
-        .await
-        .context("building the proxy image")?;
-    compose_up(st).await
+    Ok(())
 }
 
-fn compose(st: &State, args: &[&str]) -> anyhow::Result<String> {
+pub fn compose(st: &State, args: &[&str]) -> anyhow::Result<String> {
     let mut c = Command::new(super::deps::bin("docker-compose"));
     c.current_dir(files_root(st))
         .args(["-p", &st.project])
@@ -145,9 +155,16 @@ pub async fn metadata_version(base_url: &str) -> Option<String> {
 pub async fn remove(st: &State) -> anyhow::Result<Vec<String>> {
     let mut done = vec![];
     if files_root(st).join("docker-compose.yml").exists() {
-        compose(st, &["down", "--remove-orphans", "--timeout", "5"])?;
+        // -v: the compose stack's named volumes (the databases) go too.
+        let args = ["down", "--remove-orphans", "-v", "--timeout", "5"];
+        if compose(st, &args).is_err() {
+            // The engine can report a network's endpoints a moment after their containers are
+            // gone ("has active endpoints"); `down` is idempotent, so a second one finishes.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            compose(st, &args)?;
+        }
         done.push(format!(
-            "removed the compose project {} (containers, network)",
+            "removed the compose project {} (containers, networks, volumes)",
             st.project
         ));
     }

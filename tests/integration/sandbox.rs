@@ -1,213 +1,13 @@
 //! `ferry sandbox` and the release engineers' procedures on it, for real: PostgreSQL,
 //! pgBouncer, Debian's docker-registry, the Docker engine and docker-compose v1. Each test
 //! starts its own sandbox (labelled `ferry.test=1`) and takes it down again.
+//! `FERRY_TEST_SANDBOX_STACK=compose` runs these same tests on `--stack compose` (nginx,
+//! pgBouncer and PostgreSQL containers); sandbox_compose.rs has that stack's own tests.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use crate::harness::{Leftover, Out, Playbook, Sandbox, assert_no_leftovers, repo, require};
-
-pub struct Sbx {
-    pub sb: Sandbox,
-    pub dir: PathBuf,
-}
-
-fn engine_up() -> bool {
-    Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-impl Sbx {
-    pub fn up(replicas: u32) -> Option<Sbx> {
-        Self::up_in(replicas, "sbx")
-    }
-
-    fn up_private(replicas: u32) -> Option<Sbx> {
-        use std::os::unix::fs::PermissionsExt;
-        Self::up_in_with(replicas, "private/sbx", |sb| {
-            std::fs::create_dir_all(sb.path("private")).unwrap();
-            std::fs::set_permissions(sb.path("private"), std::fs::Permissions::from_mode(0o700))
-                .unwrap();
-        })
-    }
-
-    fn up_in(replicas: u32, rel: &str) -> Option<Sbx> {
-        Self::up_in_with(replicas, rel, |_| {})
-    }
-
-    fn up_in_with(replicas: u32, rel: &str, prepare: impl FnOnce(&Sandbox)) -> Option<Sbx> {
-        if !require("a running Docker engine", engine_up()) {
-            return None;
-        }
-        let sb = Sandbox::new();
-        prepare(&sb);
-        let dir = sb.path(rel);
-        let standin = crate::docker::standin_bin();
-        let out = sb.run(&[
-            "sandbox",
-            "up",
-            "--dir",
-            dir.to_str().unwrap(),
-            "--replicas",
-            &replicas.to_string(),
-            "--standin",
-            standin.to_str().unwrap(),
-            "--label",
-            "ferry.test=1",
-        ]);
-        out.expect(0);
-        Some(Sbx { sb, dir })
-    }
-
-    pub fn target(&self) -> String {
-        self.dir.join("target.toml").display().to_string()
-    }
-
-    pub fn project(&self) -> String {
-        let t = std::fs::read_to_string(self.dir.join("target.toml")).unwrap();
-        t.lines()
-            .find_map(|l| l.strip_prefix("compose_project = "))
-            .unwrap()
-            .trim_matches('"')
-            .to_owned()
-    }
-
-    pub fn compose(&self, args: &[&str]) -> (bool, String) {
-        let o = Command::new("docker-compose")
-            .current_dir(self.dir.join("files"))
-            .args(["-p", &self.project()])
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            o.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-        )
-    }
-
-    pub fn base_url(&self) -> String {
-        let t = std::fs::read_to_string(self.dir.join("target.toml")).unwrap();
-        t.lines()
-            .find_map(|l| l.strip_prefix("base_url = "))
-            .unwrap()
-            .trim_matches('"')
-            .to_owned()
-    }
-
-    pub fn run(&self, args: &[&str]) -> Out {
-        let mut a: Vec<&str> = args.to_vec();
-        let t = self.target();
-        a.extend_from_slice(&["--target", &t]);
-        self.sb.run(&a)
-    }
-
-    /// (container name, image id, container id) of each hapi replica.
-    pub fn replicas(&self) -> Vec<(String, String, String)> {
-        let o = Command::new("docker")
-            .args([
-                "ps",
-                "--filter",
-                &format!("label=com.docker.compose.project={}", self.project()),
-                "--filter",
-                "label=com.docker.compose.service=hapi",
-            ])
-            .args(["--format", "{{.Names}} {{.ID}}"])
-            .output()
-            .unwrap();
-        let mut v: Vec<(String, String, String)> = String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .map(|l| {
-                let (name, id) = l.split_once(' ').unwrap();
-                let img = Command::new("docker")
-                    .args(["inspect", "--format", "{{.Image}}", id])
-                    .output()
-                    .unwrap();
-                (
-                    name.to_owned(),
-                    String::from_utf8_lossy(&img.stdout).trim().to_owned(),
-                    id.to_owned(),
-                )
-            })
-            .collect();
-        v.sort();
-        v
-    }
-
-    fn version(&self) -> String {
-        metadata(&self.base_url())
-    }
-
-    pub fn state(&self) -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(self.dir.join("sandbox.json")).unwrap()).unwrap()
-    }
-
-    /// Everything this sandbox made, scoped to its id and compose project: containers,
-    /// networks and images (those the test built `FROM` its image inherit its label too),
-    /// PostgreSQL, pgBouncer and the registry, its dirs, and the test's own temp dir.
-    fn leftovers(&self) -> Vec<Leftover> {
-        let st = self.state();
-        let svc = st["service_dir"]
-            .as_str()
-            .map_or_else(|| self.dir.clone(), PathBuf::from);
-        let postmaster: u32 = std::fs::read_to_string(svc.join("pg/data/postmaster.pid"))
-            .ok()
-            .and_then(|s| s.lines().next()?.trim().parse().ok())
-            .expect("the sandbox's postmaster pid");
-        let mut v = vec![
-            Leftover::Docker(format!("ferry.sandbox={}", st["id"].as_str().unwrap())),
-            Leftover::Docker(format!(
-                "com.docker.compose.project={}",
-                st["project"].as_str().unwrap()
-            )),
-            Leftover::process(postmaster),
-            Leftover::Path(self.dir.clone()),
-            Leftover::Path(svc),
-        ];
-        for k in ["bouncer_pid", "registry_pid"] {
-            v.push(Leftover::process(st[k].as_u64().unwrap() as u32));
-        }
-        v.extend(self.sb.leftovers());
-        v
-    }
-
-    /// Ends the test: `sandbox down` (on drop) must leave nothing of it.
-    pub fn finish(self) {
-        let made = self.leftovers();
-        drop(self);
-        assert_no_leftovers(&made);
-    }
-}
-
-impl Drop for Sbx {
-    fn drop(&mut self) {
-        let out = self
-            .sb
-            .run(&["sandbox", "down", "--dir", self.dir.to_str().unwrap()]);
-        if out.code != Some(0) {
-            eprintln!("sandbox down failed: {}", out.stderr);
-        }
-    }
-}
-
-fn metadata(base: &str) -> String {
-    let o = Command::new("curl")
-        .args([
-            "-sf",
-            "-H",
-            "Accept: application/fhir+json",
-            &format!("{base}/metadata"),
-        ])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-    v["software"]["version"].as_str().unwrap_or("").to_owned()
-}
+use crate::harness::{Playbook, repo};
+pub use crate::sandbox_harness::Sbx;
 
 fn ig(name: &str) -> String {
     repo().join("fixtures/ig").join(name).display().to_string()
@@ -243,12 +43,14 @@ fn sandbox_up_twice_status_then_down_leaves_nothing_behind() {
         "replicas=1",
     ]);
     out.expect(0);
-    let service_dir = std::path::PathBuf::from(
-        state["service_dir"]
-            .as_str()
-            .expect("a service dir outside the private one"),
-    );
-    assert!(service_dir.join("pg/data").is_dir());
+    if s.stack == "host" {
+        let service_dir = std::path::PathBuf::from(
+            state["service_dir"]
+                .as_str()
+                .expect("a service dir outside the private one"),
+        );
+        assert!(service_dir.join("pg/data").is_dir());
+    }
     s.finish();
 }
 
@@ -284,14 +86,23 @@ fn ig_upgrade_end_to_end_replica_by_replica() {
         "{env}"
     );
     let (ok, ps) = s.compose(&["ps"]);
-    assert!(ok && ps.matches("Up (healthy)").count() == 3, "{ps}");
+    // The host stack's proxy has no health check; the compose stack's services all do.
+    let healthy_others = if s.stack == "compose" {
+        s.other_services()
+    } else {
+        0
+    };
+    assert!(
+        ok && ps.matches("Up (healthy)").count() == 3 + healthy_others,
+        "{ps}"
+    );
     // compose agrees with what ferry did: nothing to recreate.
     let (ok, up) = s.compose(&["up", "-d", "--scale", "hapi=3"]);
     assert!(ok, "{up}");
     assert_eq!(
         up.matches("is up-to-date").count(),
-        4,
-        "3 hapi + lb up to date:\n{up}"
+        3 + s.other_services(),
+        "3 hapi + the other services up to date:\n{up}"
     );
     assert!(!up.contains("Recreating"), "{up}");
     s.finish();
@@ -648,8 +459,8 @@ fn a_tag_of_the_running_image_is_rolled_out_so_compose_agrees_afterwards() {
     assert!(ok, "{up}");
     assert_eq!(
         up.matches("is up-to-date").count(),
-        4,
-        "3 hapi + lb up to date:\n{up}"
+        3 + s.other_services(),
+        "3 hapi + the other services up to date:\n{up}"
     );
     assert!(!up.contains("Recreating"), "{up}");
     assert_eq!(s.replicas(), after, "no container recreated by `up -d`");
@@ -662,7 +473,11 @@ fn a_tag_of_the_running_image_is_rolled_out_so_compose_agrees_afterwards() {
     let back = s.replicas();
     let (ok, up) = s.compose(&["up", "-d", "--scale", "hapi=3"]);
     assert!(ok && !up.contains("Recreating"), "{up}");
-    assert_eq!(up.matches("is up-to-date").count(), 4, "{up}");
+    assert_eq!(
+        up.matches("is up-to-date").count(),
+        3 + s.other_services(),
+        "{up}"
+    );
     assert_eq!(s.replicas(), back, "no container recreated by `up -d`");
     let _ = Command::new("docker").args(["rmi", &promoted]).output();
     s.finish();

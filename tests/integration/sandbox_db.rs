@@ -1,5 +1,7 @@
-//! The sandbox's HAPI stand-in replicas on the real database path: proxy → replica
-//! (container) → pgBouncer (host, reached at the host's docker0 address) → PostgreSQL.
+//! The sandbox's HAPI stand-in replicas on the real database path: proxy (nginx on the
+//! compose stack) → replica
+//! (container) → pgBouncer (host, reached at the host's docker0 address; on the compose stack
+//! the pgbouncer-fhir service) → PostgreSQL.
 //! Patient create/update/read round-trip through the proxy, the rows land in hfj_resource,
 //! hfj_res_ver and hfj_spidx_*, and each replica draws res_ids in its own block of 50
 //! (Hibernate's pooled optimizer over seq_resource_id). Docker: in the nextest `docker` group.
@@ -10,29 +12,7 @@ use std::process::Command;
 use crate::sandbox::Sbx;
 
 fn psql(s: &Sbx, sql: &str) -> String {
-    let st = s.state();
-    let svc = st["service_dir"]
-        .as_str()
-        .map_or_else(|| s.dir.clone(), std::path::PathBuf::from);
-    let o = Command::new("psql")
-        .args(["-h", svc.join("pg").to_str().unwrap()])
-        .args([
-            "-p",
-            &st["pg_port"].to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "fhirdb",
-        ])
-        .args(["-v", "ON_ERROR_STOP=1", "-XAtq", "-c", sql])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    s.psql(sql)
 }
 
 /// (status, JSON body) of a request with curl (the host only talks to 127.0.0.1 ports).

@@ -56,7 +56,7 @@ impl View for SandboxStatus {
         line!(out, "sandbox {id} in {}", self.dir);
         for c in &self.components {
             let up = if c.up { "up" } else { "DOWN" };
-            line!(out, "  {:<12} {up:<5} {}", c.name, c.detail);
+            line!(out, "  {:<14} {up:<5} {}", c.name, c.detail);
         }
         if let Some(t) = &self.target {
             line!(out, "  target: {t}");

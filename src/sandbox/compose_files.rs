@@ -1,0 +1,180 @@
+//! The compose stack's part of the files root: docker-compose.yml (from
+//! fixtures/sandbox/docker-compose.yml), nginx/, pgbouncer/ and postgres/{fhir,audit}/ with the
+//! configs and entrypoints the containers mount, and each database's init scripts. Secrets go
+//! only into `db.env` (0600, git-ignored), which compose hands to the database containers.
+
+use std::path::Path;
+
+use super::files::Layout;
+
+const COMPOSE: &str = include_str!("../../fixtures/sandbox/docker-compose.yml");
+const NGINX: &str = include_str!("../../fixtures/sandbox/nginx.conf");
+const POSTGRESQL_CONF: &str = include_str!("../../fixtures/sandbox/postgresql.conf");
+const PGBOUNCER_INI: &str = include_str!("../../fixtures/sandbox/pgbouncer.ini");
+const PG_ENTRYPOINT: &str = include_str!("../../fixtures/sandbox/postgres-entrypoint.sh");
+const BOUNCER_ENTRYPOINT: &str = include_str!("../../fixtures/sandbox/pgbouncer-entrypoint.sh");
+const FHIR_ROLES: &str = include_str!("../../fixtures/sandbox/fhir-roles.sql");
+const FHIR_OWNERS: &str = include_str!("../../fixtures/sandbox/fhir-owners.sql");
+const AUDIT_ROLES: &str = include_str!("../../fixtures/sandbox/audit-roles.sql");
+const AUDIT_PASSWORD: &str = include_str!("../../fixtures/sandbox/audit-password.sql");
+
+/// The secrets env file of the database containers.
+pub const DB_ENV: &str = "db.env";
+
+pub struct Ports {
+    pub http: u16,
+    pub pg: u16,
+    pub audit: u16,
+    pub bouncer: u16,
+}
+
+pub struct DbSecrets<'a> {
+    pub superuser: &'a str,
+    pub hapi: &'a str,
+    pub audit: &'a str,
+    pub bouncer_admin: &'a str,
+}
+
+/// A label value as a double-quoted YAML scalar.
+fn yaml_str(v: &str) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+pub fn compose_file(l: &Layout, p: &Ports) -> String {
+    let extra: String = l
+        .labels
+        .iter()
+        .map(|(k, v)| format!("\n  {}: {}", yaml_str(k), yaml_str(v)))
+        .collect();
+    COMPOSE
+        .replace("@ID@", l.sandbox_id)
+        .replace("@LABELS@", &extra)
+        .replace("@HTTP_PORT@", &p.http.to_string())
+        .replace("@PG_PORT@", &p.pg.to_string())
+        .replace("@AUDIT_PORT@", &p.audit.to_string())
+        .replace("@BOUNCER_PORT@", &p.bouncer.to_string())
+}
+
+/// The seed's pool knob and the base image, after the checkout's usual `.env` lines.
+pub fn env_extra(base_image: &str) -> String {
+    format!("SANDBOX_BASE_IMAGE={base_image}\nPGBOUNCER_DEFAULT_POOL_SIZE=20\n")
+}
+
+fn write_mode(path: &Path, body: &str, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(path, body)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// Writes the stack's files under `root` (before the checkout is committed).
+pub fn write(root: &Path, s: &DbSecrets, resources: u64) -> anyhow::Result<()> {
+    write_mode(&root.join("nginx/nginx.conf"), NGINX, 0o644)?;
+    write_mode(&root.join("pgbouncer/pgbouncer.ini"), PGBOUNCER_INI, 0o644)?;
+    write_mode(
+        &root.join("pgbouncer/entrypoint.sh"),
+        BOUNCER_ENTRYPOINT,
+        0o755,
+    )?;
+    write_mode(&root.join("postgres/entrypoint.sh"), PG_ENTRYPOINT, 0o755)?;
+    let fhir = root.join("postgres/fhir");
+    write_mode(&fhir.join("postgresql.conf"), POSTGRESQL_CONF, 0o644)?;
+    let mut init: Vec<(&str, String)> = vec![
+        ("00-postgres-roles.sql", FHIR_ROLES.to_owned()),
+        (
+            "10-fhirdb-hapi-schema.sql",
+            super::pg::HAPI_SCHEMA.to_owned(),
+        ),
+        ("20-fhirdb-owners.sql", FHIR_OWNERS.to_owned()),
+        ("30-fhirdb-datagen.sql", super::pg::HAPI_DATAGEN.to_owned()),
+    ];
+    if resources > 0 {
+        init.push((
+            "40-fhirdb-resources.sql",
+            format!("SELECT ferry_gen.gen_hapi({resources}, 1);\nANALYZE;\n"),
+        ));
+    }
+    for (name, body) in &init {
+        write_mode(&fhir.join("init").join(name), body, 0o644)?;
+    }
+    let audit = root.join("postgres/audit");
+    write_mode(&audit.join("postgresql.conf"), POSTGRESQL_CONF, 0o644)?;
+    for (name, body) in [
+        ("00-postgres-roles.sql", AUDIT_ROLES),
+        ("10-auditdb-schema.sql", super::pg::AUDIT_SCHEMA),
+        ("20-auditdb-password.sql", AUDIT_PASSWORD),
+    ] {
+        write_mode(&audit.join("init").join(name), body, 0o644)?;
+    }
+    write_mode(
+        &root.join(DB_ENV),
+        &format!(
+            "POSTGRES_PASSWORD={}\nFHIR_DB_PASSWORD={}\nAUDIT_DB_PASSWORD={}\nPGBOUNCER_ADMIN_PASSWORD={}\n",
+            s.superuser, s.hapi, s.audit, s.bouncer_admin
+        ),
+        0o600,
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_compose_file_has_the_seeds_services_on_loopback_ports_with_every_label() {
+        let labels = vec![("ferry.test".to_owned(), "1".to_owned())];
+        let l = Layout {
+            project: "p",
+            image: "img",
+            lb_image: "",
+            http_port: 1,
+            sandbox_id: "abc",
+            labels: &labels,
+            bouncer_port: 3,
+            host_address: std::net::Ipv4Addr::LOCALHOST,
+        };
+        let p = Ports {
+            http: 1,
+            pg: 2,
+            audit: 4,
+            bouncer: 3,
+        };
+        let y = compose_file(&l, &p);
+        assert!(!y.contains('@'), "every placeholder filled:\n{y}");
+        for svc in [
+            "nginx",
+            "hapi",
+            "pgbouncer-fhir",
+            "postgres-fhir",
+            "postgres-audit",
+        ] {
+            assert!(y.contains(&format!("\n  {svc}:\n")), "{svc}");
+        }
+        for port in [
+            "127.0.0.1:1:80",
+            "127.0.0.1:2:5432",
+            "127.0.0.1:4:5432",
+            "127.0.0.1:3:6432",
+        ] {
+            assert!(y.contains(port), "{port}");
+        }
+        assert!(
+            y.contains("ferry.sandbox: \"abc\"\n  \"ferry.test\": \"1\"\n"),
+            "{y}"
+        );
+        assert_eq!(
+            y.matches("labels: *labels").count(),
+            10,
+            "5 services, 3 networks, 2 volumes"
+        );
+        assert_eq!(
+            y.matches("healthcheck:").count(),
+            4,
+            "hapi's is the image's"
+        );
+    }
+}
