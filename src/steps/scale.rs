@@ -84,7 +84,7 @@ impl Scale {
 
     /// Up from 0: compose creates the replicas from the files and the env file as they are
     /// now (no container to clone), then each must pass the health gate.
-    async fn from_zero(
+    async fn compose_up(
         &self,
         e: &Docker,
         cx: &StepCx,
@@ -132,7 +132,7 @@ impl Scale {
             stop_timeout: 10,
         };
         if want > 0 && running_replicas(e, &project, &service).await?.is_empty() {
-            self.from_zero(e, cx, want, &g).await?;
+            self.compose_up(e, cx, want, &g).await?;
         }
         loop {
             let now = running_replicas(e, &project, &service).await?;
