@@ -8,7 +8,7 @@ use std::process::Command;
 use crate::harness::{Leftover, Out, Playbook, Sandbox, assert_no_leftovers, repo, require};
 
 pub struct Sbx {
-    sb: Sandbox,
+    pub sb: Sandbox,
     pub dir: PathBuf,
 }
 
@@ -38,6 +38,25 @@ impl Sbx {
     }
 
     fn up_in_with(replicas: u32, rel: &str, prepare: impl FnOnce(&Sandbox)) -> Option<Sbx> {
+        Self::start(replicas, rel, prepare, &[])
+    }
+
+    /// A sandbox whose fhirdb holds `resources` generated resources (`--resources`).
+    pub fn up_seeded(replicas: u32, resources: u32) -> Option<Sbx> {
+        Self::start(
+            replicas,
+            "sbx",
+            |_| {},
+            &["--resources", &resources.to_string()],
+        )
+    }
+
+    fn start(
+        replicas: u32,
+        rel: &str,
+        prepare: impl FnOnce(&Sandbox),
+        extra: &[&str],
+    ) -> Option<Sbx> {
         if !require("a running Docker engine", engine_up()) {
             return None;
         }
@@ -45,18 +64,23 @@ impl Sbx {
         prepare(&sb);
         let dir = sb.path(rel);
         let standin = crate::docker::standin_bin();
-        let out = sb.run(&[
+        let n = replicas.to_string();
+        let mut args = vec![
             "sandbox",
             "up",
             "--dir",
             dir.to_str().unwrap(),
             "--replicas",
-            &replicas.to_string(),
+            &n,
+        ];
+        args.extend([
             "--standin",
             standin.to_str().unwrap(),
             "--label",
             "ferry.test=1",
         ]);
+        args.extend_from_slice(extra);
+        let out = sb.run(&args);
         out.expect(0);
         Some(Sbx { sb, dir })
     }
@@ -100,7 +124,8 @@ impl Sbx {
             .to_owned()
     }
 
-    fn run(&self, args: &[&str]) -> Out {
+    /// ferry with `--target` this sandbox's target.
+    pub fn run(&self, args: &[&str]) -> Out {
         let mut a: Vec<&str> = args.to_vec();
         let t = self.target();
         a.extend_from_slice(&["--target", &t]);
