@@ -106,6 +106,15 @@ impl CheckpointStore for JournalStore {
         )
     }
 
+    fn replicas(&self, step: &str, service: &str, running: u32) -> anyhow::Result<()> {
+        let rec = Record::Replicas {
+            step: step.into(),
+            service: service.into(),
+            running,
+        };
+        self.write(&rec, true)
+    }
+
     fn child_exited(&self, step: &str, pid: u32) -> anyhow::Result<()> {
         self.write(
             &Record::ChildExited {

@@ -20,6 +20,10 @@ pub trait CheckpointStore: Send + Sync {
     /// A child process group was started (so a resume can find leftovers).
     fn child_started(&self, step: &str, pid: u32, start_ticks: u64) -> anyhow::Result<()>;
     fn child_exited(&self, step: &str, pid: u32) -> anyhow::Result<()>;
+    /// A step changed how many replicas of `service` run (journal `replicas` record).
+    fn replicas(&self, _step: &str, _service: &str, _running: u32) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 pub use crate::report::prompt::Prompter;
@@ -217,6 +221,12 @@ impl StepCx {
             total,
             unit,
         });
+    }
+
+    /// Journals that `service` now runs `running` replicas (0 opens a downtime in the
+    /// change record, more closes it); durable, like a checkpoint.
+    pub fn replicas(&self, service: &str, running: u32) -> anyhow::Result<()> {
+        self.store.replicas(&self.step_id, service, running)
     }
 
     pub fn log(&self, level: Level, message: impl Into<String>) {

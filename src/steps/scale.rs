@@ -2,6 +2,10 @@
 //! the next container numbers (named as compose names them, every compose label kept) and
 //! wait for each to turn healthy; down: stop and remove the highest-numbered ones. Rollback
 //! restores the recorded count the same way. Put a `pool_capacity` check before it.
+//! To 0 (a maintenance window): the count it had is kept in the run's directory, and a later
+//! `replicas = "recorded"` brings it back. Up from 0 there is no replica to clone: compose
+//! creates them (`docker-compose up --no-deps --scale`), so they take the env file's
+//! *current* values. Going to 0 and back is journaled (`replicas`, the downtime's marks).
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
@@ -20,8 +24,9 @@ pub const KEYS: &[&str] = &["service", "replicas", "health_timeout"];
 #[serde(deny_unknown_fields)]
 pub struct Scale {
     pub service: Option<String>,
-    /// A number (or a `{{ var }}` that renders as one): see `replicas::count`.
-    #[serde(deserialize_with = "count::replicas")]
+    /// A number (or a `{{ var }}` that renders as one): see `replicas::count`; or
+    /// `"recorded"` (held as `Count::Current`): the count before this run scaled it to 0.
+    #[serde(deserialize_with = "replicas_or_recorded")]
     pub replicas: Count,
     #[serde(default = "two_minutes")]
     pub health_timeout: Duration,
@@ -29,6 +34,19 @@ pub struct Scale {
 
 fn two_minutes() -> Duration {
     Duration::new(std::time::Duration::from_secs(120), "2m")
+}
+
+fn replicas_or_recorded<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Count, D::Error> {
+    let v = toml::Value::deserialize(d)?;
+    Ok(match v.as_str() {
+        Some("recorded") => Count::Current,
+        _ => count::replicas(v).map_err(serde::de::Error::custom)?,
+    })
+}
+
+/// Where a scale to 0 keeps the count it had, for `replicas = "recorded"`.
+fn recorded_path(cx: &StepCx, service: &str) -> std::path::PathBuf {
+    cx.run_dir().join(format!("replicas-before-0-{service}"))
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -53,10 +71,61 @@ fn name_for(sibling: &Replica, number: u32) -> String {
 
 impl Scale {
     /// The count to reach, at run time.
-    fn want(&self) -> anyhow::Result<u32> {
-        self.replicas
-            .fixed()?
-            .context("`replicas` must be a number")
+    fn want(&self, cx: &StepCx) -> anyhow::Result<u32> {
+        if let Some(n) = self.replicas.fixed()? {
+            return Ok(n);
+        }
+        let (_, service) = project_service(cx, self.service.as_deref())?;
+        let p = recorded_path(cx, &service);
+        let text = std::fs::read_to_string(&p).with_context(|| {
+            format!(
+                "`replicas = \"recorded\"`: no count recorded for `{service}` in this run \
+                 ({}); scale it to 0 in an earlier step of the same run",
+                p.display()
+            )
+        })?;
+        text.trim()
+            .parse()
+            .with_context(|| format!("{}: not a replica count", p.display()))
+    }
+
+    /// Up from 0: compose creates the replicas from the files and the env file as they are
+    /// now (no container to clone), then each must pass the health gate.
+    async fn compose_up(
+        &self,
+        e: &Docker,
+        cx: &StepCx,
+        want: u32,
+        g: &Gate<'_>,
+    ) -> anyhow::Result<()> {
+        let (project, service) = project_service(cx, self.service.as_deref())?;
+        let dir = cx
+            .target()?
+            .files_root()
+            .context("scaling up from 0 needs the target's [files] root (the compose directory)")?;
+        cx.log(
+            Level::Info,
+            format!("docker-compose up {service} with {want} replicas"),
+        );
+        let scale = format!("{service}={want}");
+        let out = tokio::process::Command::new("docker-compose")
+            .current_dir(&dir)
+            .args(["-p", &project, "up", "-d", "--no-deps", "--no-recreate"])
+            .args(["--scale", &scale, &service])
+            .output()
+            .await
+            .with_context(|| format!("running docker-compose in {}", dir.display()))?;
+        if !out.status.success() {
+            bail!(
+                "`docker-compose -p {project} up --scale {scale}` in {} failed: {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        for r in running_replicas(e, &project, &service).await? {
+            gate(e, cx, &r.name, g).await?;
+        }
+        Ok(())
     }
 
     /// Brings the service to `want` running replicas; safe to re-enter.
@@ -94,6 +163,9 @@ impl Scale {
             }
             cp.removing = None;
             cx.save_checkpoint(cp)?;
+        }
+        if want > 0 && running_replicas(e, &project, &service).await?.is_empty() {
+            self.compose_up(e, cx, want, &g).await?;
         }
         loop {
             let now = running_replicas(e, &project, &service).await?;
@@ -161,25 +233,31 @@ impl Scale {
     }
 }
 
+impl Scale {
+    /// A change to or from 0 running is journaled: `ferry report` marks the downtime.
+    fn journal_downtime(&self, cx: &StepCx, from: u32, to: u32) -> anyhow::Result<()> {
+        if (from == 0) != (to == 0) {
+            let (_, service) = project_service(cx, self.service.as_deref())?;
+            cx.replicas(&service, to)?;
+        }
+        Ok(())
+    }
+}
+
 impl Step for Scale {
     fn validate(&self) -> Vec<(Option<&'static str>, String)> {
         let mut out = vec![];
         if let Some(e) = self.replicas.error() {
             out.push((Some("replicas"), e));
-        } else if self.replicas == Count::Fixed(0) {
-            out.push((
-                Some("replicas"),
-                "`replicas` must be at least 1 (stopping a service is not scaling)".into(),
-            ));
         }
         out
     }
     fn describe(&self) -> String {
-        format!(
-            "scale {} to {} replicas",
-            self.service.as_deref().unwrap_or("the service"),
-            self.replicas
-        )
+        let svc = self.service.as_deref().unwrap_or("the service");
+        match self.replicas {
+            Count::Current => format!("scale {svc} back to its recorded replica count"),
+            ref n => format!("scale {svc} to {n} replicas"),
+        }
     }
 
     fn reversibility(&self) -> Reversibility {
@@ -203,7 +281,14 @@ impl Step for Scale {
             }
             None => running_replicas(&e, &project, &service).await,
         };
+        let up_from_zero = self.replicas != Count::Fixed(0);
         Ok(vec![match now {
+            Ok(r) if r.is_empty() && up_from_zero && cx.target()?.files_root().is_some() => {
+                Check::pass(
+                    "service",
+                    format!("{project}/{service}: 0 running, docker-compose creates them"),
+                )
+            }
             Ok(r) if r.is_empty() => Check::fail(
                 "service",
                 format!("no running replica of `{service}` in `{project}` to scale from"),
@@ -228,7 +313,7 @@ impl Step for Scale {
         Ok(running_replicas(&cx.docker().await?, &project, &service)
             .await?
             .len() as u32
-            == self.want()?)
+            == self.want(cx)?)
     }
 
     async fn apply(&self, cx: &StepCx) -> anyhow::Result<()> {
@@ -238,8 +323,9 @@ impl Step for Scale {
             None => {
                 let (project, service) = project_service(cx, self.service.as_deref())?;
                 let previous = running_replicas(&e, &project, &service).await?.len() as u32;
-                if previous == 0 {
-                    bail!("service `{service}` has no running replica");
+                if self.replicas == Count::Fixed(0) && previous > 0 {
+                    std::fs::write(recorded_path(cx, &service), previous.to_string())
+                        .context("keeping the replica count in the run's directory")?;
                 }
                 let cp = Scaled {
                     previous,
@@ -249,7 +335,9 @@ impl Step for Scale {
                 cp
             }
         };
-        self.converge(&e, cx, &mut cp, self.want()?).await
+        let want = self.want(cx)?;
+        self.converge(&e, cx, &mut cp, want).await?;
+        self.journal_downtime(cx, cp.previous, want)
     }
 
     async fn rollback(&self, cx: &StepCx) -> anyhow::Result<()> {
@@ -257,7 +345,12 @@ impl Step for Scale {
             return Ok(());
         };
         let previous = s.previous;
-        self.converge(&cx.docker().await?, cx, &mut s, previous)
-            .await
+        let e = cx.docker().await?;
+        let now = {
+            let (project, service) = project_service(cx, self.service.as_deref())?;
+            running_replicas(&e, &project, &service).await?.len() as u32
+        };
+        self.converge(&e, cx, &mut s, previous).await?;
+        self.journal_downtime(cx, now, previous)
     }
 }

@@ -11,12 +11,12 @@ use std::process::Command;
 
 use crate::sandbox::Sbx;
 
-fn psql(s: &Sbx, sql: &str) -> String {
+pub fn psql(s: &Sbx, sql: &str) -> String {
     s.psql(sql)
 }
 
 /// (status, JSON body) of a request with curl (the host only talks to 127.0.0.1 ports).
-fn fhir(url: &str, method: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+pub fn fhir(url: &str, method: &str, body: Option<&str>) -> (u16, serde_json::Value) {
     let mut c = Command::new("curl");
     c.args(["-s", "-m", "15", "-X", method, "-w", "\n%{http_code}"])
         .args(["-H", "Content-Type: application/fhir+json"]);
@@ -32,7 +32,7 @@ fn fhir(url: &str, method: &str, body: Option<&str>) -> (u16, serde_json::Value)
     )
 }
 
-fn patient(family: &str) -> String {
+pub fn patient(family: &str) -> String {
     format!(
         r#"{{"resourceType":"Patient","name":[{{"family":"{family}","given":["Test"]}}],"gender":"female","birthDate":"1991-04-05","identifier":[{{"system":"http://dghs.gov.bd/identifier/nid","value":"{family}-1"}}]}}"#
     )

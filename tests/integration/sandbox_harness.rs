@@ -55,11 +55,32 @@ impl Sbx {
         Self::up_stack(replicas, rel, default_stack(), prepare)
     }
 
+    /// A sandbox whose fhirdb holds `resources` generated resources (`--resources`).
+    pub fn up_seeded(replicas: u32, resources: u32) -> Option<Sbx> {
+        Self::start(
+            replicas,
+            "sbx",
+            default_stack(),
+            |_| {},
+            &["--resources", &resources.to_string()],
+        )
+    }
+
     pub fn up_stack(
         replicas: u32,
         rel: &str,
         stack: &'static str,
         prepare: impl FnOnce(&Sandbox),
+    ) -> Option<Sbx> {
+        Self::start(replicas, rel, stack, prepare, &[])
+    }
+
+    fn start(
+        replicas: u32,
+        rel: &str,
+        stack: &'static str,
+        prepare: impl FnOnce(&Sandbox),
+        extra: &[&str],
     ) -> Option<Sbx> {
         if !require("a running Docker engine", engine_up()) {
             return None;
@@ -68,20 +89,23 @@ impl Sbx {
         prepare(&sb);
         let dir = sb.path(rel);
         let standin = crate::docker::standin_bin();
-        let out = sb.run(&[
+        let n = replicas.to_string();
+        let mut args = vec![
             "sandbox",
             "up",
             "--dir",
             dir.to_str().unwrap(),
             "--replicas",
-            &replicas.to_string(),
+            &n,
             "--standin",
             standin.to_str().unwrap(),
             "--label",
             "ferry.test=1",
             "--stack",
             stack,
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let out = sb.run(&args);
         out.expect(0);
         Some(Sbx { sb, dir, stack })
     }
