@@ -346,9 +346,12 @@ impl Step for Scale {
         };
         let previous = s.previous;
         let e = cx.docker().await?;
+        // Counted without `running_replicas`' refusal: a replica a killed run left created
+        // (not started) is `converge`'s to settle, not a reason to stop here.
         let now = {
             let (project, service) = project_service(cx, self.service.as_deref())?;
-            running_replicas(&e, &project, &service).await?.len() as u32
+            let all = e.replicas(&project, &service).await?;
+            all.iter().filter(|r| r.state == "running").count() as u32
         };
         self.converge(&e, cx, &mut s, previous).await?;
         self.journal_downtime(cx, now, previous)
