@@ -210,6 +210,7 @@ pub async fn settle(
     // A replica ferry left out of the rotation (it died while one was draining, or before a
     // started-again original rejoined) serves again.
     for r in super::all_replicas(engine, project, service).await? {
+        traffic::reattach(engine, &r.name, &sibling_networks(engine, &r.name).await?).await?;
         traffic::ensure_joined(engine, &r.name).await?;
     }
     Ok(())
@@ -255,6 +256,32 @@ fn on_reentry(every: &[Replica], in_flight: Option<u32>) -> (Vec<Replica>, Vec<R
     (all, settled)
 }
 
+fn networks_of(c: Option<&ContainerInfo>) -> Vec<String> {
+    c.map(|c| c.networks.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// The networks of another container of `name`'s compose service (what `name` belongs on).
+async fn sibling_networks(engine: &Docker, name: &str) -> anyhow::Result<Vec<String>> {
+    let Some(me) = engine.inspect_container(name).await? else {
+        return Ok(vec![]);
+    };
+    let label = |k: &str| me.config.labels.as_ref().and_then(|l| l.get(k)).cloned();
+    let (Some(project), Some(service)) = (
+        label("com.docker.compose.project"),
+        label("com.docker.compose.service"),
+    ) else {
+        return Ok(vec![]);
+    };
+    for r in engine.replicas(&project, &service).await? {
+        if r.name != name {
+            let other = engine.inspect_container(&r.name).await?;
+            return Ok(networks_of(other.as_ref()));
+        }
+    }
+    Ok(vec![])
+}
+
 async fn act(
     engine: &Docker,
     cx: &StepCx,
@@ -274,13 +301,16 @@ async fn act(
             bail!("replica {base} is gone and has no clone: restore it, then resume")
         }
         Action::StartOriginal => {
+            traffic::reattach(engine, base, &sibling_networks(engine, base).await?).await?;
             engine.start_container(base).await?;
             gate(engine, cx, base, &health).await
         }
         // (Every replica is put back into the aliases by `settle` once all are decided.)
         Action::Discard { start_original } => {
+            let nets = networks_of(engine.inspect_container(&tmp).await?.as_ref());
             engine.remove_container(&tmp).await?;
             if start_original {
+                traffic::reattach(engine, base, &nets).await?;
                 engine.start_container(base).await?;
                 gate(engine, cx, base, &health).await?;
             }

@@ -183,3 +183,30 @@ pub async fn ensure_joined(engine: &Docker, name: &str) -> anyhow::Result<bool> 
     }
     Ok(changed)
 }
+
+/// Connects `name` (with its service's alias) to each of `nets` it is not on. A kill between
+/// [`leave`]'s disconnect and its connect leaves a replica on no network at all; started so,
+/// it cannot reach its database and never turns healthy. `nets` are those of a container of
+/// the same service (its clone, or a sibling).
+pub async fn reattach(engine: &Docker, name: &str, nets: &[String]) -> anyhow::Result<()> {
+    let Some(info) = engine.inspect_container(name).await? else {
+        return Ok(());
+    };
+    let service = info
+        .config
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("com.docker.compose.service"))
+        .cloned();
+    for net in nets.iter().filter(|n| !info.networks.contains_key(*n)) {
+        let ep = EndpointSettings {
+            aliases: service.clone().map(|s| vec![s]),
+            ..Default::default()
+        };
+        engine
+            .connect_network(net, name, ep)
+            .await
+            .with_context(|| format!("reconnecting {name} to {net}"))?;
+    }
+    Ok(())
+}
