@@ -132,7 +132,7 @@ fn a_target_naming_nothing_skips_every_component_and_is_green() {
 #[test]
 fn sandbox_doctor_green_then_each_component_broken_in_turn() {
     let Some(s) = Sbx::up(2) else { return };
-    let target = s.target();
+    let target = s.target_file();
     let st = s.state();
 
     // Green, in both forms.

@@ -120,18 +120,10 @@ impl Sbx {
         let st = self.state();
         let mut c = Command::new("psql");
         if self.stack == "compose" {
-            let secrets = std::fs::read_to_string(self.dir.join("secrets.env")).unwrap();
-            let pw = secrets
-                .lines()
-                .find_map(|l| l.strip_prefix("SANDBOX_PG_SUPERUSER_PASSWORD="))
-                .unwrap()
-                .to_owned();
-            c.env("PGPASSWORD", pw).args(["-h", "127.0.0.1"]);
+            c.env("PGPASSWORD", self.secret("SANDBOX_PG_SUPERUSER_PASSWORD"))
+                .args(["-h", "127.0.0.1"]);
         } else {
-            let svc = st["service_dir"]
-                .as_str()
-                .map_or_else(|| self.dir.clone(), PathBuf::from);
-            c.args(["-h", svc.join("pg").to_str().unwrap()]);
+            c.args(["-h", self.service_dir().join("pg").to_str().unwrap()]);
         }
         let o = c
             .args([
@@ -239,43 +231,52 @@ impl Sbx {
         serde_json::from_slice(&std::fs::read(self.dir.join("sandbox.json")).unwrap()).unwrap()
     }
 
+    /// Value `key` of the sandbox's `secrets.env`.
+    pub fn secret(&self, key: &str) -> String {
+        std::fs::read_to_string(self.dir.join("secrets.env"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_owned))
+            .unwrap()
+    }
+
+    /// Where the host stack's services (PostgreSQL, pgBouncer) keep their files.
+    pub fn service_dir(&self) -> PathBuf {
+        self.state()["service_dir"]
+            .as_str()
+            .map_or_else(|| self.dir.clone(), PathBuf::from)
+    }
+
+    /// The host stack's postmaster.
+    pub fn postmaster(&self) -> u32 {
+        std::fs::read_to_string(self.service_dir().join("pg/data/postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next()?.trim().parse().ok())
+            .expect("the sandbox's postmaster pid")
+    }
+
     /// Everything this sandbox made, scoped to its id and compose project: containers,
     /// networks and images (those the test built `FROM` its image inherit its label too),
     /// PostgreSQL, pgBouncer and the registry, its dirs, and the test's own temp dir.
     pub fn leftovers(&self) -> Vec<Leftover> {
         let st = self.state();
-        if self.stack == "compose" {
-            let mut v = vec![
-                Leftover::Docker(format!("ferry.sandbox={}", st["id"].as_str().unwrap())),
-                Leftover::Docker(format!(
-                    "com.docker.compose.project={}",
-                    st["project"].as_str().unwrap()
-                )),
-                Leftover::process(st["registry_pid"].as_u64().unwrap() as u32),
-                Leftover::Path(self.dir.clone()),
-            ];
-            v.extend(self.sb.leftovers());
-            return v;
-        }
-        let svc = st["service_dir"]
-            .as_str()
-            .map_or_else(|| self.dir.clone(), PathBuf::from);
-        let postmaster: u32 = std::fs::read_to_string(svc.join("pg/data/postmaster.pid"))
-            .ok()
-            .and_then(|s| s.lines().next()?.trim().parse().ok())
-            .expect("the sandbox's postmaster pid");
+        let pid = |k: &str| Leftover::process(st[k].as_u64().unwrap() as u32);
         let mut v = vec![
             Leftover::Docker(format!("ferry.sandbox={}", st["id"].as_str().unwrap())),
             Leftover::Docker(format!(
                 "com.docker.compose.project={}",
                 st["project"].as_str().unwrap()
             )),
-            Leftover::process(postmaster),
+            pid("registry_pid"),
             Leftover::Path(self.dir.clone()),
-            Leftover::Path(svc),
         ];
-        for k in ["bouncer_pid", "registry_pid"] {
-            v.push(Leftover::process(st[k].as_u64().unwrap() as u32));
+        // On the compose stack PostgreSQL and pgBouncer are containers of the project.
+        if self.stack == "host" {
+            v.extend([
+                Leftover::process(self.postmaster()),
+                pid("bouncer_pid"),
+                Leftover::Path(self.service_dir()),
+            ]);
         }
         v.extend(self.sb.leftovers());
         v

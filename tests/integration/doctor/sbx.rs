@@ -1,68 +1,44 @@
-//! A sandbox for the doctor and CI-recipe tests: `ferry sandbox up` (labelled
-//! `ferry.test=1`), the handles those tests break it through (its state, its secrets, its
-//! superuser, variants of its target), and `sandbox down` on drop, leaving nothing.
+//! The sandbox of the doctor and CI-recipe tests: the shared [`sandbox_harness::Sbx`] on
+//! the host stack (these tests stop its postmaster and revoke grants through its
+//! superuser), plus the handles they break it through: variants of its target, SQL as the
+//! superuser, a replica's name, and `ferry doctor` itself. Leftovers, `finish` and
+//! `sandbox down` on drop are the shared fixture's.
+//!
+//! [`sandbox_harness::Sbx`]: crate::sandbox_harness::Sbx
 
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::harness::{Leftover, Out, Sandbox, assert_no_leftovers, require};
+use crate::harness::Out;
+use crate::sandbox_harness;
 
-pub struct Sbx {
-    pub sb: Sandbox,
-    pub dir: PathBuf,
-}
+pub struct Sbx(sandbox_harness::Sbx);
 
-fn engine_up() -> bool {
-    Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .output()
-        .is_ok_and(|o| o.status.success())
+impl Deref for Sbx {
+    type Target = sandbox_harness::Sbx;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Sbx {
+    /// Always the host stack, whatever FERRY_TEST_SANDBOX_STACK says: the tests break its
+    /// host processes.
     pub fn up(replicas: u32) -> Option<Sbx> {
-        if !require("a running Docker engine", engine_up()) {
-            return None;
-        }
-        let sb = Sandbox::new();
-        let dir = sb.path("sbx");
-        let standin = crate::docker::standin_bin();
-        sb.run(&[
-            "sandbox",
-            "up",
-            "--dir",
-            dir.to_str().unwrap(),
-            "--replicas",
-            &replicas.to_string(),
-            "--standin",
-            standin.to_str().unwrap(),
-            "--label",
-            "ferry.test=1",
-        ])
-        .expect(0);
-        Some(Sbx { sb, dir })
+        sandbox_harness::Sbx::up_stack(replicas, "sbx", "host", |_| {}).map(Sbx)
     }
 
-    pub fn target(&self) -> PathBuf {
+    /// The target file, as a path.
+    pub fn target_file(&self) -> PathBuf {
         self.dir.join("target.toml")
-    }
-
-    pub fn state(&self) -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(self.dir.join("sandbox.json")).unwrap()).unwrap()
-    }
-
-    pub fn secret(&self, key: &str) -> String {
-        std::fs::read_to_string(self.dir.join("secrets.env"))
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_owned))
-            .unwrap()
     }
 
     /// A copy of the target beside it (so its relative paths still resolve), with `from`
     /// replaced by `to`.
     pub fn variant(&self, name: &str, from: &str, to: &str) -> PathBuf {
-        let t = std::fs::read_to_string(self.target()).unwrap();
+        let t = std::fs::read_to_string(self.target_file()).unwrap();
         assert!(t.contains(from), "{from:?} not in the target:\n{t}");
         let p = self.dir.join(format!("{name}.toml"));
         std::fs::write(&p, t.replacen(from, to, 1)).unwrap();
@@ -113,55 +89,8 @@ impl Sbx {
         (out, v)
     }
 
-    pub fn services(&self) -> PathBuf {
-        self.state()["service_dir"]
-            .as_str()
-            .map_or_else(|| self.dir.clone(), PathBuf::from)
-    }
-
-    pub fn postmaster(&self) -> u32 {
-        std::fs::read_to_string(self.services().join("pg/data/postmaster.pid"))
-            .ok()
-            .and_then(|s| s.lines().next()?.trim().parse().ok())
-            .expect("the sandbox's postmaster pid")
-    }
-
-    pub fn leftovers(&self) -> Vec<Leftover> {
-        let st = self.state();
-        let svc = self.services();
-        let postmaster = self.postmaster();
-        let mut v = vec![
-            Leftover::Docker(format!("ferry.sandbox={}", st["id"].as_str().unwrap())),
-            Leftover::Docker(format!(
-                "com.docker.compose.project={}",
-                st["project"].as_str().unwrap()
-            )),
-            Leftover::process(postmaster),
-            Leftover::Path(self.dir.clone()),
-            Leftover::Path(svc),
-        ];
-        for k in ["bouncer_pid", "registry_pid"] {
-            v.push(Leftover::process(st[k].as_u64().unwrap() as u32));
-        }
-        v.extend(self.sb.leftovers());
-        v
-    }
-
     /// `sandbox down` (on drop) must leave nothing of it.
     pub fn finish(self) {
-        let made = self.leftovers();
-        drop(self);
-        assert_no_leftovers(&made);
-    }
-}
-
-impl Drop for Sbx {
-    fn drop(&mut self) {
-        let out = self
-            .sb
-            .run(&["sandbox", "down", "--dir", self.dir.to_str().unwrap()]);
-        if out.code != Some(0) {
-            eprintln!("sandbox down failed: {}", out.stderr);
-        }
+        self.0.finish();
     }
 }
