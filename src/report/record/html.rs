@@ -5,8 +5,9 @@
 
 use std::fmt::Write as _;
 
-use super::{LEGEND, checks_line, colour, fmt_ms, state_class, svg, undos_of};
-use crate::report::views::record::{ChangeRecord, SpanEnd, SpanKind, StepRecord};
+use super::rows::{self, Value};
+use super::{LEGEND, colour, state_class, svg};
+use crate::report::views::record::{ChangeRecord, StepRecord};
 
 /// Escapes text for an HTML element or a quoted attribute (and for SVG, which is XML).
 pub fn esc(s: &str) -> String {
@@ -116,64 +117,18 @@ fn row(s: &mut String, k: &str, v: &str) {
 
 fn summary(s: &mut String, r: &ChangeRecord) {
     s.push_str("<h2>Summary</h2>\n<table class=\"kv\">\n");
-    row(s, "outcome", &esc(&r.outcome));
-    let exit = r.exit_code.map_or("unknown".into(), |c| c.to_string());
-    row(s, "exit code", &esc(&exit));
-    let who = format!(
-        "{} on {} (pid {})",
-        r.user.as_deref().unwrap_or("?"),
-        r.host,
-        r.pid
-    );
-    row(s, "run by", &esc(&who));
-    let when = format!(
-        "{} → {}",
-        r.started_at.as_deref().unwrap_or("?"),
-        r.ended_at.as_deref().unwrap_or("?")
-    );
-    row(s, "when (UTC)", &esc(&when));
-    if let Some(d) = r.duration_ms {
-        row(s, "duration", &fmt_ms(d));
-    }
-    let pb = format!(
-        "<b>{}</b> <code>{}</code><br>sha256 <code>{}</code>",
-        esc(&r.playbook.name),
-        esc(&r.playbook.path),
-        esc(r.playbook.hash.as_deref().unwrap_or("?"))
-    );
-    row(s, "playbook", &pb);
-    let target = match &r.target {
-        Some(t) => format!(
-            "<b>{}</b> <code>{}</code><br>sha256 <code>{}</code>",
-            esc(&t.name),
-            esc(&t.path),
-            esc(t.hash.as_deref().unwrap_or("not recorded"))
-        ),
-        None => "none (local commands only)".into(),
-    };
-    row(s, "target", &target);
-    if let Some(e) = &r.last_error {
-        row(
-            s,
-            "last error",
-            &format!("<span class=\"err\">{}</span>", esc(e)),
-        );
-    }
-    for d in &r.downtime {
-        let dur = d.to_ms.map_or("until the end of the journal".into(), |t| {
-            fmt_ms(t - d.from_ms)
-        });
-        let text = format!(
-            "{} had no running replica for {dur}: stopped by {}, {}",
-            d.service,
-            d.stopped_by,
-            d.started_by
-                .as_ref()
-                .map_or("not started again".into(), |b| format!(
-                    "started again by {b}"
-                ))
-        );
-        row(s, "downtime", &esc(&text));
+    for (k, v) in rows::summary(r) {
+        let v = match v {
+            Value::Text(t) => esc(&t),
+            Value::File { name, path, hash } => format!(
+                "<b>{}</b> <code>{}</code><br>sha256 <code>{}</code>",
+                esc(&name),
+                esc(&path),
+                esc(&hash)
+            ),
+            Value::Error(e) => format!("<span class=\"err\">{}</span>", esc(&e)),
+        };
+        row(s, k, &v);
     }
     s.push_str("</table>\n");
 }
@@ -191,37 +146,23 @@ fn outcome_cell(st: &StepRecord) -> String {
 
 fn steps(s: &mut String, r: &ChangeRecord) {
     s.push_str("<h2>Steps</h2>\n<table id=\"steps\"><tr><th>#</th><th>step</th><th>kind</th><th>outcome</th><th>apply</th><th>undo</th><th>checks</th><th>retries, errors</th></tr>\n");
-    for (i, st) in r.steps.iter().enumerate() {
-        let mut notes: Vec<String> = st
-            .retries
-            .iter()
-            .map(|t| format!("attempt {} failed: {}", t.attempt, t.error))
-            .collect();
-        if let Some(e) = &st.error {
-            notes.push(format!("error: {e}"));
-        }
-        let applies = st
-            .spans
-            .iter()
-            .filter(|s| s.kind == SpanKind::Apply && s.end != SpanEnd::Skipped)
-            .count();
-        let apply = st.apply_text(fmt_ms);
-        let apply = if applies > 1 {
-            format!("{apply} ({applies} spans)")
+    for row in rows::steps(r) {
+        let apply = if row.applies > 1 {
+            format!("{} ({} spans)", row.apply, row.applies)
         } else {
-            apply
+            row.apply
         };
         let _ = writeln!(
             s,
             "<tr><td>{}</td><td><code class=\"id\">{}</code></td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td class=\"err\">{}</td></tr>",
-            i + 1,
-            esc(&st.id),
-            esc(&st.kind),
-            outcome_cell(st),
+            row.n,
+            esc(&row.step.id),
+            esc(&row.step.kind),
+            outcome_cell(row.step),
             esc(&apply),
-            esc(&st.undo_ms().map_or("–".into(), fmt_ms)),
-            esc(&checks_line(&st.checks)),
-            notes
+            esc(&row.undo),
+            esc(&row.checks),
+            row.notes
                 .iter()
                 .map(|n| esc(n))
                 .collect::<Vec<_>>()
@@ -232,49 +173,17 @@ fn steps(s: &mut String, r: &ChangeRecord) {
 }
 
 fn events(s: &mut String, r: &ChangeRecord) {
-    if r.rollbacks.is_empty() && r.sessions.is_empty() && r.interruptions.is_empty() {
+    let events = rows::events(r);
+    if events.is_empty() {
         return;
     }
     s.push_str("<h2>Rollback, interruptions and resumes</h2>\n<table class=\"kv\">\n");
-    for (i, rb) in r.rollbacks.iter().enumerate() {
-        let undone = undos_of(r, i);
-        let text = format!(
-            "at {}: {}. Undone, newest first: {}",
-            rb.at.as_deref().unwrap_or("?"),
-            rb.reason,
-            if undone.is_empty() {
-                "nothing".into()
-            } else {
-                undone.join("; ")
-            }
-        );
-        row(s, "rollback", &esc(&text));
-    }
-    for i in &r.interruptions {
-        let text = format!(
-            "at {}{}",
-            i.at.as_deref().unwrap_or("?"),
-            i.step
-                .as_ref()
-                .map(|s| format!(", in step {s}"))
-                .unwrap_or_default()
-        );
-        row(s, "interrupted", &esc(&text));
-    }
-    for se in &r.sessions {
-        let text = format!(
-            "at {} by {} on {} (pid {}){}",
-            se.at,
-            se.user.as_deref().unwrap_or("?"),
-            se.host,
-            se.pid,
-            if se.accepted_changes {
-                ", playbook changes accepted"
-            } else {
-                ""
-            }
-        );
-        row(s, "continued", &esc(&text));
+    for e in events {
+        let text = match e.note {
+            Some(n) => format!("{}, {n}", e.text),
+            None => e.text,
+        };
+        row(s, e.what, &esc(&text));
     }
     s.push_str("</table>\n");
 }

@@ -5,7 +5,8 @@
 
 use std::fmt::Write as _;
 
-use super::{checks_line, fmt_ms, undos_of};
+use super::fmt_ms;
+use super::rows::{self, Value};
 use crate::report::views::record::{ChangeRecord, SpanKind};
 
 pub fn esc(s: &str) -> String {
@@ -49,75 +50,12 @@ pub fn page(r: &ChangeRecord) -> String {
         let _ = writeln!(s, "Next: {}\n", esc(n));
     }
     s.push_str("## Summary\n\n| | |\n|---|---|\n");
-    let mut kv = |k: &str, v: String| {
+    for (k, v) in rows::summary(r) {
+        let v = match v {
+            Value::Text(t) | Value::Error(t) => t,
+            Value::File { name, path, hash } => format!("{name} ({path}), sha256 {hash}"),
+        };
         let _ = writeln!(s, "| {k} | {} |", esc(&v));
-    };
-    kv("outcome", r.outcome.clone());
-    kv(
-        "exit code",
-        r.exit_code.map_or("unknown".into(), |c| c.to_string()),
-    );
-    kv(
-        "run by",
-        format!(
-            "{} on {} (pid {})",
-            r.user.as_deref().unwrap_or("?"),
-            r.host,
-            r.pid
-        ),
-    );
-    kv(
-        "when (UTC)",
-        format!(
-            "{} → {}",
-            r.started_at.as_deref().unwrap_or("?"),
-            r.ended_at.as_deref().unwrap_or("?")
-        ),
-    );
-    if let Some(d) = r.duration_ms {
-        kv("duration", fmt_ms(d));
-    }
-    kv(
-        "playbook",
-        format!(
-            "{} ({}), sha256 {}",
-            r.playbook.name,
-            r.playbook.path,
-            r.playbook.hash.as_deref().unwrap_or("?")
-        ),
-    );
-    kv(
-        "target",
-        match &r.target {
-            Some(t) => format!(
-                "{} ({}), sha256 {}",
-                t.name,
-                t.path,
-                t.hash.as_deref().unwrap_or("not recorded")
-            ),
-            None => "none (local commands only)".into(),
-        },
-    );
-    if let Some(e) = &r.last_error {
-        kv("last error", e.clone());
-    }
-    for d in &r.downtime {
-        let dur = d.to_ms.map_or("until the end of the journal".into(), |t| {
-            fmt_ms(t - d.from_ms)
-        });
-        let until = d
-            .started_by
-            .as_ref()
-            .map_or("not started again".into(), |b| {
-                format!("started again by {b}")
-            });
-        kv(
-            "downtime",
-            format!(
-                "{} had no running replica for {dur}: stopped by {}, {until}",
-                d.service, d.stopped_by
-            ),
-        );
     }
     if !r.vars.is_empty() {
         s.push_str("\n## Variables\n\n| name | value | from |\n|---|---|---|\n");
@@ -126,24 +64,18 @@ pub fn page(r: &ChangeRecord) -> String {
         }
     }
     s.push_str("\n## Steps\n\n| # | step | kind | outcome | apply | undo | checks | retries, errors |\n|---|---|---|---|---|---|---|---|\n");
-    for (i, st) in r.steps.iter().enumerate() {
-        let mut notes: Vec<String> = st
-            .retries
-            .iter()
-            .map(|t| format!("attempt {} failed: {}", t.attempt, t.error))
-            .collect();
-        notes.extend(st.error.iter().map(|e| format!("error: {e}")));
+    for row in rows::steps(r) {
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            i + 1,
-            esc(&st.id),
-            esc(&st.kind),
-            esc(&st.outcome),
-            st.apply_text(fmt_ms),
-            st.undo_ms().map_or("–".into(), fmt_ms),
-            esc(&checks_line(&st.checks)),
-            esc(&notes.join("; ")),
+            row.n,
+            esc(&row.step.id),
+            esc(&row.step.kind),
+            esc(&row.step.outcome),
+            esc(&row.apply),
+            esc(&row.undo),
+            esc(&row.checks),
+            esc(&row.notes.join("; ")),
         );
     }
     events(&mut s, r);
@@ -153,34 +85,14 @@ pub fn page(r: &ChangeRecord) -> String {
 
 /// Rollbacks (what each undid), interruptions and resumes, as a list.
 fn events(s: &mut String, r: &ChangeRecord) {
-    if r.rollbacks.is_empty() && r.sessions.is_empty() && r.interruptions.is_empty() {
+    let events = rows::events(r);
+    if events.is_empty() {
         return;
     }
     s.push_str("\n## Rollback, interruptions and resumes\n\n");
-    for (i, rb) in r.rollbacks.iter().enumerate() {
-        let undone = undos_of(r, i);
-        let undone = if undone.is_empty() {
-            "nothing".into()
-        } else {
-            undone.join("; ")
-        };
-        let at = rb.at.as_deref().unwrap_or("?");
-        let text = format!("at {at}: {}. Undone, newest first: {undone}", rb.reason);
-        let _ = writeln!(s, "- rollback {}", esc(&text));
-    }
-    for i in &r.interruptions {
-        let step = i.step.as_ref().map(|s| format!(", in step {s}"));
-        let text = format!(
-            "at {}{}",
-            i.at.as_deref().unwrap_or("?"),
-            step.unwrap_or_default()
-        );
-        let _ = writeln!(s, "- interrupted {}", esc(&text));
-    }
-    for se in &r.sessions {
-        let who = se.user.as_deref().unwrap_or("?");
-        let text = format!("at {} by {who} on {} (pid {})", se.at, se.host, se.pid);
-        let _ = writeln!(s, "- continued {}", esc(&text));
+    // A resume's note (`playbook changes accepted`) is the page's only.
+    for e in events {
+        let _ = writeln!(s, "- {} {}", e.what, esc(&e.text));
     }
 }
 

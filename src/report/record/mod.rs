@@ -8,6 +8,7 @@
 
 mod html;
 mod md;
+mod rows;
 mod svg;
 
 use crate::report::redact::redact;
@@ -99,58 +100,6 @@ pub(crate) const LEGEND: [SpanEnd; 7] = [
     SpanEnd::UndoFailed,
     SpanEnd::Open,
 ];
-
-fn check_word(s: crate::report::CheckStatus) -> &'static str {
-    use crate::report::CheckStatus as C;
-    match s {
-        C::Pass => "pass",
-        C::Fail => "FAIL",
-        C::Warn => "warn",
-        C::Deferred => "deferred",
-        C::Pending => "pending",
-    }
-}
-
-/// What rollback `i` undid, in the order it did (newest step first): `two rolled back at 2026-…Z (150 ms)`, from the
-/// undo spans that began between it and the next rollback.
-pub(crate) fn undos_of(r: &ChangeRecord, i: usize) -> Vec<String> {
-    use crate::report::views::record::SpanKind;
-    let from = r.rollbacks[i].at_ms;
-    let to = r.rollbacks.get(i + 1).map_or(u64::MAX, |n| n.at_ms);
-    let mut out: Vec<(u64, String)> = r
-        .steps
-        .iter()
-        .flat_map(|st| st.spans.iter().map(move |sp| (st, sp)))
-        .filter(|(_, sp)| sp.kind == SpanKind::Undo && sp.from_ms >= from && sp.from_ms < to)
-        .map(|(st, sp)| {
-            let at = sp.at.as_deref().unwrap_or("?");
-            let took = fmt_ms(sp.to_ms - sp.from_ms);
-            (
-                sp.from_ms,
-                format!("{} {} at {at} ({took})", st.id, sp.end.as_str()),
-            )
-        })
-        .collect();
-    out.sort_by_key(|(t, _)| *t);
-    let mut out: Vec<String> = out.into_iter().map(|(_, s)| s).collect();
-    // Steps the (last) rollback passed over: they cannot be undone, or had nothing to undo.
-    if i + 1 == r.rollbacks.len() {
-        out.extend(r.steps.iter().rev().filter_map(|st| {
-            let why = st.undo_note.as_ref()?;
-            Some(format!("{} not undone: {why}", st.id))
-        }));
-    }
-    out
-}
-
-/// The checks of a step in one line: `pass writable: …; fail reachable: …`.
-pub(crate) fn checks_line(checks: &[crate::report::views::record::CheckRecord]) -> String {
-    checks
-        .iter()
-        .map(|c| format!("{} {}: {}", check_word(c.status), c.name, c.detail))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
 
 #[cfg(test)]
 mod tests {
