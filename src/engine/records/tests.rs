@@ -35,6 +35,21 @@ fn fold(rest: Vec<Record>) -> RunState {
     RunState::fold(&recs).expect("a run record comes first")
 }
 
+/// Steps a and b done, c failed, and the rollback started; then `rest`.
+fn c_failed_rolling_back(rest: Vec<Record>) -> RunState {
+    let mut recs = vec![
+        started("a"),
+        done("a"),
+        started("b"),
+        done("b"),
+        started("c"),
+        failed("c", "boom"),
+        rollback("step c failed"),
+    ];
+    recs.extend(rest);
+    fold(recs)
+}
+
 fn started(s: &str) -> Record {
     Record::StepStarted { step: s.into() }
 }
@@ -225,15 +240,7 @@ fn a_resumed_stopped_step_can_still_finish() {
 
 #[test]
 fn rollback_started_switches_phase_and_walks_back_from_the_newest_step() {
-    let st = fold(vec![
-        started("a"),
-        done("a"),
-        started("b"),
-        done("b"),
-        started("c"),
-        failed("c", "boom"),
-        rollback("step c failed"),
-    ]);
+    let st = c_failed_rolling_back(vec![]);
     assert_eq!(st.phase, Phase::RollingBack);
     assert_eq!(st.rollback_reason.as_deref(), Some("step c failed"));
     assert!(!st.is_stopped(), "rolling back is not stopped");
@@ -242,26 +249,10 @@ fn rollback_started_switches_phase_and_walks_back_from_the_newest_step() {
         Some("c"),
         "the failed step's partial work first"
     );
-    let st = fold(vec![
-        started("a"),
-        done("a"),
-        started("b"),
-        done("b"),
-        started("c"),
-        failed("c", "boom"),
-        rollback("step c failed"),
-        undo_started("c"),
-    ]);
+    let st = c_failed_rolling_back(vec![undo_started("c")]);
     assert_eq!(states(&st), [Done, Done, Undoing]);
     assert_eq!(current(&st), Some("c"), "an undo in progress is re-entered");
-    let st = fold(vec![
-        started("a"),
-        done("a"),
-        started("b"),
-        done("b"),
-        started("c"),
-        failed("c", "boom"),
-        rollback("step c failed"),
+    let st = c_failed_rolling_back(vec![
         undo_started("c"),
         undone("c"),
         undo_started("b"),
@@ -308,14 +299,7 @@ fn undo_skipped_counts_as_undone() {
 
 #[test]
 fn undo_failed_keeps_the_step_current_and_names_it() {
-    let st = fold(vec![
-        started("a"),
-        done("a"),
-        started("b"),
-        done("b"),
-        started("c"),
-        failed("c", "boom"),
-        rollback("step c failed"),
+    let st = c_failed_rolling_back(vec![
         undo_started("c"),
         undone("c"),
         undo_started("b"),
