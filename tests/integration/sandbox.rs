@@ -96,15 +96,7 @@ fn ig_upgrade_end_to_end_replica_by_replica() {
         ok && ps.matches("Up (healthy)").count() == 3 + healthy_others,
         "{ps}"
     );
-    // compose agrees with what ferry did: nothing to recreate.
-    let (ok, up) = s.compose(&["up", "-d", "--scale", "hapi=3"]);
-    assert!(ok, "{up}");
-    assert_eq!(
-        up.matches("is up-to-date").count(),
-        3 + s.other_services(),
-        "3 hapi + the other services up to date:\n{up}"
-    );
-    assert!(!up.contains("Recreating"), "{up}");
+    s.assert_compose_agrees(3);
     s.finish();
 }
 
@@ -454,15 +446,7 @@ fn a_tag_of_the_running_image_is_rolled_out_so_compose_agrees_afterwards() {
             "{n1} is replaced: compose's config hash names the new tag"
         );
     }
-    // compose agrees: nothing to recreate, every container kept.
-    let (ok, up) = s.compose(&["up", "-d", "--scale", "hapi=3"]);
-    assert!(ok, "{up}");
-    assert_eq!(
-        up.matches("is up-to-date").count(),
-        3 + s.other_services(),
-        "3 hapi + the other services up to date:\n{up}"
-    );
-    assert!(!up.contains("Recreating"), "{up}");
+    s.assert_compose_agrees(3);
     assert_eq!(s.replicas(), after, "no container recreated by `up -d`");
     assert_eq!(s.version(), "0.2.1");
     // Rolled back: the old tag in .env, and compose agrees again.
@@ -471,13 +455,7 @@ fn a_tag_of_the_running_image_is_rolled_out_so_compose_agrees_afterwards() {
     let env = std::fs::read_to_string(s.dir.join("files/.env")).unwrap();
     assert!(env.contains(&format!("HAPI_IMAGE={current}\n")), "{env}");
     let back = s.replicas();
-    let (ok, up) = s.compose(&["up", "-d", "--scale", "hapi=3"]);
-    assert!(ok && !up.contains("Recreating"), "{up}");
-    assert_eq!(
-        up.matches("is up-to-date").count(),
-        3 + s.other_services(),
-        "{up}"
-    );
+    s.assert_compose_agrees(3);
     assert_eq!(s.replicas(), back, "no container recreated by `up -d`");
     let _ = Command::new("docker").args(["rmi", &promoted]).output();
     s.finish();

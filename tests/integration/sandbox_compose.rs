@@ -13,17 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::harness::Playbook;
-use crate::sandbox::Sbx;
-
-fn docker(args: &[&str]) -> String {
-    let o = Command::new("docker").args(args).output().unwrap();
-    assert!(
-        o.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
-}
+use crate::sandbox::{Sbx, docker};
 
 /// `127.0.0.1:PORT` of the base URL.
 fn front_door(s: &Sbx) -> String {

@@ -175,6 +175,20 @@ impl Sbx {
         )
     }
 
+    /// compose agrees with what ferry did: `up -d` at `hapi` replicas finds hapi and every
+    /// other service up to date, and recreates nothing.
+    #[track_caller]
+    pub fn assert_compose_agrees(&self, hapi: usize) {
+        let (ok, up) = self.compose(&["up", "-d", "--scale", &format!("hapi={hapi}")]);
+        assert!(ok, "{up}");
+        assert_eq!(
+            up.matches("is up-to-date").count(),
+            hapi + self.other_services(),
+            "{hapi} hapi + the other services up to date:\n{up}"
+        );
+        assert!(!up.contains("Recreating"), "{up}");
+    }
+
     pub fn base_url(&self) -> String {
         let t = std::fs::read_to_string(self.dir.join("target.toml")).unwrap();
         t.lines()
