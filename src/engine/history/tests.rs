@@ -3,32 +3,14 @@
 use super::fold::fold;
 use super::{exit_code, step_outcome};
 use crate::engine::journal::Entry;
-use crate::engine::records::{Ending, Record, RunMeta, RunState, StepMeta};
+use crate::engine::records::{Ending, Record, RunMeta, RunState};
 use crate::report::views::record::{ChangeRecord, SpanEnd, SpanKind};
 use crate::report::views::status::RunStatus;
 
 fn meta() -> RunMeta {
     RunMeta {
-        run_id: "r".into(),
-        playbook_name: "pb".into(),
-        playbook: "pb.toml".into(),
-        playbook_hash: "h".into(),
-        target: None,
-        target_hash: None,
-        cli_vars: vec![],
-        steps: ["a", "b"]
-            .iter()
-            .map(|s| StepMeta {
-                id: (*s).into(),
-                kind: "exec".into(),
-                fingerprint: String::new(),
-            })
-            .collect(),
-        host: "h".into(),
         user: Some("dba".into()),
-        pid: 1,
-        started_at: "2026-01-01T00:00:00Z".into(),
-        workdir: "/".into(),
+        ..RunMeta::example(&["a", "b"])
     }
 }
 

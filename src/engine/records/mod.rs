@@ -40,6 +40,35 @@ pub struct RunMeta {
     pub workdir: PathBuf,
 }
 
+#[cfg(test)]
+impl RunMeta {
+    /// A run of `steps` (kind exec, fingerprint `fp-<id>`) for the tests of the folds.
+    pub(crate) fn example(steps: &[&str]) -> RunMeta {
+        RunMeta {
+            run_id: "20260101-000000.000-abcd".into(),
+            playbook_name: "pb".into(),
+            playbook: "pb.toml".into(),
+            playbook_hash: "h".into(),
+            target: None,
+            target_hash: None,
+            cli_vars: vec![],
+            steps: steps
+                .iter()
+                .map(|s| StepMeta {
+                    id: (*s).into(),
+                    kind: "exec".into(),
+                    fingerprint: format!("fp-{s}"),
+                })
+                .collect(),
+            host: "host".into(),
+            user: None,
+            pid: 1,
+            started_at: "2026-01-01T00:00:00Z".into(),
+            workdir: "/".into(),
+        }
+    }
+}
+
 /// How a finished run ended, as its journal records it (`run_finished`'s `outcome` is the
 /// event vocabulary, `report::RunOutcome`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

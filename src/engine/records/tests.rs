@@ -3,34 +3,11 @@ use std::collections::BTreeMap;
 use super::*;
 use serde_json::json;
 
-fn meta(steps: &[&str]) -> RunMeta {
-    RunMeta {
-        run_id: "20260101-000000.000-abcd".into(),
-        playbook_name: "pb".into(),
-        playbook: "pb.toml".into(),
-        playbook_hash: "h".into(),
-        target: None,
-        target_hash: None,
-        cli_vars: vec![],
-        steps: steps
-            .iter()
-            .map(|s| StepMeta {
-                id: (*s).into(),
-                kind: "exec".into(),
-                fingerprint: format!("fp-{s}"),
-            })
-            .collect(),
-        host: "host".into(),
-        user: None,
-        pid: 1,
-        started_at: "2026-01-01T00:00:00Z".into(),
-        workdir: "/".into(),
-    }
-}
-
 /// A run of steps a, b, c followed by `rest`.
 fn fold(rest: Vec<Record>) -> RunState {
-    let mut recs = vec![Record::RunStarted(Box::new(meta(&["a", "b", "c"])))];
+    let mut recs = vec![Record::RunStarted(Box::new(RunMeta::example(&[
+        "a", "b", "c",
+    ])))];
     recs.extend(rest);
     RunState::fold(&recs).expect("a run record comes first")
 }
@@ -90,7 +67,13 @@ use StepState::*;
 #[test]
 fn no_records_or_no_run_record_first_is_no_run() {
     assert!(RunState::fold(&[]).is_none());
-    assert!(RunState::fold(&[started("a"), Record::RunStarted(Box::new(meta(&["a"])))]).is_none());
+    assert!(
+        RunState::fold(&[
+            started("a"),
+            Record::RunStarted(Box::new(RunMeta::example(&["a"])))
+        ])
+        .is_none()
+    );
 }
 
 #[test]
@@ -444,8 +427,11 @@ fn records_for_unknown_steps_change_nothing() {
 
 #[test]
 fn a_later_run_started_record_is_ignored() {
-    let mut recs = vec![Record::RunStarted(Box::new(meta(&["a"]))), started("a")];
-    recs.push(Record::RunStarted(Box::new(meta(&["x", "y"]))));
+    let mut recs = vec![
+        Record::RunStarted(Box::new(RunMeta::example(&["a"]))),
+        started("a"),
+    ];
+    recs.push(Record::RunStarted(Box::new(RunMeta::example(&["x", "y"]))));
     let st = RunState::fold(&recs).unwrap();
     assert_eq!(st.steps.len(), 1);
     assert_eq!(states(&st), [Started]);
@@ -454,7 +440,7 @@ fn a_later_run_started_record_is_ignored() {
 #[test]
 fn fold_equals_apply_one_by_one() {
     let recs = [
-        Record::RunStarted(Box::new(meta(&["a", "b", "c"]))),
+        Record::RunStarted(Box::new(RunMeta::example(&["a", "b", "c"]))),
         started("a"),
         done("a"),
         started("b"),
@@ -484,7 +470,7 @@ fn a_torn_tail_folds_to_the_state_before_it() {
     let p = dir.path().join("journal.jsonl");
     let mut j = Journal::create(&p).unwrap();
     for r in [
-        Record::RunStarted(Box::new(meta(&["a", "b", "c"]))),
+        Record::RunStarted(Box::new(RunMeta::example(&["a", "b", "c"]))),
         started("a"),
         done("a"),
         started("b"),
