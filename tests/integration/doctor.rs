@@ -224,7 +224,7 @@ fn sandbox_doctor_green_then_each_component_broken_in_turn() {
     );
 
     // A role lacking what the checks need, then a login lacking the audit function.
-    s.superuser_sql("fhirdb", "REVOKE pg_read_all_stats FROM hapi");
+    s.psql_in("fhirdb", "REVOKE pg_read_all_stats FROM hapi");
     let (out, v) = s.doctor(&target, &[]);
     assert_broken(
         &out,
@@ -233,8 +233,8 @@ fn sandbox_doctor_green_then_each_component_broken_in_turn() {
         &["lacks membership of pg_read_all_stats"],
         &["GRANT pg_read_all_stats TO \"hapi\";"],
     );
-    s.superuser_sql("fhirdb", "GRANT pg_read_all_stats TO hapi");
-    s.superuser_sql("auditdb", "REVOKE EXECUTE ON FUNCTION audit.create_partitions_ahead(integer), audit.create_next_month_partitions() FROM audit_maintainer_login");
+    s.psql_in("fhirdb", "GRANT pg_read_all_stats TO hapi");
+    s.psql_in("auditdb", "REVOKE EXECUTE ON FUNCTION audit.create_partitions_ahead(integer), audit.create_next_month_partitions() FROM audit_maintainer_login");
     let (out, v) = s.doctor(&target, &[]);
     assert_broken(
         &out,
@@ -245,7 +245,7 @@ fn sandbox_doctor_green_then_each_component_broken_in_turn() {
             "GRANT EXECUTE ON FUNCTION audit.create_partitions_ahead(integer) TO \"audit_maintainer_login\"",
         ],
     );
-    s.superuser_sql("auditdb", "GRANT EXECUTE ON FUNCTION audit.create_partitions_ahead(integer), audit.create_next_month_partitions() TO audit_maintainer_login");
+    s.psql_in("auditdb", "GRANT EXECUTE ON FUNCTION audit.create_partitions_ahead(integer), audit.create_next_month_partitions() TO audit_maintainer_login");
 
     // Registry credentials it refuses, then a registry that accepts but never answers.
     let t = s.variant(

@@ -117,6 +117,12 @@ impl Sbx {
 
     /// psql as the superuser on fhirdb: the host cluster's socket, or the published port.
     pub fn psql(&self, sql: &str) -> String {
+        self.psql_in("fhirdb", sql)
+    }
+
+    /// psql as the superuser on `db` of the cluster at `pg_port` (the host stack's one
+    /// cluster holds fhirdb and auditdb; the compose stack's, fhirdb only).
+    pub fn psql_in(&self, db: &str, sql: &str) -> String {
         let st = self.state();
         let mut c = Command::new("psql");
         if self.stack == "compose" {
@@ -126,14 +132,7 @@ impl Sbx {
             c.args(["-h", self.service_dir().join("pg").to_str().unwrap()]);
         }
         let o = c
-            .args([
-                "-p",
-                &st["pg_port"].to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "fhirdb",
-            ])
+            .args(["-p", &st["pg_port"].to_string(), "-U", "postgres", "-d", db])
             .args(["-v", "ON_ERROR_STOP=1", "-XAtq", "-c", sql])
             .output()
             .unwrap();

@@ -1,14 +1,13 @@
 //! The sandbox of the doctor and CI-recipe tests: the shared [`sandbox_harness::Sbx`] on
-//! the host stack (these tests stop its postmaster and revoke grants through its
-//! superuser), plus the handles they break it through: variants of its target, SQL as the
-//! superuser, a replica's name, and `ferry doctor` itself. Leftovers, `finish` and
+//! the host stack (these tests stop its postmaster and revoke grants in fhirdb and auditdb
+//! of its one cluster), plus the handles they break it through: variants of its target, a
+//! replica's name, and `ferry doctor` itself. Leftovers, `finish` and
 //! `sandbox down` on drop are the shared fixture's.
 //!
 //! [`sandbox_harness::Sbx`]: crate::sandbox_harness::Sbx
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::harness::Out;
 use crate::sandbox_harness;
@@ -43,31 +42,6 @@ impl Sbx {
         let p = self.dir.join(format!("{name}.toml"));
         std::fs::write(&p, t.replacen(from, to, 1)).unwrap();
         p
-    }
-
-    /// As the cluster's superuser over TCP (the sandbox's scram password).
-    pub fn superuser_sql(&self, db: &str, sql: &str) {
-        let port = self.state()["pg_port"].as_u64().unwrap().to_string();
-        let o = Command::new("psql")
-            .args([
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-            ])
-            .args(["-U", "postgres", "-d", db, "-c", sql])
-            .env("PGPASSWORD", self.secret("SANDBOX_PG_SUPERUSER_PASSWORD"))
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{sql}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
     }
 
     pub fn hapi_replica(&self, n: u32) -> String {
