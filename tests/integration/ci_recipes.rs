@@ -215,14 +215,7 @@ fn sh(s: &Sbx, ws: &Path, line: &str, env: &[(&str, &str)]) -> Out {
     for (k, v) in env {
         c.env(k, v);
     }
-    let o = c.output().unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    Out {
-        code: o.status.code(),
-        signal: o.status.signal(),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
+    Out::from(c.output().unwrap())
 }
 
 /// (testcase names, failed ones, skipped ones) as ferry's events say it ran them.

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{HAPI_PW, Pg, Playbook, Sandbox, wait_for};
+use crate::harness::{HAPI_PW, Out, Pg, Playbook, Sandbox, wait_for};
 
 fn two() -> Playbook {
     Playbook::new("two")
@@ -265,13 +265,7 @@ fn the_database_lock_outlives_idle_session_timeout() {
         out.stderr
     );
     sb.write("go", "");
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    Out::from(child.wait_with_output().unwrap()).expect(0);
     assert_eq!(sb.read("log"), "hold\nafter\n");
 }
 
@@ -333,13 +327,7 @@ fn unlock_force_does_not_release_a_live_run_of_a_long_named_host() {
     );
     assert!(!lock_backend(&pg).is_empty(), "the lock is still held");
     sb.write("go", "");
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    Out::from(child.wait_with_output().unwrap()).expect(0);
 }
 
 /// A small tmpfs (root only), unmounted on drop.

@@ -1,19 +1,12 @@
 //! Regression tests of the hardening issue: a child's untrusted output, a relative state dir,
 //! the exit code of a resumed rollback, the sandbox's external programs.
 
-use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 
 use crate::harness::{Out, Playbook, Sandbox};
 
 fn out_of(mut c: Command) -> Out {
-    let o = c.output().expect("run ferry");
-    Out {
-        code: o.status.code(),
-        signal: o.status.signal(),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
+    Out::from(c.output().expect("run ferry"))
 }
 
 #[test]

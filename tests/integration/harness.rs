@@ -45,7 +45,7 @@ pub struct Out {
     pub stderr: String,
 }
 
-impl Out {
+impl From<Output> for Out {
     fn from(o: Output) -> Out {
         use std::os::unix::process::ExitStatusExt;
         Out {
@@ -55,7 +55,9 @@ impl Out {
             stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
         }
     }
+}
 
+impl Out {
     #[track_caller]
     pub fn expect(&self, code: i32) -> &Self {
         assert_eq!(

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{Leftover, Pg, Playbook, Sandbox, wait_for};
+use crate::harness::{Leftover, Out, Pg, Playbook, Sandbox, wait_for};
 
 const PW: &str = "Planted-Secret-4e1f9c";
 
@@ -264,13 +264,7 @@ fn wait_until_a_query_is_true() {
     });
     std::thread::sleep(Duration::from_millis(400));
     pg.psql("fhirdb", "UPDATE flag SET ok = true");
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    Out::from(child.wait_with_output().unwrap()).expect(0);
     // and a timeout that expires names what it waited for
     Playbook::new("w2")
         .step("never", "wait")
