@@ -90,9 +90,12 @@ fn events(s: &mut String, r: &ChangeRecord) {
         return;
     }
     s.push_str("\n## Rollback, interruptions and resumes\n\n");
-    // A resume's note (`playbook changes accepted`) is the page's only.
     for e in events {
-        let _ = writeln!(s, "- {} {}", e.what, esc(&e.text));
+        let text = match e.note {
+            Some(n) => format!("{}, {n}", e.text),
+            None => e.text,
+        };
+        let _ = writeln!(s, "- {} {}", e.what, esc(&text));
     }
 }
 
