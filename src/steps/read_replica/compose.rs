@@ -202,7 +202,7 @@ pub fn override_yaml(d: &ServiceDef) -> String {
         String::new()
     };
     let script = format!(
-        "test -s {DATA}/standby.signal || {{ echo 'no base backup in {DATA} (standby.signal missing): run the read_replica step' >&2; exit 1; }}; \
+        "test -e {DATA}/standby.signal || {{ echo 'no base backup in {DATA} (standby.signal missing): run the read_replica step' >&2; exit 1; }}; \
          exec runuser -u postgres -- postgres -D {DATA}{conf} -c listen_addresses=* -c hot_standby=on"
     );
     let labels: String = d

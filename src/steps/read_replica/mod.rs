@@ -349,14 +349,24 @@ impl ReadReplica {
                 return Ok(());
             }
             if t0.elapsed() > limit {
+                let logs = match self.names(cx) {
+                    Ok(n) => match compose::container_of(cx, &n.project, &n.service).await {
+                        Ok(Some(c)) => compose::docker(cx, &["logs", "--tail", "15", &c], &[])
+                            .await
+                            .unwrap_or_else(|e| format!("{e:#}")),
+                        _ => "no container".into(),
+                    },
+                    Err(e) => format!("{e:#}"),
+                };
                 bail!(
-                    "{} did not stream within {}s with replay lag ≤ {} and ≤ {}s: {}",
+                    "{} did not stream within {}s with replay lag ≤ {} and ≤ {}s: {}; its log: {}",
                     self.service,
                     limit.as_secs(),
                     self.max_lag,
                     self.max_lag_seconds,
                     st.map(|s| s.describe())
-                        .unwrap_or_else(|| "the primary did not answer".into())
+                        .unwrap_or_else(|| "the primary did not answer".into()),
+                    logs
                 );
             }
             if last_log.elapsed() > StdDuration::from_secs(5) {

@@ -54,13 +54,15 @@ pub async fn drop_role(c: &Client, user: &str) -> anyhow::Result<()> {
 }
 
 /// Whether pg_hba.conf (as loaded) has a `host`-type rule for the replication pseudo-database
-/// covering `user`, and the file's path.
+/// covering `user` from beyond loopback (initdb's loopback-only rules do not let a replica on
+/// the compose network in), and the file's path.
 pub async fn hba(c: &Client, user: &str) -> anyhow::Result<(bool, String)> {
     let covered: bool = c
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_hba_file_rules WHERE error IS NULL \
                AND type LIKE 'host%' AND 'replication' = ANY(database) \
-               AND (user_name && ARRAY[$1::text, 'all']) AND auth_method <> 'reject')",
+               AND (user_name && ARRAY[$1::text, 'all']) AND auth_method <> 'reject' \
+               AND coalesce(address, 'all') NOT IN ('127.0.0.1', '::1'))",
             &[&user],
         )
         .await
