@@ -14,6 +14,7 @@ pub mod params;
 pub mod partition_sizes;
 pub mod prometheus;
 pub mod rejection_rate;
+pub mod replication;
 pub mod seqscan;
 pub mod unused_indexes;
 
@@ -85,6 +86,16 @@ pub const CHECKS: &[(&str, &[&str], &str)] = &[
         "EXPLAIN ANALYZE of a representative search shows no Seq Scan on HFJ_RESOURCE",
     ),
     (
+        "replication-lag",
+        replication::LAG_KEYS,
+        "every standby streaming with replay lag below max_lag (16MB) and max_lag_seconds (30); at least min_standbys (1)",
+    ),
+    (
+        "replication-slots",
+        replication::SLOT_KEYS,
+        "no replication slot inactive while retaining more than max_retained (256MB) of WAL, none lost",
+    ),
+    (
         "prometheus",
         prometheus::KEYS,
         "HAPI /actuator/prometheus: pool pending/timeouts, slow requests (30s), heap (85%), restarts",
@@ -109,6 +120,8 @@ pub async fn run(name: &str, cx: &CheckCx<'_>) -> Report {
         "rejection-rate" => rejection_rate::run(cx).await,
         "seqscan" => seqscan::run(cx).await,
         "prometheus" => prometheus::run(cx).await,
+        "replication-lag" => replication::lag(cx).await,
+        "replication-slots" => replication::slots(cx).await,
         other => Err(anyhow!("unknown check `{other}`")),
     };
     let mut report = r.unwrap_or_else(|e| Report::new(Status::Unknown, format!("{name}: {e:#}")));

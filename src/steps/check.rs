@@ -37,6 +37,11 @@ pub const KEYS: &[&str] = &[
     "pending_for",
     "max_request_s",
     "max_heap_pct",
+    "max_lag",
+    "max_lag_seconds",
+    "min_standbys",
+    "standby",
+    "max_retained",
 ];
 
 #[derive(Debug, Clone, Deserialize)]

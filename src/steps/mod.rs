@@ -21,6 +21,7 @@ pub mod metadata_check;
 pub mod partition_table;
 pub mod pg_settings;
 pub mod pool_capacity;
+pub mod read_replica;
 pub mod replicas;
 pub mod rolling_redeploy;
 pub mod scale;
@@ -153,6 +154,7 @@ step_kinds! {
     "partition_table" => PartitionTable(partition_table::PartitionTable),
     "pgbouncer_pool" => PgBouncerPool(pg_pool::PgBouncerPool),
     "pg_setting" => PgSetting(pg_setting::PgSetting),
+    "read_replica" => ReadReplica(read_replica::ReadReplica),
 }
 
 /// The one place that says which keys are shell or SQL text, where `{{ … }}` is inserted

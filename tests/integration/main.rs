@@ -17,6 +17,7 @@ mod partition;
 mod partition_sandbox;
 mod pg_settings;
 mod prometheus;
+mod read_replica;
 mod registry;
 mod release;
 mod report_record;
