@@ -23,6 +23,26 @@ pub async fn validate_fks(pt: &PartitionTable, cx: &StepCx, c: &Client) -> anyho
         incoming: fks,
         ..empty(pt)
     };
+    // The window budget: each VALIDATE scans its referencing table; the rate is sampled on
+    // the largest of them.
+    super::budget::start(cx);
+    if pt.window.is_some() {
+        let mut sizes = vec![];
+        for fk in &cat.incoming {
+            sizes.push((super::budget::heap_bytes(c, &fk.on).await?, fk.on.clone()));
+        }
+        sizes.sort();
+        if let Some((_, big)) = sizes.last() {
+            let rate = super::budget::scan_rate(pt, c, big).await?;
+            let total = sizes.iter().map(|(b, _)| b).sum();
+            super::budget::fits(
+                pt,
+                cx,
+                super::budget::scan(total, rate),
+                "the FK validations",
+            )?;
+        }
+    }
     let t0 = std::time::Instant::now();
     super::rollback::validate(c, &cat).await?;
     cx.log(
