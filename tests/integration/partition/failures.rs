@@ -4,7 +4,9 @@
 
 use std::process::Command;
 
-use super::{ENV, FERRY_LEFT, SCHEMAS, SHAPE, blocker, convert, end_sessions, run, session, setup};
+use super::{
+    ENV, FERRY_LEFT, SCHEMAS, SHAPE, blocker, convert, end_sessions, refused, run, session, setup,
+};
 use crate::harness::{Pg, Playbook, require, wait_for};
 
 /// Each refusal: `--dry-run` and `run` both exit 3, name the object, and change nothing.
@@ -30,31 +32,14 @@ fn refusals_are_clear_and_change_nothing() {
             ),
         ];
         for (pb, want) in cases {
-            for extra in [&["--dry-run"][..], &[][..]] {
-                let out = run(&sb, &pb, extra);
-                out.expect(3);
-                assert!(
-                    out.stdout.contains(want) || out.stderr.contains(want),
-                    "{schema} {want}: {}{}",
-                    out.stdout,
-                    out.stderr
-                );
-            }
+            refused(&sb, &pb, want);
         }
         // A unique key no guard can keep (an expression).
         pg.psql(
             "fhirdb",
             "CREATE UNIQUE INDEX test_expr_uniq ON hfj_resource (lower(hash_sha256))",
         );
-        for extra in [&["--dry-run"][..], &[][..]] {
-            let out = run(&sb, &convert("hash", "copy"), extra);
-            out.expect(3);
-            assert!(
-                out.stdout.contains("test_expr_uniq") || out.stderr.contains("test_expr_uniq"),
-                "{}",
-                out.stderr
-            );
-        }
+        refused(&sb, &convert("hash", "copy"), "test_expr_uniq");
         pg.psql("fhirdb", "DROP INDEX test_expr_uniq");
         // Another session on the database.
         let mut other = session(&pg, "SELECT pg_sleep(60)");
@@ -65,15 +50,7 @@ fn refusals_are_clear_and_change_nothing() {
                 pg.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%' AND pid <> pg_backend_pid()") == "1"
             },
         );
-        for extra in [&["--dry-run"][..], &[][..]] {
-            let out = run(&sb, &convert("range", "attach"), extra);
-            out.expect(3);
-            assert!(
-                out.stdout.contains("other session") || out.stderr.contains("other session"),
-                "{}",
-                out.stderr
-            );
-        }
+        refused(&sb, &convert("range", "attach"), "other session");
         pg.psql("postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%' AND pid <> pg_backend_pid()");
         other.wait().unwrap();
         wait_for(
@@ -91,16 +68,7 @@ fn refusals_are_clear_and_change_nothing() {
         assert_eq!(pg.psql("fhirdb", FERRY_LEFT), "0");
         // Already partitioned.
         run(&sb, &convert("range", "attach"), &[]).expect(0);
-        for extra in [&["--dry-run"][..], &[][..]] {
-            let out = run(&sb, &convert("range", "attach"), extra);
-            out.expect(3);
-            assert!(
-                out.stdout.contains("already partitioned")
-                    || out.stderr.contains("already partitioned"),
-                "{}",
-                out.stderr
-            );
-        }
+        refused(&sb, &convert("range", "attach"), "already partitioned");
         pg.finish(sb, &[], vec![]);
     }
 }
@@ -270,16 +238,12 @@ fn not_enough_disk_is_refused_and_changes_nothing() {
         );
         pg.psql("postgres", "ALTER DATABASE fhirdb SET TABLESPACE small");
         let before = pg.psql("fhirdb", SHAPE);
-        for extra in [&["--dry-run"][..], &[][..]] {
-            let out = run(&sb, &convert("hash", "copy"), extra);
-            out.expect(3);
-            let text = format!("{}{}", out.stdout, out.stderr);
-            assert!(
-                text.contains("MB needed for the conversion of hfj_resource")
-                    && text.contains(&format!("MB free in {loc}")),
-                "{schema}: {text}"
-            );
-        }
+        // "N MB needed for the conversion of hfj_resource, M MB free in LOC: free space …"
+        refused(
+            &sb,
+            &convert("hash", "copy"),
+            &format!("MB free in {loc}: free space or use `existing = \"attach\"`"),
+        );
         assert_eq!(
             pg.psql("fhirdb", SHAPE),
             before,

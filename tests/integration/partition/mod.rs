@@ -91,6 +91,20 @@ pub fn run(sb: &Sandbox, pb: &Playbook, extra: &[&str]) -> crate::harness::Out {
     sb.run_env(&args, &ENV)
 }
 
+/// `pb` refused: `--dry-run` and `run` both exit 3, each saying `want` (stdout or stderr).
+pub fn refused(sb: &Sandbox, pb: &Playbook, want: &str) {
+    for extra in [&["--dry-run"][..], &[][..]] {
+        let out = run(sb, pb, extra);
+        out.expect(3);
+        assert!(
+            out.stdout.contains(want) || out.stderr.contains(want),
+            "{extra:?} {want}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+}
+
 pub fn has_fhir_id(pg: &Pg) -> bool {
     pg.psql("fhirdb", "SELECT count(*) FROM information_schema.columns WHERE table_name = 'hfj_resource' AND column_name = 'fhir_id'") == "1"
 }
