@@ -91,6 +91,7 @@ pub enum Unit {
     Replicas,
     #[serde(rename = "s")]
     Seconds,
+    Rows,
 }
 
 /// The name each value has in the JSON events, for the human reporter.
@@ -127,7 +128,7 @@ wire_names! {
         Interrupted => "interrupted",
         RollbackIncomplete => "rollback_incomplete",
     }
-    Unit { Replicas => "replicas", Seconds => "s" }
+    Unit { Replicas => "replicas", Seconds => "s", Rows => "rows" }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -260,6 +261,9 @@ mod tests {
                 "rollback_incomplete",
             ],
         );
-        check(&[Unit::Replicas, Unit::Seconds], &["replicas", "s"]);
+        check(
+            &[Unit::Replicas, Unit::Seconds, Unit::Rows],
+            &["replicas", "s", "rows"],
+        );
     }
 }

@@ -44,7 +44,10 @@ pub const KEYS: &[&str] = &[
 #[serde(deny_unknown_fields)]
 pub struct RollingRedeploy {
     pub service: Option<String>,
-    pub image: String,
+    /// The image to roll out; omitted: the one `env_key` names in the env file now (the
+    /// same image again, so only replicas whose compose configuration changed — an env
+    /// file edited by an earlier step — are recreated).
+    pub image: Option<String>,
     #[serde(default)]
     pub max_unavailable: u32,
     #[serde(default = "one")]
@@ -89,6 +92,25 @@ struct Rollout {
 }
 
 impl RollingRedeploy {
+    /// The image to roll out (see `image`).
+    fn image(&self, cx: &StepCx) -> anyhow::Result<String> {
+        if let Some(i) = &self.image {
+            return Ok(i.clone());
+        }
+        let env = self.env_path(cx)?;
+        dotenv::read(&env)
+            .with_context(|| format!("reading {}", env.display()))?
+            .remove(&self.env_key)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                anyhow!(
+                    "{} does not set {}: set the step's `image`",
+                    env.display(),
+                    self.env_key
+                )
+            })
+    }
+
     fn compose_dir(&self, cx: &StepCx) -> anyhow::Result<PathBuf> {
         cx.target()?
             .files_root()
@@ -181,7 +203,9 @@ impl Step for RollingRedeploy {
                     .into(),
             ));
         }
-        if let Err(e) = image_ref::check(&self.image, image_ref::Digest::Allowed) {
+        if let Some(image) = &self.image
+            && let Err(e) = image_ref::check(image, image_ref::Digest::Allowed)
+        {
             out.push((Some("image"), e));
         }
         out
@@ -195,7 +219,13 @@ impl Step for RollingRedeploy {
         format!(
             "replace {} replicas one at a time with {}{v}",
             self.service.as_deref().unwrap_or("the service's"),
-            self.image
+            self.image.as_deref().map_or_else(
+                || format!(
+                    "the image {} names (compose configuration changes)",
+                    self.env_key
+                ),
+                str::to_owned
+            )
         )
     }
 
@@ -233,20 +263,24 @@ impl Step for RollingRedeploy {
                 Err(err) => checks.push(Check::fail("service", format!("{err:#}"))),
             },
         }
-        checks.push(match e.inspect_image(&self.image).await {
+        let image = match self.image(cx) {
+            Ok(i) => i,
+            Err(err) => {
+                checks.push(Check::fail("image", format!("{err:#}")));
+                return Ok(checks);
+            }
+        };
+        checks.push(match e.inspect_image(&image).await {
             Ok(Some(i)) => Check::pass(
                 "image",
-                format!("{} is here ({})", self.image, &i.id[..i.id.len().min(19)]),
+                format!("{image} is here ({})", &i.id[..i.id.len().min(19)]),
             ),
             Ok(None) if cx.preflight && cx.after_changes => Check::new(
                 "image",
                 CheckStatus::Deferred,
-                format!("{} is built by an earlier step", self.image),
+                format!("{image} is built by an earlier step"),
             ),
-            Ok(None) => Check::fail(
-                "image",
-                format!("image {} is not on this Docker host", self.image),
-            ),
+            Ok(None) => Check::fail("image", format!("image {image} is not on this Docker host")),
             Err(err) => Check::fail("image", format!("{err:#}")),
         });
         match self.env_path(cx) {
@@ -266,10 +300,11 @@ impl Step for RollingRedeploy {
     async fn apply(&self, cx: &StepCx) -> anyhow::Result<()> {
         let e = cx.docker().await?;
         let (project, service) = project_service(cx, self.service.as_deref())?;
+        let image = self.image(cx)?;
         let new_id = e
-            .inspect_image(&self.image)
+            .inspect_image(&image)
             .await?
-            .ok_or_else(|| anyhow!("image {} is not on this Docker host", self.image))?
+            .ok_or_else(|| anyhow!("image {image} is not on this Docker host"))?
             .id;
         let mut cp: Rollout = cx.checkpoint()?.unwrap_or_default();
         if cp.previous_image.is_empty() {
@@ -287,7 +322,7 @@ impl Step for RollingRedeploy {
         let env = self.env_path(cx)?;
         let text =
             std::fs::read_to_string(&env).with_context(|| format!("reading {}", env.display()))?;
-        let vars = [(self.env_key.clone(), self.image.clone())]
+        let vars = [(self.env_key.clone(), image.clone())]
             .into_iter()
             .collect();
         let (edit, new) = dotenv::plan_set(&text, &vars);
@@ -325,7 +360,7 @@ impl Step for RollingRedeploy {
             }
             cx.log(
                 Level::Info,
-                format!("replacing {} ({} → {})", r.name, r.image, self.image),
+                format!("replacing {} ({} → {image})", r.name, r.image),
             );
             cp.in_flight = Some(r.number);
             cx.save_checkpoint(&cp)?;
@@ -333,7 +368,7 @@ impl Step for RollingRedeploy {
                 &e,
                 cx,
                 &r.name,
-                &self.image,
+                &image,
                 hash.as_deref(),
                 self.max_surge > 0,
                 &gate,
@@ -351,7 +386,7 @@ impl Step for RollingRedeploy {
         let e = cx.docker().await?;
         let (project, service) = project_service(cx, self.service.as_deref())?;
         let new_id = e
-            .inspect_image(&self.image)
+            .inspect_image(&self.image(cx)?)
             .await?
             .map(|i| i.id)
             .unwrap_or_default();

@@ -1,6 +1,7 @@
 //! The whole hfj-resource-partitioning playbook on the sandbox (2 stand-in replicas, a few
-//! thousand generated resources), for range + attach and for hash + copy: HAPI goes to 0 and
-//! back through `scale`, the stand-in then writes (POST, PUT) and reads (GET) through the
+//! thousand generated resources), for range + attach and for hash + copy: refused while HAPI
+//! serves; then HAPI goes to 0 and back through `scale` (one downtime: DDL validation comes
+//! back by a rolling redeploy), the stand-in then writes (POST, PUT) and reads (GET) through the
 //! proxy on the partitioned table, the rows land in partitions, `ferry report` marks the
 //! downtime, and `ferry rollback` brings every row (those written after the swap too) back
 //! into the plain table with HAPI serving. Docker: in the nextest `docker` group.
@@ -32,6 +33,36 @@ fn env_of_replicas(s: &Sbx, key: &str) -> Vec<String> {
         .collect()
 }
 
+/// The window on its own, HAPI still serving: `--dry-run` and `run` exit 3 naming the
+/// running replicas and what to do, and nothing changes.
+fn refused_while_hapi_runs(s: &Sbx, strategy: &str, existing: &str) {
+    let pb = s.sb.write(
+        "window-only.toml",
+        &format!(
+            "name = \"window-only\"\n[[steps]]\nid = \"convert\"\nkind = \"partition_table\"\nstage = \"convert\"\nstrategy = \"{strategy}\"\nexisting = \"{existing}\"\n"
+        ),
+    );
+    let pb = pb.to_str().unwrap();
+    for extra in [&["--dry-run"][..], &[][..]] {
+        let out = s.run(&[&["run", pb][..], extra].concat());
+        out.expect(3);
+        let text = format!("{}{}", out.stdout, out.stderr);
+        assert!(
+            text.contains("replica(s) of hapi running") && text.contains("scale HAPI to 0 first"),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        psql(
+            s,
+            "SELECT relkind::text || (SELECT count(*) FROM pg_class WHERE relname LIKE '%ferry%') FROM pg_class WHERE oid = 'hfj_resource'::regclass"
+        ),
+        "r0",
+        "nothing changed"
+    );
+    assert_eq!(s.replicas().len(), 2, "HAPI still serving");
+}
+
 fn window(strategy: &str, existing: &str) {
     let Some(s) = Sbx::up_seeded(2, RESOURCES) else {
         return;
@@ -41,6 +72,7 @@ fn window(strategy: &str, existing: &str) {
         .parse()
         .unwrap();
     assert!(before >= i64::from(RESOURCES), "seeded {before}");
+    refused_while_hapi_runs(&s, strategy, existing);
     let playbook = repo().join("playbooks/hfj-resource-partitioning.toml");
     let (sv, ev) = (
         format!("strategy={strategy}"),
@@ -67,8 +99,15 @@ fn window(strategy: &str, existing: &str) {
         .find_map(|e| e["run_id"].as_str())
         .expect("a run id in the events")
         .to_owned();
-    // Scale journaled HAPI going to 0 and back (twice: the window, then the recreation
-    // with validation back on).
+    // Scale journaled HAPI going to 0 and back once (the window); validation came back
+    // by a rolling redeploy, one replica at a time.
+    let rolled = events
+        .iter()
+        .filter(|e| e["event"] == "log" && e["step"] == "hapi-revalidate")
+        .filter_map(|e| e["message"].as_str())
+        .filter(|m| m.starts_with("replacing "))
+        .count();
+    assert_eq!(rolled, 2, "each replica replaced in turn");
     let ups: Vec<&str> = events
         .iter()
         .filter(|e| e["event"] == "log" && e["step"] == "hapi-up")
@@ -127,10 +166,11 @@ fn window(strategy: &str, existing: &str) {
     let rec: serde_json::Value = serde_json::from_str(&rep.stdout).unwrap();
     let spans = rec["downtime"].as_array().cloned().unwrap_or_default();
     assert!(
-        spans.iter().any(|d| d["stopped_by"] == "hapi-down"
-            && d["started_by"] == "hapi-up"
-            && d["to_ms"].as_u64() > d["from_ms"].as_u64()),
-        "{spans:?}"
+        spans.len() == 1
+            && spans.iter().any(|d| d["stopped_by"] == "hapi-down"
+                && d["started_by"] == "hapi-up"
+                && d["to_ms"].as_u64() > d["from_ms"].as_u64()),
+        "one downtime, the window's: {spans:?}"
     );
 
     // Rollback: the plain table with every row, HAPI serving it.

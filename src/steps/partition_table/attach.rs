@@ -14,7 +14,7 @@ use tokio_postgres::Client;
 use super::ddl::{
     finish_parent_sql, fks_sql, parent_index_sql, rename_index_sql, retry, with_options,
 };
-use super::{PartitionTable, Phase, State, StepCx, guard, pgerr, quote_ident};
+use super::{PartitionTable, Phase, State, StepCx, budget, guard, pgerr, quote_ident};
 use crate::report::Level;
 
 /// The name of the old table's `n`th index while it is the first partition's.
@@ -31,6 +31,7 @@ pub async fn prepare(
     c: &Client,
     st: &mut State,
 ) -> anyhow::Result<()> {
+    budget::start(cx);
     let cat = st.catalog.clone().expect("snapshot");
     let t = cat.qualified();
     let name = pt.names().check;
@@ -77,7 +78,15 @@ pub async fn prepare(
         );
         retry(pt, cx, c, &add, "adding the range CHECK").await?;
     }
+    let heap = budget::heap_bytes(c, &t).await?;
     if !row.is_some_and(|r| r.get::<_, bool>(0)) {
+        let sampled = budget::scan_rate(pt, c, &t).await?;
+        budget::fits(
+            pt,
+            cx,
+            budget::scan(heap, st.scan_rate.or(sampled)),
+            "the range CHECK validation",
+        )?;
         let t0 = Instant::now();
         c.batch_execute(&format!(
             "ALTER TABLE {t} VALIDATE CONSTRAINT {}",
@@ -85,10 +94,32 @@ pub async fn prepare(
         ))
         .await
         .map_err(|e| anyhow::anyhow!("validating {name} on {t}: {}", pgerr(e)))?;
+        let secs = t0.elapsed().as_secs_f64();
+        st.scan_rate = Some(heap as f64 / secs.max(1e-3));
+        cx.save_checkpoint(st)?;
         cx.log(
             Level::Info,
             format!("{name} validated in {} ms", t0.elapsed().as_millis()),
         );
+    }
+    // Each guarded unique key: a substitute index built CONCURRENTLY (two scans) and its
+    // guard filled in bulk and indexed (about one more): three scans of the heap each.
+    let guards = cat
+        .indexes
+        .iter()
+        .filter(|i| i.needs_guard(&pt.key))
+        .count() as i64;
+    if guards > 0 {
+        let rate = match st.scan_rate {
+            Some(r) => Some(r),
+            None => budget::scan_rate(pt, c, &t).await?,
+        };
+        budget::fits(
+            pt,
+            cx,
+            budget::scan(heap * 3 * guards, rate),
+            "the substitute indexes and the uniqueness guard",
+        )?;
     }
     for (n, ix) in cat.indexes.iter().enumerate() {
         if !ix.needs_guard(&pt.key) {
@@ -129,9 +160,18 @@ pub async fn window(
     c: &Client,
     st: &mut State,
 ) -> anyhow::Result<()> {
+    budget::start(cx);
     let cat = st.catalog.clone().expect("snapshot");
     let p0 = pt.part_name(0);
     if !attached(pt, c, &cat).await? {
+        // Its statements are catalog-only (no scan, no build): the worst case is the wait
+        // for its locks.
+        budget::fits(
+            pt,
+            cx,
+            Some(budget::lock_wait(pt)),
+            "the window transaction",
+        )?;
         let hi = st.hi.expect("prepared");
         let t = cat.qualified();
         let mut sql = format!(

@@ -11,13 +11,12 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
 use tokio_postgres::Client;
 
 use super::catalog::{self, Catalog};
 use super::ddl::{finish_parent_sql, lit, retry};
-use super::{Interrupted, PartitionTable, Phase, State, StepCx, guard, pgerr, quote_ident};
-use crate::report::Level;
+use super::{PartitionTable, Phase, State, StepCx, budget, guard, pgerr, quote_ident};
+use crate::report::{Level, Unit};
 
 pub fn new_index(n: usize) -> String {
     format!("ferry_new_{n}")
@@ -33,7 +32,7 @@ pub async fn run(
     c: &Client,
     st: &mut State,
 ) -> anyhow::Result<()> {
-    let started = Instant::now();
+    budget::start(cx);
     let cat = st.catalog.clone().expect("snapshot");
     let twin = pt.q(&pt.names().twin);
     if st.phase < Phase::Twin {
@@ -46,7 +45,7 @@ pub async fn run(
         cx.save_checkpoint(st)?;
     }
     if st.phase < Phase::Copied {
-        copy_rows(pt, cx, c, st, &cat, &twin, started).await?;
+        copy_rows(pt, cx, c, st, &cat, &twin).await?;
         st.phase = Phase::Copied;
         cx.save_checkpoint(st)?;
     }
@@ -55,52 +54,18 @@ pub async fn run(
         let est = st
             .rate
             .map(|r| Duration::from_secs_f64(cat.rows as f64 / r * 0.5 * n / 2.0));
-        fits(pt, cx, started, est, "the index builds")?;
+        budget::fits(pt, cx, est, "the index builds")?;
         super::twin::build_indexes(pt, cx, c, &cat, &twin).await?;
         st.phase = Phase::Indexed;
         cx.save_checkpoint(st)?;
     }
     if st.phase < Phase::Swapped {
-        let est = pt.lock_timeout.get() * (pt.lock_retries + 1);
-        fits(pt, cx, started, Some(est), "the swap")?;
+        budget::fits(pt, cx, Some(budget::lock_wait(pt)), "the swap")?;
         swap(pt, cx, c, st, &cat).await?;
         st.phase = Phase::Swapped;
         cx.save_checkpoint(st)?;
     }
     Ok(())
-}
-
-/// The window budget: a phase estimated not to fit stops at this (clean) checkpoint, exit
-/// 5 and resumable in the next window, or fails so the run rolls back (`on_window`).
-fn fits(
-    pt: &PartitionTable,
-    cx: &StepCx,
-    started: Instant,
-    est: Option<Duration>,
-    what: &str,
-) -> anyhow::Result<()> {
-    let (Some(window), Some(est)) = (pt.window.as_ref(), est) else {
-        return Ok(());
-    };
-    let left = window.get().saturating_sub(started.elapsed());
-    if est <= left {
-        return Ok(());
-    }
-    let msg = format!(
-        "{what} is estimated at {}s but the window ({window}) has {}s left",
-        est.as_secs(),
-        left.as_secs()
-    );
-    if pt.on_window == "rollback" {
-        bail!("{msg}: rolling back (on_window = \"rollback\")");
-    }
-    cx.log(
-        Level::Warn,
-        format!(
-            "{msg}: stopping at the last checkpoint; `ferry resume` continues in the next window"
-        ),
-    );
-    Err(Interrupted.into())
 }
 
 async fn copy_rows(
@@ -110,7 +75,6 @@ async fn copy_rows(
     st: &mut State,
     cat: &Catalog,
     twin: &str,
-    started: Instant,
 ) -> anyhow::Result<()> {
     let t = cat.qualified();
     let k = quote_ident(&pt.key);
@@ -137,16 +101,9 @@ async fn copy_rows(
     let t0 = Instant::now();
     let mut here = 0i64;
     loop {
-        if let Some(rate) = st.rate {
-            let left = (cat.rows - st.copied).max(0) as f64;
-            fits(
-                pt,
-                cx,
-                started,
-                Some(Duration::from_secs_f64(left / rate)),
-                "the copy",
-            )?;
-        }
+        let left = (cat.rows - st.copied).max(0) as f64;
+        let est = st.rate.map(|rate| Duration::from_secs_f64(left / rate));
+        budget::fits(pt, cx, est, "the copy")?;
         let from = st.last_key.unwrap_or(i64::MIN);
         let row = c
             .query_one(bound.as_str(), &[&from, &pt.batch_rows])
@@ -166,6 +123,11 @@ async fn copy_rows(
         let rate = here as f64 / secs;
         st.rate = Some(rate);
         let left = (cat.rows - st.copied).max(0) as f64;
+        cx.progress(
+            st.copied.max(0) as u64,
+            cat.rows.max(st.copied).max(0) as u64,
+            Unit::Rows,
+        );
         cx.log(
             Level::Info,
             format!(

@@ -1,6 +1,7 @@
 //! The free-disk check: what the conversion builds (the twin and its indexes for copy;
-//! the guard and substitute indexes for attach) against statvfs of the data directory
-//! when it is on this host; otherwise a warning naming what could not be checked.
+//! the guard and substitute indexes for attach) against statvfs of the directory they go
+//! to (the database's default tablespace: the data directory, or the tablespace's
+//! location) when it is on this host; otherwise a warning naming what could not be checked.
 
 use std::str::FromStr;
 
@@ -35,14 +36,20 @@ pub async fn disk(
         cat.bytes + cat.bytes / 5
     };
     let mb = need / (1 << 20) + 1;
+    // Where the new relations go: the database's default tablespace (the data directory
+    // for pg_default; pg_settings hides it from a login without pg_read_all_settings).
     let dir: Option<String> = c
         .query_opt(
-            "SELECT setting FROM pg_settings WHERE name = 'data_directory'",
+            "SELECT CASE WHEN t.spcname = 'pg_default' \
+               THEN (SELECT setting FROM pg_settings WHERE name = 'data_directory') \
+               ELSE nullif(pg_tablespace_location(t.oid), '') END \
+             FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace \
+             WHERE d.datname = current_database()",
             &[],
         )
         .await
         .map_err(pgerr)?
-        .map(|r| r.get(0));
+        .and_then(|r| r.get(0));
     let url = cx
         .target()?
         .postgres(&pt.database)
@@ -87,7 +94,7 @@ pub async fn disk(
             format!(
                 "free disk on the database host could not be checked ({}): make sure {mb} MB are free there",
                 match (dir, local) {
-                    (None, _) => "data_directory is not readable by this login".to_owned(),
+                    (None, _) => "the data directory is not readable by this login".to_owned(),
                     (Some(d), false) => format!("{d} is on another host"),
                     (Some(d), true) => format!("{d} is not reachable from here"),
                 }

@@ -15,6 +15,7 @@
 //! either happened or not; rollback from any phase loses no row (see rollback.rs).
 
 mod attach;
+mod budget;
 pub mod catalog;
 mod check;
 mod copy;
@@ -120,6 +121,9 @@ pub struct State {
     pub rate: Option<f64>,
     /// How long the window transaction (attach) or the swap (copy) held its locks.
     pub window_ms: Option<u64>,
+    /// attach: the measured sequential-scan rate, bytes/s (the window budget's estimates).
+    #[serde(default)]
+    pub scan_rate: Option<f64>,
 }
 
 pub fn pgerr(e: tokio_postgres::Error) -> anyhow::Error {

@@ -1,7 +1,8 @@
 //! After the conversion: FK validation (online, HAPI may serve) and the verification —
 //! the table is partitioned; per partition and in total, row counts and an
 //! order-independent checksum of every column equal the old table (copy; keys changed
-//! since the swap are left out of the comparison); the FK set (names, columns, actions,
+//! since the swap are left out of the comparison; in the window only the totals are
+//! counted, the checksums wait for the validate stage, which runs while HAPI serves); the FK set (names, columns, actions,
 //! deferrability) equals the snapshot; every original index name is on the new table;
 //! storage parameters and statistics targets kept; sequences untouched; the guard holds
 //! one row per table row; `EXPLAIN` of a key lookup touches exactly one partition.
@@ -23,6 +24,26 @@ pub async fn validate_fks(pt: &PartitionTable, cx: &StepCx, c: &Client) -> anyho
         incoming: fks,
         ..empty(pt)
     };
+    // The window budget: each VALIDATE scans its referencing table; the rate is sampled on
+    // the largest of them.
+    super::budget::start(cx);
+    if pt.window.is_some() {
+        let mut sizes = vec![];
+        for fk in &cat.incoming {
+            sizes.push((super::budget::heap_bytes(c, &fk.on).await?, fk.on.clone()));
+        }
+        sizes.sort();
+        if let Some((_, big)) = sizes.last() {
+            let rate = super::budget::scan_rate(pt, c, big).await?;
+            let total = sizes.iter().map(|(b, _)| b).sum();
+            super::budget::fits(
+                pt,
+                cx,
+                super::budget::scan(total, rate),
+                "the FK validations",
+            )?;
+        }
+    }
     let t0 = std::time::Instant::now();
     super::rollback::validate(c, &cat).await?;
     cx.log(
@@ -113,7 +134,12 @@ pub async fn run(
         pt.key
     );
     let Some(cat) = &st.catalog else {
-        return Ok(()); // stage = "validate": the snapshot is the conversion step's
+        // stage = "validate": the snapshot is the conversion step's; after a copy, the rows
+        // are compared with `<table>_old` here, while HAPI serves.
+        if validated && copied(pt, c).await? {
+            return rows_match(pt, cx, c, &parts).await;
+        }
+        return Ok(());
     };
     let mut want = cat.incoming.clone();
     let mut have = now;
@@ -190,10 +216,67 @@ pub async fn run(
     if pt.attach() {
         return Ok(());
     }
+    if validated {
+        return rows_match(pt, cx, c, &parts).await;
+    }
+    // In the window (`stage = "convert"`), only the totals: the per-partition checksums
+    // scan both tables once per partition and wait for `stage = "validate"`, which runs
+    // while HAPI serves (keys written since the swap are left out of the comparison).
+    let same = format!("{k} NOT IN (SELECT {k} FROM {})", pt.q(&pt.names().changes));
+    let (a, b) = (
+        count(c, &pt.q(&pt.names().old), &same).await?,
+        count(c, &t, &same).await?,
+    );
+    ensure!(
+        a == b,
+        "{t} holds {b} rows, {} {a}: the copy is incomplete",
+        pt.names().old
+    );
+    cx.log(
+        Level::Info,
+        format!(
+            "{b} rows in {t} as in {}; checksums per partition are compared by the validate stage",
+            pt.names().old
+        ),
+    );
+    Ok(())
+}
+
+/// Whether the table came by copy: `<table>_old` and the change capture are there.
+async fn copied(pt: &PartitionTable, c: &Client) -> anyhow::Result<bool> {
+    let n = pt.names();
+    Ok(c.query_one(
+        "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL",
+        &[&pt.q(&n.old), &pt.q(&n.changes)],
+    )
+    .await
+    .map_err(pgerr)?
+    .get(0))
+}
+
+async fn count(c: &Client, rel: &str, filter: &str) -> anyhow::Result<i64> {
+    Ok(
+        c.query_one(&format!("SELECT count(*) FROM {rel} WHERE {filter}"), &[])
+            .await
+            .map_err(pgerr)?
+            .get(0),
+    )
+}
+
+/// copy: per partition and in total, row counts and checksums equal `<table>_old`'s, keys
+/// changed since the swap (the change capture) left out.
+async fn rows_match(
+    pt: &PartitionTable,
+    cx: &StepCx,
+    c: &Client,
+    parts: &[(String, String)],
+) -> anyhow::Result<()> {
+    let t = pt.q(&pt.table);
+    let k = quote_ident(&pt.key);
     let old = pt.q(&pt.names().old);
     let ch = pt.q(&pt.names().changes);
     let same = format!("{k} NOT IN (SELECT {k} FROM {ch})");
-    for (name, bound) in &parts {
+    for (name, bound) in parts {
         let a = sum(c, &old, &format!("{bound} AND {same}")).await?;
         let b = sum(c, &pt.q(name), &same).await?;
         ensure!(

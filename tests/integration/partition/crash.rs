@@ -1,9 +1,31 @@
 //! `partition_table` and kill -9: in every phase (mid-copy, before and after the swap,
-//! before validate, during rollback) and inside the swap transaction; `ferry resume` reaches
-//! the same end state with equal counts and checksums, and the rollback restores all.
+//! before validate, during rollback) and inside statements (the index builds, the swap
+//! transaction, an FK VALIDATE, each killed while it waits for a lock); `ferry resume`
+//! reaches the same end state with equal counts and checksums, and the rollback restores
+//! all and leaves no ferry object.
 
-use super::{ENV, FERRY_LEFT, SCHEMAS, SHAPE, blocker, convert, end_sessions, setup};
-use crate::harness::wait_for;
+use super::{
+    ENV, FERRY_LEFT, SCHEMAS, SHAPE, assert_same, convert, kill_while_waiting, killed, setup,
+};
+use crate::harness::{Pg, Sandbox};
+
+/// Resume after the kill: rows, checksum and FKs as before; then rollback restores all.
+fn resume_then_rollback(pg: Pg, sb: Sandbox, before: &str, what: &str) {
+    sb.run_env(&["resume"], &ENV).expect(0);
+    assert_eq!(
+        pg.psql(
+            "fhirdb",
+            "SELECT relkind FROM pg_class WHERE relname = 'hfj_resource'"
+        ),
+        "p",
+        "{what}: converted"
+    );
+    assert_same(before, &pg.psql("fhirdb", SHAPE), &[0, 3, 4], what);
+    let id = sb.run_ids().pop().unwrap();
+    sb.run_env(&["rollback", &id], &ENV).expect(0);
+    assert_eq!(pg.psql("fhirdb", SHAPE), before, "{what}: rolled back");
+    pg.finish(sb, &[("fhirdb", FERRY_LEFT)], vec![]);
+}
 
 #[test]
 fn kill_9_in_every_phase_then_resume() {
@@ -24,24 +46,10 @@ fn kill_9_in_every_phase_then_resume() {
                 .str("stage", "convert")
                 .step("validate", "partition_table")
                 .str("stage", "validate");
-            pb.write(&sb, "pb.toml");
-            let out = sb.run_env(
-                &["run", "pb.toml", "--target", "target.toml"],
-                &[ENV[0], ("FERRY_FAILPOINT", point)],
-            );
-            assert_eq!(out.signal, Some(9), "{schema} {point}: {}", out.stderr);
+            killed(&sb, &pb, point);
             sb.run_env(&["resume"], &ENV).expect(0);
-            let after = pg.psql("fhirdb", SHAPE);
-            assert_eq!(
-                after.split(" | ").nth(4),
-                before.split(" | ").nth(4),
-                "{schema} {point}: rows and checksum"
-            );
-            assert_eq!(
-                after.split(" | ").next(),
-                before.split(" | ").next(),
-                "{schema} {point}: FKs"
-            );
+            let what = format!("{schema} {point}");
+            assert_same(&before, &pg.psql("fhirdb", SHAPE), &[0, 4], &what);
             assert_eq!(
                 pg.psql("fhirdb", "SELECT count(*) FROM hfj_resource_old"),
                 "2000"
@@ -52,13 +60,9 @@ fn kill_9_in_every_phase_then_resume() {
                 &["rollback", &id],
                 &[ENV[0], ("FERRY_FAILPOINT", "undo_started:convert")],
             );
-            assert_eq!(out.signal, Some(9), "{schema} {point}: rollback killed");
+            assert_eq!(out.signal, Some(9), "{what}: rollback killed");
             sb.run_env(&["resume"], &ENV).expect(0);
-            assert_eq!(
-                pg.psql("fhirdb", SHAPE),
-                before,
-                "{schema} {point}: rolled back"
-            );
+            assert_eq!(pg.psql("fhirdb", SHAPE), before, "{what}: rolled back");
             pg.finish(sb, &[("fhirdb", FERRY_LEFT)], vec![]);
         }
     }
@@ -76,28 +80,13 @@ fn kill_9_inside_the_swap_then_resume() {
         let pb = convert("hash", "copy")
             .str("lock_timeout", "60s")
             .raw("lock_retries", "0");
-        pb.write(&sb, "pb.toml");
-        let out = sb.run_env(
-            &["run", "pb.toml", "--target", "target.toml"],
-            &[ENV[0], ("FERRY_FAILPOINT", "checkpoint:convert#12")],
+        killed(&sb, &pb, "checkpoint:convert#12");
+        kill_while_waiting(
+            &pg,
+            &sb,
+            "LOCK TABLE test_ref IN ACCESS EXCLUSIVE MODE",
+            &["resume"],
         );
-        assert_eq!(out.signal, Some(9), "{}", out.stderr);
-        let mut hold = blocker(&pg, "LOCK TABLE test_ref IN ACCESS EXCLUSIVE MODE");
-        let mut ferry = sb.spawn(&["resume"], &ENV);
-        wait_for(
-            "the swap to wait for its lock",
-            std::time::Duration::from_secs(60),
-            || {
-                pg.psql("postgres", "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE NOT l.granted AND a.application_name LIKE 'ferry%'") != "0"
-            },
-        );
-        ferry.kill().unwrap();
-        ferry.wait().unwrap();
-        // The killed client's backend would go on once the lock is free: end it first, as a
-        // crashed host's connection would be.
-        end_sessions(&pg, "application_name LIKE 'ferry%'");
-        end_sessions(&pg, "query LIKE 'BEGIN; LOCK%'");
-        hold.wait().unwrap();
         assert_eq!(
             pg.psql(
                 "fhirdb",
@@ -106,16 +95,76 @@ fn kill_9_inside_the_swap_then_resume() {
             "r",
             "{schema}: the swap was rolled back"
         );
-        sb.run_env(&["resume"], &ENV).expect(0);
-        let after = pg.psql("fhirdb", SHAPE);
-        assert_eq!(
-            after.split(" | ").nth(4),
-            before.split(" | ").nth(4),
-            "{schema}: rows and checksum"
+        resume_then_rollback(pg, sb, &before, schema);
+    }
+}
+
+/// kill -9 during the index builds on the twin: both sessions' builds wait for a lock a
+/// session holds on one twin partition, so each is inside its statement when ferry dies.
+/// Nothing half-built survives (each build is one statement); `resume` builds every index
+/// (none twice), swaps and verifies.
+#[test]
+fn kill_9_during_the_index_builds_then_resume() {
+    for schema in SCHEMAS {
+        let Some((pg, sb)) = setup(schema) else {
+            return;
+        };
+        let before = pg.psql("fhirdb", SHAPE);
+        killed(&sb, &convert("hash", "copy"), "checkpoint:convert#11");
+        kill_while_waiting(
+            &pg,
+            &sb,
+            "LOCK TABLE hfj_resource_p2 IN ROW EXCLUSIVE MODE",
+            &["resume"],
         );
-        let id = sb.run_ids().pop().unwrap();
-        sb.run_env(&["rollback", &id], &ENV).expect(0);
-        assert_eq!(pg.psql("fhirdb", SHAPE), before, "{schema}: rolled back");
-        pg.finish(sb, &[("fhirdb", FERRY_LEFT)], vec![]);
+        assert_eq!(
+            pg.psql(
+                "fhirdb",
+                "SELECT count(*) FROM pg_class WHERE relname LIKE 'ferry_new_%' AND relkind = 'I'"
+            ),
+            "0",
+            "{schema}: no twin index committed while the builds waited"
+        );
+        assert_eq!(
+            pg.psql("fhirdb", "SELECT count(*) FROM hfj_resource_ferry_twin"),
+            "2000",
+            "{schema}: the copy is kept"
+        );
+        resume_then_rollback(pg, sb, &before, schema);
+    }
+}
+
+/// kill -9 during `VALIDATE CONSTRAINT` (the FK from test_ref waits for a lock), for attach
+/// and copy: the FK stays NOT VALID, `resume` validates every FK and verifies.
+#[test]
+fn kill_9_during_fk_validate_then_resume() {
+    for schema in SCHEMAS {
+        for (strategy, existing) in [("range", "attach"), ("hash", "copy")] {
+            let Some((pg, sb)) = setup(schema) else {
+                return;
+            };
+            let before = pg.psql("fhirdb", SHAPE);
+            let pb = convert(strategy, existing)
+                .str("stage", "convert")
+                .step("validate", "partition_table")
+                .str("stage", "validate");
+            killed(&sb, &pb, "step_started:validate");
+            kill_while_waiting(
+                &pg,
+                &sb,
+                "LOCK TABLE test_ref IN ACCESS EXCLUSIVE MODE",
+                &["resume"],
+            );
+            let what = format!("{schema} {existing}");
+            assert_eq!(
+                pg.psql(
+                    "fhirdb",
+                    "SELECT convalidated FROM pg_constraint WHERE conname = 'fk_test_cascade'"
+                ),
+                "f",
+                "{what}: the killed VALIDATE did not commit"
+            );
+            resume_then_rollback(pg, sb, &before, &what);
+        }
     }
 }

@@ -1,10 +1,13 @@
-//! `partition_table` refusals (each with --dry-run too: exit 3, nothing changed), an
-//! exhausted lock_timeout, the staged playbook shape and the window budget.
+//! `partition_table` refusals (each with --dry-run too: exit 3, nothing changed; not
+//! enough disk on a small tmpfs tablespace), an exhausted lock_timeout, the staged
+//! playbook shape and the window budget.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use super::{ENV, FERRY_LEFT, SCHEMAS, SHAPE, blocker, convert, end_sessions, run, setup};
-use crate::harness::{Playbook, wait_for};
+use super::{
+    ENV, FERRY_LEFT, SCHEMAS, SHAPE, blocker, convert, end_sessions, refused, run, session, setup,
+};
+use crate::harness::{Pg, Playbook, require, wait_for};
 
 /// Each refusal: `--dry-run` and `run` both exit 3, name the object, and change nothing.
 #[test]
@@ -29,50 +32,17 @@ fn refusals_are_clear_and_change_nothing() {
             ),
         ];
         for (pb, want) in cases {
-            for extra in [&["--dry-run"][..], &[][..]] {
-                let out = run(&sb, &pb, extra);
-                out.expect(3);
-                assert!(
-                    out.stdout.contains(want) || out.stderr.contains(want),
-                    "{schema} {want}: {}{}",
-                    out.stdout,
-                    out.stderr
-                );
-            }
+            refused(&sb, &pb, want);
         }
         // A unique key no guard can keep (an expression).
         pg.psql(
             "fhirdb",
             "CREATE UNIQUE INDEX test_expr_uniq ON hfj_resource (lower(hash_sha256))",
         );
-        for extra in [&["--dry-run"][..], &[][..]] {
-            let out = run(&sb, &convert("hash", "copy"), extra);
-            out.expect(3);
-            assert!(
-                out.stdout.contains("test_expr_uniq") || out.stderr.contains("test_expr_uniq"),
-                "{}",
-                out.stderr
-            );
-        }
+        refused(&sb, &convert("hash", "copy"), "test_expr_uniq");
         pg.psql("fhirdb", "DROP INDEX test_expr_uniq");
         // Another session on the database.
-        let mut other = Command::new("psql")
-            .args([
-                "-h",
-                pg.dir.path().to_str().unwrap(),
-                "-p",
-                &pg.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "fhirdb",
-                "-XAtq",
-                "-c",
-                "SELECT pg_sleep(60)",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut other = session(&pg, "SELECT pg_sleep(60)");
         wait_for(
             "the other session",
             std::time::Duration::from_secs(10),
@@ -80,15 +50,7 @@ fn refusals_are_clear_and_change_nothing() {
                 pg.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%' AND pid <> pg_backend_pid()") == "1"
             },
         );
-        for extra in [&["--dry-run"][..], &[][..]] {
-            let out = run(&sb, &convert("range", "attach"), extra);
-            out.expect(3);
-            assert!(
-                out.stdout.contains("other session") || out.stderr.contains("other session"),
-                "{}",
-                out.stderr
-            );
-        }
+        refused(&sb, &convert("range", "attach"), "other session");
         pg.psql("postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%' AND pid <> pg_backend_pid()");
         other.wait().unwrap();
         wait_for(
@@ -106,16 +68,7 @@ fn refusals_are_clear_and_change_nothing() {
         assert_eq!(pg.psql("fhirdb", FERRY_LEFT), "0");
         // Already partitioned.
         run(&sb, &convert("range", "attach"), &[]).expect(0);
-        for extra in [&["--dry-run"][..], &[][..]] {
-            let out = run(&sb, &convert("range", "attach"), extra);
-            out.expect(3);
-            assert!(
-                out.stdout.contains("already partitioned")
-                    || out.stderr.contains("already partitioned"),
-                "{}",
-                out.stderr
-            );
-        }
+        refused(&sb, &convert("range", "attach"), "already partitioned");
         pg.finish(sb, &[], vec![]);
     }
 }
@@ -156,12 +109,22 @@ fn staged_attach_and_the_window_budget() {
         sb.run_env(&["rollback", &id], &ENV).expect(0);
         assert_eq!(pg.psql("fhirdb", SHAPE), before, "{schema}: rolled back");
         assert_eq!(pg.psql("fhirdb", FERRY_LEFT), "0");
-        // A window far too small for the copy.
-        let out = run(&sb, &convert("hash", "copy").str("window", "1ms"), &[]);
-        out.expect(5);
-        assert!(out.stderr.contains("window"), "{}", out.stderr);
-        let id = sb.run_ids().pop().unwrap();
-        sb.run_env(&["rollback", &id], &ENV).expect(0);
+        // A window far too small: attach stops before its CHECK validation (estimated from
+        // a sampled scan rate), copy before a batch; each at a clean checkpoint.
+        for (pb, phase) in [
+            (
+                convert("range", "attach"),
+                "the range CHECK validation is estimated",
+            ),
+            (convert("hash", "copy"), "the copy is estimated"),
+        ] {
+            let out = run(&sb, &pb.str("window", "1ms"), &[]);
+            out.expect(5);
+            assert!(out.stderr.contains(phase), "{schema}: {}", out.stderr);
+            let id = sb.run_ids().pop().unwrap();
+            sb.run_env(&["rollback", &id], &ENV).expect(0);
+            assert_eq!(pg.psql("fhirdb", SHAPE), before, "{schema}: rolled back");
+        }
         let pb = convert("hash", "copy")
             .str("window", "1ms")
             .str("on_window", "rollback");
@@ -201,4 +164,103 @@ fn lock_timeout_exhausted_fails_clearly_and_changes_nothing() {
         );
         pg.finish(sb, &[("fhirdb", FERRY_LEFT)], vec![]);
     }
+}
+
+/// A tmpfs of `bytes` mounted for the cluster's user, unmounted (lazily) when dropped.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(bytes: i64) -> Option<SmallFs> {
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout == b"0\n");
+        if !require("root (to mount a small tmpfs for a tablespace)", root) {
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("ferry-test-smallfs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let id = |flag: &str| {
+            let o = Command::new("id")
+                .args([flag, "postgres"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).trim().to_owned()
+        };
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!(
+                "size={},mode=0700,uid={},gid={}",
+                bytes,
+                id("-u"),
+                id("-g")
+            ))
+            .arg("tmpfs")
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount -t tmpfs on {}", dir.display());
+        Some(SmallFs(dir))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Not enough disk: fhirdb moved to a tablespace on a tmpfs with room for half of what the
+/// copy builds. `--dry-run` and `run` exit 3 naming the space needed and free, nothing
+/// changes; on the data directory (plenty of room) the same run converts.
+#[test]
+fn not_enough_disk_is_refused_and_changes_nothing() {
+    for schema in SCHEMAS {
+        let Some((pg, sb)) = setup(schema) else {
+            return;
+        };
+        let sizes = pg.psql(
+            "fhirdb",
+            "SELECT pg_database_size(current_database()) || ' ' || pg_total_relation_size('hfj_resource')",
+        );
+        let (db, table) = sizes.split_once(' ').unwrap();
+        let (db, table): (i64, i64) = (db.parse().unwrap(), table.parse().unwrap());
+        // Room for the database as it is and 60% of the table: the copy needs 120%.
+        let Some(fs) = SmallFs::mount((db + table * 6 / 10 + 4095) / 4096 * 4096 + 65536) else {
+            return;
+        };
+        let loc = fs.0.display().to_string();
+        pg.psql(
+            "postgres",
+            &format!("CREATE TABLESPACE small LOCATION '{loc}'"),
+        );
+        pg.psql("postgres", "ALTER DATABASE fhirdb SET TABLESPACE small");
+        let before = pg.psql("fhirdb", SHAPE);
+        // "N MB needed for the conversion of hfj_resource, M MB free in LOC: free space …"
+        refused(
+            &sb,
+            &convert("hash", "copy"),
+            &format!("MB free in {loc}: free space or use `existing = \"attach\"`"),
+        );
+        assert_eq!(
+            pg.psql("fhirdb", SHAPE),
+            before,
+            "{schema}: nothing changed"
+        );
+        assert_eq!(pg.psql("fhirdb", FERRY_LEFT), "0");
+        back_to_default(&pg);
+        drop(fs);
+        run(&sb, &convert("hash", "copy"), &[]).expect(0);
+        pg.finish(sb, &[], vec![]);
+    }
+}
+
+fn back_to_default(pg: &Pg) {
+    pg.psql(
+        "postgres",
+        "ALTER DATABASE fhirdb SET TABLESPACE pg_default",
+    );
+    pg.psql("postgres", "DROP TABLESPACE small");
 }

@@ -91,6 +91,20 @@ pub fn run(sb: &Sandbox, pb: &Playbook, extra: &[&str]) -> crate::harness::Out {
     sb.run_env(&args, &ENV)
 }
 
+/// `pb` refused: `--dry-run` and `run` both exit 3, each saying `want` (stdout or stderr).
+pub fn refused(sb: &Sandbox, pb: &Playbook, want: &str) {
+    for extra in [&["--dry-run"][..], &[][..]] {
+        let out = run(sb, pb, extra);
+        out.expect(3);
+        assert!(
+            out.stdout.contains(want) || out.stderr.contains(want),
+            "{extra:?} {want}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+}
+
 pub fn has_fhir_id(pg: &Pg) -> bool {
     pg.psql("fhirdb", "SELECT count(*) FROM information_schema.columns WHERE table_name = 'hfj_resource' AND column_name = 'fhir_id'") == "1"
 }
@@ -233,9 +247,9 @@ fn cleanup_drops_the_old_table_and_rollback_is_then_refused() {
     }
 }
 
-/// A psql session that holds `lock` until it is terminated.
-pub fn blocker(pg: &Pg, lock: &str) -> std::process::Child {
-    let child = Command::new("psql")
+/// A psql session on fhirdb running `sql` until it ends or is terminated.
+pub fn session(pg: &Pg, sql: &str) -> std::process::Child {
+    Command::new("psql")
         .args([
             "-h",
             pg.dir.path().to_str().unwrap(),
@@ -247,12 +261,17 @@ pub fn blocker(pg: &Pg, lock: &str) -> std::process::Child {
             "fhirdb",
             "-XAtq",
             "-c",
+            sql,
         ])
-        .arg(format!("BEGIN; {lock}; SELECT pg_sleep(120)"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// A psql session that holds `lock` until it is terminated.
+pub fn blocker(pg: &Pg, lock: &str) -> std::process::Child {
+    let child = session(pg, &format!("BEGIN; {lock}; SELECT pg_sleep(120)"));
     wait_for(
         "the blocking session",
         std::time::Duration::from_secs(10),
@@ -261,6 +280,46 @@ pub fn blocker(pg: &Pg, lock: &str) -> std::process::Child {
         },
     );
     child
+}
+
+/// `pb` run with ferry killed (SIGKILL) by the failpoint `point` (`checkpoint:convert#11`).
+pub fn killed(sb: &Sandbox, pb: &Playbook, point: &str) {
+    pb.write(sb, "pb.toml");
+    let out = sb.run_env(
+        &["run", "pb.toml", "--target", "target.toml"],
+        &[ENV[0], ("FERRY_FAILPOINT", point)],
+    );
+    assert_eq!(out.signal, Some(9), "{point}: {}", out.stderr);
+}
+
+/// `ferry ARGS` killed with SIGKILL inside a statement: while it waits for `lock`, which
+/// another session holds. Its backend is then ended, as a crashed host's connection would
+/// be (it would otherwise go on once the lock is free), and the blocker after it.
+pub fn kill_while_waiting(pg: &Pg, sb: &Sandbox, lock: &str, args: &[&str]) {
+    let mut hold = blocker(pg, lock);
+    let mut ferry = sb.spawn(args, &ENV);
+    wait_for(
+        "ferry to wait for the lock",
+        std::time::Duration::from_secs(60),
+        || {
+            pg.psql("postgres", "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE NOT l.granted AND a.application_name LIKE 'ferry%'") != "0"
+        },
+    );
+    ferry.kill().unwrap();
+    ferry.wait().unwrap();
+    end_sessions(pg, "application_name LIKE 'ferry%'");
+    end_sessions(pg, "query LIKE 'BEGIN; LOCK%'");
+    hold.wait().unwrap();
+}
+
+/// The parts of [`SHAPE`] (0 FKs, 1 indexes, 2 kind and options, 3 statistics target,
+/// 4 rows and checksum) that must be equal in `before` and `after`.
+pub fn assert_same(before: &str, after: &str, parts: &[usize], what: &str) {
+    let (b, a): (Vec<&str>, Vec<&str>) =
+        (before.split(" | ").collect(), after.split(" | ").collect());
+    for &n in parts {
+        assert_eq!(a[n], b[n], "{what}: part {n} of the shape");
+    }
 }
 
 pub fn end_sessions(pg: &Pg, filter: &str) {
