@@ -1,18 +1,20 @@
-//! kind = "scale": set a compose service's replica count. Up: clone the newest replica into
-//! the next container numbers (named as compose names them, every compose label kept) and
+//! kind = "scale": set a compose service's replica count. Up: create replicas in the next
+//! container numbers (named as compose names them, every compose label kept) and
 //! wait for each to turn healthy; down: stop and remove the highest-numbered ones. Rollback
 //! restores the recorded count the same way. Put a `pool_capacity` check before it.
-//! To 0 (a maintenance window): the count it had is kept in the run's directory, and a later
-//! `replicas = "recorded"` brings it back. Up from 0 there is no replica to clone: compose
-//! creates them (`docker-compose up --no-deps --scale`), so they take the env file's
-//! *current* values. Going to 0 and back is journaled (`replicas`, the downtime's marks).
+//! A new replica is what compose would create for the service now (`docker-compose config`:
+//! image, environment, ports, volumes, networks…, `replicas::spec`), not a copy of the
+//! newest one's settings. To 0 and back (`replicas = "recorded"`): `replicas::window`.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::replicas::count::{self, Count};
-use super::replicas::swap::{Gate, clone_body, gate};
-use super::replicas::{all_replicas, fhir_path, project_service, reconcile, running_replicas};
+use super::replicas::count::Count;
+use super::replicas::spec::{self, ServiceSpec};
+use super::replicas::swap::{Body, CONFIG_HASH, Gate, clone_body, compose_hash, gate};
+use super::replicas::{
+    all_replicas, fhir_path, project_service, reconcile, running_replicas, window,
+};
 use super::{Check, Reversibility, Step, StepCx};
 use crate::infra::docker::{Docker, NUMBER, Replica};
 use crate::report::{Level, Unit};
@@ -26,7 +28,7 @@ pub struct Scale {
     pub service: Option<String>,
     /// A number (or a `{{ var }}` that renders as one): see `replicas::count`; or
     /// `"recorded"` (held as `Count::Current`): the count before this run scaled it to 0.
-    #[serde(deserialize_with = "replicas_or_recorded")]
+    #[serde(deserialize_with = "window::replicas_or_recorded")]
     pub replicas: Count,
     #[serde(default = "two_minutes")]
     pub health_timeout: Duration,
@@ -34,19 +36,6 @@ pub struct Scale {
 
 fn two_minutes() -> Duration {
     Duration::new(std::time::Duration::from_secs(120), "2m")
-}
-
-fn replicas_or_recorded<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Count, D::Error> {
-    let v = toml::Value::deserialize(d)?;
-    Ok(match v.as_str() {
-        Some("recorded") => Count::Current,
-        _ => count::replicas(v).map_err(serde::de::Error::custom)?,
-    })
-}
-
-/// Where a scale to 0 keeps the count it had, for `replicas = "recorded"`.
-fn recorded_path(cx: &StepCx, service: &str) -> std::path::PathBuf {
-    cx.run_dir().join(format!("replicas-before-0-{service}"))
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -70,62 +59,34 @@ fn name_for(sibling: &Replica, number: u32) -> String {
 }
 
 impl Scale {
+    /// What compose gives a new replica of the service now, and its config hash; None
+    /// (with a warning) when compose cannot say.
+    fn spec(
+        &self,
+        cx: &StepCx,
+        project: &str,
+        service: &str,
+    ) -> Option<(ServiceSpec, Option<String>)> {
+        let dir = cx.target().ok()?.files_root()?;
+        match spec::load(&dir, project, service) {
+            Ok(s) => Some((s, compose_hash(&dir, project, service))),
+            Err(e) => {
+                cx.log(
+                    Level::Warn,
+                    format!("{e:#}: new replicas copy the newest one's settings"),
+                );
+                None
+            }
+        }
+    }
+
     /// The count to reach, at run time.
     fn want(&self, cx: &StepCx) -> anyhow::Result<u32> {
         if let Some(n) = self.replicas.fixed()? {
             return Ok(n);
         }
         let (_, service) = project_service(cx, self.service.as_deref())?;
-        let p = recorded_path(cx, &service);
-        let text = std::fs::read_to_string(&p).with_context(|| {
-            format!(
-                "`replicas = \"recorded\"`: no count recorded for `{service}` in this run \
-                 ({}); scale it to 0 in an earlier step of the same run",
-                p.display()
-            )
-        })?;
-        text.trim()
-            .parse()
-            .with_context(|| format!("{}: not a replica count", p.display()))
-    }
-
-    /// Up from 0: compose creates the replicas from the files and the env file as they are
-    /// now (no container to clone), then each must pass the health gate.
-    async fn compose_up(
-        &self,
-        e: &Docker,
-        cx: &StepCx,
-        want: u32,
-        g: &Gate<'_>,
-    ) -> anyhow::Result<()> {
-        let (project, service) = project_service(cx, self.service.as_deref())?;
-        let dir = cx
-            .target()?
-            .files_root()
-            .context("scaling up from 0 needs the target's [files] root (the compose directory)")?;
-        cx.log(
-            Level::Info,
-            format!("docker-compose up {service} with {want} replicas"),
-        );
-        let scale = format!("{service}={want}");
-        let out = tokio::process::Command::new("docker-compose")
-            .current_dir(&dir)
-            .args(["-p", &project, "up", "-d", "--no-deps", "--no-recreate"])
-            .args(["--scale", &scale, &service])
-            .output()
-            .await
-            .with_context(|| format!("running docker-compose in {}", dir.display()))?;
-        if !out.status.success() {
-            bail!(
-                "`docker-compose -p {project} up --scale {scale}` in {} failed: {}",
-                dir.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        for r in running_replicas(e, &project, &service).await? {
-            gate(e, cx, &r.name, g).await?;
-        }
-        Ok(())
+        window::recorded(cx, &service)
     }
 
     /// Brings the service to `want` running replicas; safe to re-enter.
@@ -164,8 +125,9 @@ impl Scale {
             cp.removing = None;
             cx.save_checkpoint(cp)?;
         }
+        let mut spec = None;
         if want > 0 && running_replicas(e, &project, &service).await?.is_empty() {
-            self.compose_up(e, cx, want, &g).await?;
+            window::compose_up(e, cx, (&project, &service), want, &g).await?;
         }
         loop {
             let now = running_replicas(e, &project, &service).await?;
@@ -192,15 +154,31 @@ impl Scale {
                     .inspect_container(&newest.id)
                     .await?
                     .context("the replica to clone vanished")?;
-                let (mut body, nets) = clone_body(
-                    e,
-                    &old,
-                    &newest.image,
+                // What compose would create for the service now (its image, environment,
+                // ports, volumes, networks…), as `up --scale` would; the newest replica's
+                // own settings only when compose's view is unavailable.
+                let spec = spec.get_or_insert_with(|| self.spec(cx, &project, &service));
+                let (image, hash) = match spec {
+                    Some((s, hash)) => (
+                        s.image.clone().unwrap_or_else(|| newest.image.clone()),
+                        hash.clone(),
+                    ),
+                    None => (newest.image.clone(), None),
+                };
+                let hash = hash.or_else(|| {
                     old.config
                         .labels
                         .as_ref()
-                        .and_then(|l| l.get(super::replicas::swap::CONFIG_HASH))
-                        .map(String::as_str),
+                        .and_then(|l| l.get(CONFIG_HASH))
+                        .cloned()
+                });
+                let Body { mut body, nets } = clone_body(
+                    e,
+                    &old,
+                    &image,
+                    hash.as_deref(),
+                    spec.as_ref().map(|(s, _)| s),
+                    false,
                 )
                 .await?;
                 if let Some(l) = body.labels.as_mut() {
@@ -210,7 +188,7 @@ impl Scale {
                 cp.creating = Some(number);
                 cx.save_checkpoint(cp)?;
                 let id = e.create_container(&name, body).await?;
-                for (net, ep) in nets {
+                for (net, ep) in nets.into_iter().skip(1) {
                     e.connect_network(&net, &id, ep).await?;
                 }
                 e.start_container(&name).await?;
@@ -230,17 +208,6 @@ impl Scale {
                 cx.save_checkpoint(cp)?;
             }
         }
-    }
-}
-
-impl Scale {
-    /// A change to or from 0 running is journaled: `ferry report` marks the downtime.
-    fn journal_downtime(&self, cx: &StepCx, from: u32, to: u32) -> anyhow::Result<()> {
-        if (from == 0) != (to == 0) {
-            let (_, service) = project_service(cx, self.service.as_deref())?;
-            cx.replicas(&service, to)?;
-        }
-        Ok(())
     }
 }
 
@@ -324,7 +291,7 @@ impl Step for Scale {
                 let (project, service) = project_service(cx, self.service.as_deref())?;
                 let previous = running_replicas(&e, &project, &service).await?.len() as u32;
                 if self.replicas == Count::Fixed(0) && previous > 0 {
-                    std::fs::write(recorded_path(cx, &service), previous.to_string())
+                    std::fs::write(window::recorded_path(cx, &service), previous.to_string())
                         .context("keeping the replica count in the run's directory")?;
                 }
                 let cp = Scaled {
@@ -337,7 +304,8 @@ impl Step for Scale {
         };
         let want = self.want(cx)?;
         self.converge(&e, cx, &mut cp, want).await?;
-        self.journal_downtime(cx, cp.previous, want)
+        let (_, service) = project_service(cx, self.service.as_deref())?;
+        window::journal_downtime(cx, &service, cp.previous, want)
     }
 
     async fn rollback(&self, cx: &StepCx) -> anyhow::Result<()> {
@@ -354,6 +322,7 @@ impl Step for Scale {
             all.iter().filter(|r| r.state == "running").count() as u32
         };
         self.converge(&e, cx, &mut s, previous).await?;
-        self.journal_downtime(cx, now, previous)
+        let (_, service) = project_service(cx, self.service.as_deref())?;
+        window::journal_downtime(cx, &service, now, previous)
     }
 }

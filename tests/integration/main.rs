@@ -23,6 +23,7 @@ mod release;
 mod report_record;
 mod rollout;
 mod rollout_crash;
+mod rollout_spec;
 mod sandbox;
 mod sandbox_compose;
 mod sandbox_db;

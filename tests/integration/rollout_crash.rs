@@ -107,15 +107,34 @@ fn sweep_rollout(replicas: u32, extra: &[(&str, &str)]) {
     c.finish();
 }
 
+/// The replicas of the rollout sweeps: 1 in CI, `FERRY_SWEEP_REPLICAS` (1 to 5) from
+/// `scripts/sweep-rollout` (the issue reproduced on 3).
+fn sweep_replicas() -> u32 {
+    match std::env::var("FERRY_SWEEP_REPLICAS") {
+        Ok(n) => {
+            let n: u32 = n.parse().expect("FERRY_SWEEP_REPLICAS: a number");
+            assert!(
+                (1..=5).contains(&n),
+                "FERRY_SWEEP_REPLICAS: 1 to 5, not {n}"
+            );
+            n
+        }
+        Err(_) => 1,
+    }
+}
+
 #[test]
 fn rollout_killed_before_every_docker_call_then_resumed_or_rolled_back() {
-    sweep_rollout(1, &[]);
+    sweep_rollout(sweep_replicas(), &[]);
 }
 
 #[test]
 fn rollout_without_surge_killed_before_every_docker_call() {
     // The replica is stopped before its successor is created.
-    sweep_rollout(1, &[("max_surge", "0"), ("max_unavailable", "1")]);
+    sweep_rollout(
+        sweep_replicas(),
+        &[("max_surge", "0"), ("max_unavailable", "1")],
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use anyhow::Context;
 use bollard::models::{
-    ContainerConfig, ContainerCreateBody, EndpointSettings, HostConfig, ImageConfig,
+    ContainerConfig, ContainerCreateBody, EndpointSettings, HostConfig, ImageConfig, MountPoint,
     NetworkConnectRequest,
 };
 use bollard::query_parameters::{
@@ -16,7 +16,7 @@ use bollard::query_parameters::{
 
 use super::{Docker, ImageInfo, describe, not_found};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ContainerInfo {
     pub id: String,
     /// Without the leading `/`.
@@ -33,6 +33,8 @@ pub struct ContainerInfo {
     pub exit_code: Option<i64>,
     /// Host ports published on 127.0.0.1 (or any address), by container port ("8080/tcp").
     pub host_ports: HashMap<String, u16>,
+    /// Its mounts (a data volume's name, for the replacement to bind it again).
+    pub mounts: Vec<MountPoint>,
 }
 
 impl Docker {
@@ -78,6 +80,7 @@ impl Docker {
                 .map(|o| o.trim().to_owned()),
             exit_code: state.exit_code,
             host_ports,
+            mounts: c.mounts.unwrap_or_default(),
         }))
     }
 

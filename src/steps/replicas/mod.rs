@@ -5,10 +5,12 @@
 //! a container of the service, `traffic` moves a replica in and out of its aliases.
 
 pub mod count;
+pub mod host;
 pub mod reconcile;
 pub mod spec;
 pub mod swap;
 pub mod traffic;
+pub mod window;
 
 use anyhow::{Context, anyhow, bail};
 

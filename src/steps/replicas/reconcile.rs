@@ -209,9 +209,20 @@ pub async fn settle(
     }
     // A replica ferry left out of the rotation (it died while one was draining, or before a
     // started-again original rejoined) serves again.
+    // One listing and one inspect per replica (a replica's networks are a sibling's), not
+    // a sibling look-up per replica. Only the service's alias is asked for here: a replica
+    // not being replaced is not reconnected for an alias the compose file added since.
+    let mut infos = vec![];
     for r in super::all_replicas(engine, project, service).await? {
-        traffic::reattach(engine, &r.name, &sibling_networks(engine, &r.name).await?).await?;
-        traffic::ensure_joined(engine, &r.name).await?;
+        infos.extend(engine.inspect_container(&r.id).await?);
+    }
+    for (i, info) in infos.iter().enumerate() {
+        let sibling = infos.iter().enumerate().find(|(j, _)| *j != i).map(|x| x.1);
+        if traffic::reattached(engine, info, &networks_of(sibling)).await? {
+            traffic::ensure_joined(engine, &info.name, None).await?;
+        } else {
+            traffic::joined(engine, info, None).await?;
+        }
     }
     Ok(())
 }
@@ -321,7 +332,9 @@ async fn act(
                 engine.start_container(&tmp).await?;
             }
             engine.rename_container(&tmp, base).await?;
-            traffic::ensure_joined(engine, base).await.map(|_| ())
+            traffic::ensure_joined(engine, base, g.spec)
+                .await
+                .map(|_| ())
         }
         Action::Finish { start } => {
             let old = engine.inspect_container(base).await?;
@@ -540,6 +553,7 @@ mod tests {
             health_log: None,
             exit_code: None,
             host_ports: Default::default(),
+            mounts: vec![],
         }
     }
 

@@ -6,8 +6,7 @@
 //! replaces: the old container carries the *old* `.env`'s values (issue 11, item 3), and its
 //! `config-hash` label would then claim a match compose never made.
 //! Invariant: a field the file does not set is left to the image (None), as compose does.
-//! Not from here: ports, mounts, restart policy and networks, which are kept from the old
-//! container (they do not come from `.env` in this deployment; see the report in swap.rs).
+//! The image, and the host side (ports, volumes, restart policy, networks: `host`) too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -16,6 +15,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bollard::models::{ContainerCreateBody, HealthConfig};
 use serde_yaml::Value;
+
+use super::host::{self, HostSpec};
+use crate::infra::docker::ContainerInfo;
 
 /// The compose-derived part of a container of the service.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -32,6 +34,10 @@ pub struct ServiceSpec {
     /// `stop_grace_period` (compose's default is 10 s when unset).
     pub stop_grace: Option<Duration>,
     pub healthcheck: Option<HealthConfig>,
+    /// `image:` as interpolated (what `up` would run).
+    pub image: Option<String>,
+    /// Ports, volumes, restart policy, networks.
+    pub host: HostSpec,
 }
 
 /// Runs `docker-compose -p PROJECT config` in `dir` and takes `service` out of it.
@@ -48,11 +54,11 @@ pub fn load(dir: &Path, project: &str, service: &str) -> anyhow::Result<ServiceS
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    parse(&String::from_utf8_lossy(&out.stdout), service)
+    parse(&String::from_utf8_lossy(&out.stdout), project, service)
 }
 
 /// The service's part of compose's `config` output.
-pub fn parse(yaml: &str, service: &str) -> anyhow::Result<ServiceSpec> {
+pub fn parse(yaml: &str, project: &str, service: &str) -> anyhow::Result<ServiceSpec> {
     let doc: Value = serde_yaml::from_str(yaml).context("reading docker-compose config")?;
     let Some(svc) = doc.get("services").and_then(|s| s.get(service)) else {
         bail!("the compose files define no service `{service}` (docker-compose config)");
@@ -100,6 +106,8 @@ pub fn parse(yaml: &str, service: &str) -> anyhow::Result<ServiceSpec> {
             .map(|d| duration(&d))
             .transpose()?,
         healthcheck: svc.get("healthcheck").map(health).transpose()?,
+        image: text("image"),
+        host: host::parse(&doc, svc, project, service)?,
     })
 }
 
@@ -214,7 +222,14 @@ pub fn duration(s: &str) -> anyhow::Result<Duration> {
 /// Sets on `body` every field compose derives from the files. `compose_labels` are the old
 /// container's `com.docker.compose.*` labels (number, project, service…), kept as compose
 /// keeps them; its other labels came from the old files and are replaced by the spec's.
-pub fn apply(body: &mut ContainerCreateBody, spec: &ServiceSpec) {
+/// `previous` is the container replaced (None: a new replica number), whose data volumes
+/// are carried over (`host::apply`), with `old_image_volumes` (the VOLUMEs its image declares).
+pub fn apply(
+    body: &mut ContainerCreateBody,
+    spec: &ServiceSpec,
+    previous: Option<&ContainerInfo>,
+    old_image_volumes: &[String],
+) {
     let mut labels: HashMap<String, String> = body
         .labels
         .take()
@@ -233,6 +248,7 @@ pub fn apply(body: &mut ContainerCreateBody, spec: &ServiceSpec) {
     // Compose (API >= 1.25) sets StopTimeout only when the file has stop_grace_period.
     body.stop_timeout = spec.stop_grace.map(|d| d.as_secs() as i64);
     body.healthcheck = spec.healthcheck.clone();
+    host::apply(body, &spec.host, previous, old_image_volumes);
 }
 
 #[cfg(test)]
@@ -243,7 +259,7 @@ mod tests {
 
     #[test]
     fn the_service_is_read_as_compose_interpolated_it() {
-        let s = parse(CONFIG, "hapi").unwrap();
+        let s = parse(CONFIG, "p", "hapi").unwrap();
         assert_eq!(
             s.env,
             ["A=5", "EMPTY=", "HAPI_IG_VERSION=0.2.2", "UNSET"].map(String::from)
@@ -261,7 +277,7 @@ mod tests {
         assert_eq!(h.start_period, Some(90_000_000_000));
         assert_eq!(h.retries, Some(3));
         assert_eq!(h.timeout, None);
-        let e = parse(CONFIG, "web").unwrap_err().to_string();
+        let e = parse(CONFIG, "p", "web").unwrap_err().to_string();
         assert_eq!(
             e,
             "the compose files define no service `web` (docker-compose config)"
@@ -289,7 +305,7 @@ mod tests {
             cmd: Some(vec!["old".into()]),
             ..Default::default()
         };
-        apply(&mut body, &parse(CONFIG, "hapi").unwrap());
+        apply(&mut body, &parse(CONFIG, "p", "hapi").unwrap(), None, &[]);
         assert!(
             body.env
                 .as_ref()

@@ -1,10 +1,11 @@
 //! Replacing one replica the way docker-compose (v1 and v2) still recognises it: a clone with
 //! every `com.docker.compose.*` label (container number kept, `config-hash` recomputed, v2's
-//! `com.docker.compose.image` set), the same networks and aliases, restart policy, port
-//! bindings and mounts, and what compose derives from the files *now* (environment, labels,
-//! command, healthcheck…: `spec`, from `docker-compose config`), never the old container's
-//! values of those, which came from the old `.env`. Without a spec (compose unavailable) the
-//! old container's own settings are kept, minus the old image's ENV.
+//! `com.docker.compose.image` set), and what compose derives from the files *now*
+//! (environment, labels, command, healthcheck…, ports, volumes, restart policy, networks
+//! and aliases: `spec` and `host`, from `docker-compose config`), never the old
+//! container's values of those, which came from the old files and `.env`; its data
+//! volumes are carried over as compose carries them. Without a spec (compose unavailable)
+//! the old container's own settings are kept, minus the old image's ENV.
 //! The clone is started under a temporary name with no alias, must turn healthy (and report
 //! the expected version) on its own port, and only then joins the service's aliases and
 //! takes the old one's place; the old one leaves the aliases, drains, and is stopped
@@ -38,13 +39,26 @@ pub fn temp_name(name: &str) -> String {
     format!("{name}{TEMP_SUFFIX}")
 }
 
-/// What to create: `old` run on `image`, its own settings kept, the old image's dropped.
+/// A container to create: its request (the first network in it) and every network.
+pub struct Body {
+    pub body: ContainerCreateBody,
+    /// Every endpoint, the first one's included, with the aliases it serves under.
+    pub nets: Vec<(String, EndpointSettings)>,
+}
+
+/// What to create: `old` run on `image`, its own settings kept, the old image's dropped;
+/// then, with a `spec`, every field compose derives from the files replaced by compose's
+/// (environment, labels, command…, ports, volumes, restart policy, networks and aliases).
+/// `replaces`: the new container takes `old`'s place (and its data volumes), rather than
+/// a new replica number modelled on it.
 pub async fn clone_body(
     engine: &Docker,
     old: &ContainerInfo,
     image: &str,
     config_hash: Option<&str>,
-) -> anyhow::Result<(ContainerCreateBody, Vec<(String, EndpointSettings)>)> {
+    spec: Option<&ServiceSpec>,
+    replaces: bool,
+) -> anyhow::Result<Body> {
     let old_img = engine
         .image_config(&old.image_id)
         .await?
@@ -95,8 +109,7 @@ pub async fn clone_body(
         })
         .collect();
     nets.sort_by(|a, b| a.0.cmp(&b.0));
-    let first = nets.first().cloned();
-    let body = ContainerCreateBody {
+    let mut body = ContainerCreateBody {
         image: Some(image.to_owned()),
         env: minus(&c.env, &old_img.env),
         cmd: own(&c.cmd, &old_img.cmd),
@@ -121,12 +134,30 @@ pub async fn clone_body(
         exposed_ports: c.exposed_ports.clone(),
         labels: Some(labels),
         host_config: Some(old.host_config.clone()),
-        networking_config: first.map(|(n, e)| NetworkingConfig {
-            endpoints_config: Some([(n, e)].into_iter().collect()),
-        }),
         ..Default::default()
     };
-    Ok((body, nets.into_iter().skip(1).collect()))
+    if let Some(spec) = spec {
+        spec::apply(
+            &mut body,
+            spec,
+            replaces.then_some(old),
+            old_img.volumes.as_deref().unwrap_or_default(),
+        );
+        if let Some(want) = &spec.host.networks {
+            // Compose's networks and aliases; an endpoint's links kept from the old one.
+            nets = want
+                .iter()
+                .map(|(n, e)| {
+                    let links = old.networks.get(n).and_then(|o| o.links.clone());
+                    (n.clone(), EndpointSettings { links, ..e.clone() })
+                })
+                .collect();
+        }
+    }
+    body.networking_config = nets.first().map(|(n, e)| NetworkingConfig {
+        endpoints_config: Some([(n.clone(), e.clone())].into_iter().collect()),
+    });
+    Ok(Body { body, nets })
 }
 
 /// Waits for Docker's health status `healthy` (or running, for an image without a
@@ -199,7 +230,7 @@ pub async fn replace(
     let Some(old) = old else {
         if leftover.is_some() {
             gate(engine, cx, &tmp, g).await?;
-            traffic::ensure_joined(engine, &tmp).await?;
+            traffic::ensure_joined(engine, &tmp, g.spec).await?;
             return engine.rename_container(&tmp, old_name).await;
         }
         bail!("replica {old_name} does not exist");
@@ -207,19 +238,9 @@ pub async fn replace(
     if leftover.is_some() {
         engine.remove_container(&tmp).await?;
     }
-    let (mut body, more_nets) = clone_body(engine, &old, image, config_hash).await?;
-    if let Some(spec) = g.spec {
-        spec::apply(&mut body, spec);
-    }
     // Every endpoint, with the aliases the clone joins once its gate passed.
-    let mut nets: Vec<(String, EndpointSettings)> = body
-        .networking_config
-        .take()
-        .and_then(|c| c.endpoints_config)
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    nets.extend(more_nets);
+    let Body { mut body, nets } =
+        clone_body(engine, &old, image, config_hash, g.spec, true).await?;
     let bare = traffic::unaliased(&nets);
     body.networking_config = bare.first().map(|(n, e)| NetworkingConfig {
         endpoints_config: Some([(n.clone(), e.clone())].into_iter().collect()),
@@ -262,7 +283,7 @@ pub async fn promote(
     old_name: &str,
     g: &Gate<'_>,
 ) -> anyhow::Result<()> {
-    traffic::ensure_joined(engine, &temp_name(old_name)).await?;
+    traffic::ensure_joined(engine, &temp_name(old_name), g.spec).await?;
     match engine.inspect_container(old_name).await? {
         Some(old) if old.running => {
             traffic::drain_and_stop(engine, cx, &old, g.drain, g.stop_timeout).await?;

@@ -19,6 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bollard::models::EndpointSettings;
 
+use super::spec::ServiceSpec;
 use crate::infra::docker::{ContainerInfo, Docker};
 use crate::report::Level;
 use crate::steps::StepCx;
@@ -150,11 +151,26 @@ pub async fn drain_and_stop(
 /// Puts `name` back into its service's alias on every network where it lacks it (a clone
 /// finished after a crash, an old replica left out of the rotation when ferry died between
 /// [`leave`] and its stop): the alias compose gives, the service name from its label.
+/// With a `spec`, a network's aliases are compose's for it (the service's and the file's).
 /// Returns whether anything changed.
-pub async fn ensure_joined(engine: &Docker, name: &str) -> anyhow::Result<bool> {
+pub async fn ensure_joined(
+    engine: &Docker,
+    name: &str,
+    spec: Option<&ServiceSpec>,
+) -> anyhow::Result<bool> {
     let Some(info) = engine.inspect_container(name).await? else {
         return Ok(false);
     };
+    joined(engine, &info, spec).await
+}
+
+/// [`ensure_joined`] for a container just inspected.
+pub async fn joined(
+    engine: &Docker,
+    info: &ContainerInfo,
+    spec: Option<&ServiceSpec>,
+) -> anyhow::Result<bool> {
+    let name = info.name.as_str();
     let Some(service) = info
         .config
         .labels
@@ -168,11 +184,19 @@ pub async fn ensure_joined(engine: &Docker, name: &str) -> anyhow::Result<bool> 
     let mut nets: Vec<_> = info.networks.iter().collect();
     nets.sort_by(|a, b| a.0.cmp(b.0));
     for (net, ep) in nets {
-        if ep.aliases.iter().flatten().any(|a| *a == service) {
+        let want = spec
+            .and_then(|s| s.host.networks.as_ref())
+            .and_then(|ns| ns.iter().find(|(n, _)| n == net))
+            .and_then(|(_, e)| e.aliases.clone())
+            .unwrap_or_else(|| vec![service.clone()]);
+        if want
+            .iter()
+            .all(|w| ep.aliases.iter().flatten().any(|a| a == w))
+        {
             continue;
         }
         let full = EndpointSettings {
-            aliases: Some(vec![service.clone()]),
+            aliases: Some(want),
             links: ep.links.clone(),
             driver_opts: ep.driver_opts.clone(),
             ..Default::default()
@@ -192,6 +216,17 @@ pub async fn reattach(engine: &Docker, name: &str, nets: &[String]) -> anyhow::R
     let Some(info) = engine.inspect_container(name).await? else {
         return Ok(());
     };
+    reattached(engine, &info, nets).await.map(drop)
+}
+
+/// [`reattach`] for a container just inspected; whether it was connected anywhere.
+pub async fn reattached(
+    engine: &Docker,
+    info: &ContainerInfo,
+    nets: &[String],
+) -> anyhow::Result<bool> {
+    let name = info.name.as_str();
+    let mut changed = false;
     let service = info
         .config
         .labels
@@ -207,6 +242,7 @@ pub async fn reattach(engine: &Docker, name: &str, nets: &[String]) -> anyhow::R
             .connect_network(net, name, ep)
             .await
             .with_context(|| format!("reconnecting {name} to {net}"))?;
+        changed = true;
     }
-    Ok(())
+    Ok(changed)
 }

@@ -27,9 +27,43 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_owned()
 }
 
+/// The hapi service of the sandbox's compose file, with the stand-in's health checked
+/// every 250 ms (the image says 2 s) and its start delay 300 ms (1 s): a clone is healthy
+/// within a second instead of three, in every rollout, resume and rollback of a sweep.
+/// What ferry does is unchanged: it is gated on the same `starting` → `healthy` states and
+/// makes the same Docker calls (the proxy collapses repeated identical polls anyway).
+fn fast_health(compose: &str) -> String {
+    let (head, rest) = compose.split_once("  hapi:\n").expect("a hapi service");
+    let end = rest
+        .match_indices('\n')
+        .map(|(i, _)| i + 1)
+        .find(|&i| rest[i..].starts_with("  ") && !rest[i..].starts_with("   "))
+        .unwrap_or(rest.len());
+    let (hapi, tail) = rest.split_at(end);
+    let hapi = hapi.replacen(
+        "STANDIN_START_DELAY_MS: \"1000\"",
+        "STANDIN_START_DELAY_MS: \"300\"",
+        1,
+    );
+    assert!(hapi.contains("\"300\""), "the start delay:\n{hapi}");
+    let hapi = format!(
+        "{}\n    healthcheck:\n      test: [\"CMD\", \"/app/hapi-standin\", \"healthcheck\"]\n      interval: 250ms\n      timeout: 2s\n      retries: 3\n",
+        hapi.trim_end_matches('\n')
+    );
+    format!("{head}  hapi:\n{hapi}{tail}")
+}
+
 impl Crash {
     pub fn up(replicas: u32) -> Option<Crash> {
         let s = Sbx::up(replicas)?;
+        let compose = s.dir.join("files/docker-compose.yml");
+        let text = std::fs::read_to_string(&compose).unwrap();
+        std::fs::write(&compose, fast_health(&text)).unwrap();
+        let (ok, up) = s.compose(&["up", "-d", "--scale", &format!("hapi={replicas}")]);
+        assert!(ok, "{up}");
+        for (name, _, _) in s.replicas() {
+            crate::sandbox::wait_healthy(&name);
+        }
         let old = s.state()["image"].as_str().unwrap().to_owned();
         let new = format!("ferry-test-next-{}:1", s.state()["id"].as_str().unwrap());
         let ctx = s.sb.path("next");
@@ -64,7 +98,7 @@ impl Crash {
             Playbook::new("rollout")
                 .step("rollout", "rolling_redeploy")
                 .str("image", image)
-                .str("drain", "1s"),
+                .str("drain", "200ms"),
             |pb, (k, v)| pb.raw(k, v),
         );
         let name = format!("rollout-{}.toml", image.replace([':', '/'], "-"));

@@ -1,0 +1,216 @@
+//! A new replica is the container `docker-compose up` would create (issue 11, item 3, and
+//! `scale` up): after a compose change of ports, volumes, restart policy and networks (with
+//! aliases) together with the image, each replica ferry creates is compared field by field
+//! with the one compose itself then creates from the same files in its place, and carries
+//! compose's config hash (`docker-compose up -d` finds a rolled-out service up to date).
+//! Each test starts its own sandbox (`host` stack, labelled `ferry.test=1`) and takes it down.
+
+use serde_json::Value;
+
+use crate::harness::Playbook;
+use crate::sandbox::{Sbx, docker};
+
+/// The hapi service of the sandbox's compose file with another port, a bind mount, another
+/// restart policy, a network alias and an `.env`-interpolated variable.
+fn change_compose(s: &Sbx) {
+    let path = s.dir.join("files/docker-compose.yml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (head, rest) = text.split_once("  hapi:\n").unwrap();
+    let end = rest.find("\n  lb:\n").unwrap();
+    let (hapi, tail) = rest.split_at(end);
+    let hapi = hapi
+        .replacen(
+            "      - \"127.0.0.1::8080\"\n",
+            "      - \"127.0.0.1::8080\"\n      - \"127.0.0.1::8081\"\n",
+            1,
+        )
+        .replacen(
+            "    restart: unless-stopped",
+            "    restart: on-failure:3",
+            1,
+        )
+        .replacen(
+            "    environment:\n",
+            "    environment:\n      HAPI_IG_VERSION: \"${HAPI_IG_VERSION}\"\n",
+            1,
+        );
+    let hapi = format!(
+        "{hapi}\n    volumes:\n      - ./extra:/extra:ro\n    networks:\n      default:\n        aliases:\n          - fhir-api"
+    );
+    std::fs::create_dir_all(s.dir.join("files/extra")).unwrap();
+    std::fs::write(&path, format!("{head}  hapi:\n{hapi}{tail}")).unwrap();
+    let (ok, cfg) = s.compose(&["config", "-q"]);
+    assert!(ok, "the changed compose file: {cfg}");
+}
+
+/// What compose derives from the files, of container `name`: image, environment, ports,
+/// volumes, restart policy, network mode, networks and their aliases (without the
+/// container's short id, which Docker adds to each).
+fn fields(name: &str) -> Value {
+    let c: Value = serde_json::from_str(&docker(&["inspect", name])).unwrap();
+    let c = &c[0];
+    let short = &c["Id"].as_str().unwrap()[..12];
+    let mut env: Vec<String> = serde_json::from_value(c["Config"]["Env"].clone()).unwrap();
+    env.sort();
+    let nets: serde_json::Map<String, Value> = c["NetworkSettings"]["Networks"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(n, e)| {
+            let mut a: Vec<String> = e["Aliases"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .filter(|a| *a != short)
+                .map(str::to_owned)
+                .collect();
+            a.sort();
+            (n.clone(), a.into())
+        })
+        .collect();
+    let mut mounts: Vec<String> = c["Mounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            format!(
+                "{} {} {} {}",
+                m["Type"], m["Source"], m["Destination"], m["RW"]
+            )
+        })
+        .collect();
+    mounts.sort();
+    let h = &c["HostConfig"];
+    serde_json::json!({
+        "image": c["Image"],
+        "env": env,
+        "port_bindings": h["PortBindings"],
+        "exposed": c["Config"]["ExposedPorts"],
+        "binds": h["Binds"],
+        "mounts": mounts,
+        "restart": h["RestartPolicy"],
+        "network_mode": h["NetworkMode"],
+        "networks": nets,
+        "cmd": c["Config"]["Cmd"],
+        "healthcheck": c["Config"]["Healthcheck"],
+    })
+}
+
+fn up_to_date(s: &Sbx, n: u32) {
+    let (ok, up) = s.compose(&["up", "-d", "--scale", &format!("hapi={n}")]);
+    assert!(ok, "{up}");
+    assert_eq!(up.matches("is up-to-date").count(), n as usize + 1, "{up}");
+    assert!(!up.contains("Recreating"), "{up}");
+}
+
+#[test]
+fn a_rolled_out_replica_is_the_container_compose_would_create_after_a_compose_change() {
+    let Some(s) = Sbx::up_stack(2, "sbx", "host", |_| {}) else {
+        return;
+    };
+    let current = s.state()["image"].as_str().unwrap().to_owned();
+    let ctx = s.sb.path("next");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {current}\nLABEL ferry.test=1 variant=spec\n"),
+    )
+    .unwrap();
+    let image = format!(
+        "ferry-test-rollout-spec-{}:1",
+        s.state()["id"].as_str().unwrap()
+    );
+    docker(&["build", "-q", "-t", &image, ctx.to_str().unwrap()]);
+    change_compose(&s);
+    Playbook::new("roll")
+        .step("rollout", "rolling_redeploy")
+        .str("image", &image)
+        .str("drain", "1s")
+        .write(&s.sb, "roll.toml");
+    s.run(&["run", "roll.toml"]).expect(0);
+    let ours: Vec<(String, Value)> = s
+        .replicas()
+        .into_iter()
+        .map(|r| (r.0.clone(), fields(&r.0)))
+        .collect();
+    assert_eq!(ours.len(), 2);
+    for (n, f) in &ours {
+        assert_eq!(f["restart"]["Name"], "on-failure", "{n}: {f:#}");
+        assert!(f["binds"].to_string().contains("/extra:ro"), "{n}: {f:#}");
+        assert!(f["port_bindings"].get("8081/tcp").is_some(), "{n}: {f:#}");
+        assert!(f["networks"].to_string().contains("fhir-api"), "{n}: {f:#}");
+    }
+    up_to_date(&s, 2);
+    // compose's own containers from the same files: the same, field by field.
+    let (ok, up) = s.compose(&[
+        "up",
+        "-d",
+        "--no-deps",
+        "--force-recreate",
+        "--scale",
+        "hapi=2",
+        "hapi",
+    ]);
+    assert!(ok, "{up}");
+    for (n, f) in &ours {
+        assert_eq!(&fields(n), f, "{n}: ferry's replica vs compose's");
+    }
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", "-f", &image])
+        .output();
+    s.finish();
+}
+
+#[test]
+fn a_replica_scale_adds_is_the_container_compose_would_create() {
+    let Some(s) = Sbx::up_stack(1, "sbx", "host", |_| {}) else {
+        return;
+    };
+    change_compose(&s);
+    let env = s.dir.join("files/.env");
+    let text = std::fs::read_to_string(&env).unwrap();
+    std::fs::write(
+        &env,
+        text.replace("HAPI_IG_VERSION=0.2.1", "HAPI_IG_VERSION=0.2.2"),
+    )
+    .unwrap();
+    Playbook::new("scale")
+        .step("scale", "scale")
+        .raw("replicas", "2")
+        .write(&s.sb, "scale.toml");
+    s.run(&["run", "scale.toml"]).expect(0);
+    let names: Vec<String> = s.replicas().into_iter().map(|r| r.0).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let added = names
+        .iter()
+        .find(|n| n.ends_with("_hapi_2"))
+        .unwrap()
+        .clone();
+    let ours = fields(&added);
+    assert!(
+        ours["env"].to_string().contains("HAPI_IG_VERSION=0.2.2"),
+        "the env file's value, not hapi_1's: {ours:#}"
+    );
+    // Labelled with compose's hash of the files now: compose takes it as up to date.
+    let (ok, hash) = s.compose(&["config", "--hash=hapi"]);
+    assert!(ok, "{hash}");
+    let label = docker(&[
+        "inspect",
+        "--format",
+        "{{index .Config.Labels \"com.docker.compose.config-hash\"}}",
+        &added,
+    ]);
+    assert_eq!(Some(label.as_str()), hash.split_whitespace().nth(1));
+    // hapi_1 predates the change, so compose recreates the service (both): its hapi_2 is
+    // the one ferry made, field by field.
+    let (ok, up) = s.compose(&["up", "-d", "--no-deps", "--scale", "hapi=2", "hapi"]);
+    assert!(ok, "{up}");
+    assert!(up.contains(&format!("Recreating {added}")), "{up}");
+    assert_eq!(
+        fields(&added),
+        ours,
+        "compose's hapi_2 vs the one ferry added"
+    );
+    s.finish();
+}
