@@ -178,6 +178,26 @@ pub async fn run(
             "sequence {seq} went from {last} to {now:?}"
         );
     }
+    // One snapshot for every count and checksum below: HAPI may write while this runs
+    // (online, or after the window), and two statements must see the same rows.
+    c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(pgerr)?;
+    let r = compare(pt, cx, c, cat, &t, &k, &parts).await;
+    let _ = c.batch_execute("COMMIT").await;
+    r
+}
+
+async fn compare(
+    pt: &PartitionTable,
+    cx: &StepCx,
+    c: &Client,
+    cat: &Catalog,
+    t: &str,
+    k: &str,
+    parts: &[(String, String)],
+) -> anyhow::Result<()> {
+    let (t, k) = (t.to_owned(), k.to_owned());
     let (total, _) = sum(c, &t, "true").await?;
     for (ix, g) in guard::guarded(pt, cat) {
         let (n, _) = sum(c, &pt.q(&g), "true").await?;
@@ -193,7 +213,7 @@ pub async fn run(
     let old = pt.q(&pt.names().old);
     let ch = pt.q(&pt.names().changes);
     let same = format!("{k} NOT IN (SELECT {k} FROM {ch})");
-    for (name, bound) in &parts {
+    for (name, bound) in parts {
         let a = sum(c, &old, &format!("{bound} AND {same}")).await?;
         let b = sum(c, &pt.q(name), &same).await?;
         ensure!(
