@@ -293,8 +293,13 @@ fn online_swap_blocked_gives_up_retries_and_names_the_blocker() {
             "{schema}: journal: {journal}"
         );
         sb.run_env(&["rollback", &id], &ENV).expect(0);
-        // Exhausted: the step fails, naming the blocker.
+        // Exhausted: the step fails, naming the blocker; its undo is blocked too (exit 6)
+        // and `ferry rollback` finishes once the blocker is gone.
         let mut hold = blocker(&pg, "LOCK TABLE hfj_resource IN ACCESS SHARE MODE");
+        let pid = pg.psql(
+            "postgres",
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE 'BEGIN; LOCK%'",
+        );
         let out = run(
             &sb,
             &online("hash", "copy")
