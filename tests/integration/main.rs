@@ -15,6 +15,7 @@ mod ig;
 mod images;
 mod partition;
 mod partition_online;
+mod partition_online_sandbox;
 mod partition_sandbox;
 mod pg_settings;
 mod prometheus;

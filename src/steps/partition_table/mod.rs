@@ -90,7 +90,7 @@ pub struct PartitionTable {
     pub on_window: String,
     #[serde(default = "defaults::lock_timeout")]
     pub lock_timeout: Duration,
-    #[serde(default = "defaults::five")]
+    #[serde(default = "defaults::five", deserialize_with = "online::count")]
     pub lock_retries: u32,
     /// HAPI keeps serving: no stop is required, `copy` runs with change capture (online/).
     #[serde(default, deserialize_with = "online::boolean")]

@@ -50,6 +50,12 @@ pub fn boolean<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error>
     }
 }
 
+/// A count that also accepts a playbook var's text (`lock_retries = "{{ lock_retries }}"`).
+pub fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = super::defaults::int(d)?;
+    u32::try_from(n).map_err(|_| serde::de::Error::custom(format!("`{n}` is not a count ≥ 0")))
+}
+
 fn log_table(pt: &PartitionTable) -> String {
     pt.q(&format!("{}_ferry_log", pt.table))
 }
