@@ -29,6 +29,14 @@ fn online(vars: &[&str]) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // A failed assertion must not leave the load running.
+    struct Stop(std::path::PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = std::fs::write(&self.0, "");
+        }
+    }
+    let _stop = Stop(stop.clone());
     std::thread::sleep(std::time::Duration::from_secs(2));
     let playbook = repo().join("playbooks/hfj-resource-partitioning-online.toml");
     let mut args = vec![
@@ -55,7 +63,7 @@ fn online(vars: &[&str]) {
     // Writes go on on the new table, then the rollback under the same load.
     std::thread::sleep(std::time::Duration::from_secs(2));
     let id = s.sb.run_ids().pop().unwrap();
-    s.run(&["rollback", &id]).expect(0);
+    s.sb.run(&["rollback", &id]).expect(0);
     assert_eq!(
         psql(
             &s,
