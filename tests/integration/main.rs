@@ -14,6 +14,8 @@ mod harness;
 mod ig;
 mod images;
 mod partition;
+mod partition_online;
+mod partition_online_sandbox;
 mod partition_sandbox;
 mod pg_settings;
 mod prometheus;

@@ -82,7 +82,12 @@ pub async fn run(pt: &PartitionTable, cx: &StepCx) -> anyhow::Result<Vec<Check>>
             ),
         ));
     }
-    if pt.stage != "prepare" {
+    if pt.online {
+        checks.push(Check::pass(
+            "online",
+            "online = true: HAPI and other sessions go on; every exclusive lock is asked for under lock_timeout",
+        ));
+    } else if pt.stage != "prepare" {
         checks.push(sessions(&c, later).await?);
         if let Some(ch) = hapi(cx).await {
             checks.push(ch);

@@ -61,7 +61,7 @@ pub async fn run(
     }
     if st.phase < Phase::Swapped {
         budget::fits(pt, cx, Some(budget::lock_wait(pt)), "the swap")?;
-        swap(pt, cx, c, st, &cat).await?;
+        swap(pt, cx, c, st, &cat, "").await?;
         st.phase = Phase::Swapped;
         cx.save_checkpoint(st)?;
     }
@@ -147,12 +147,14 @@ async fn copy_rows(
     Ok(())
 }
 
-async fn swap(
+/// `pre`: statements run once the locks are granted (online: the last delta replayed).
+pub(super) async fn swap(
     pt: &PartitionTable,
     cx: &StepCx,
     c: &Client,
     st: &mut State,
     cat: &Catalog,
+    pre: &str,
 ) -> anyhow::Result<()> {
     let names = pt.names();
     if swapped(pt, c).await? {
@@ -165,6 +167,7 @@ async fn swap(
         "BEGIN;\nSET LOCAL lock_timeout = {};\nLOCK TABLE {t}, {twin} IN ACCESS EXCLUSIVE MODE;\n",
         pt.lock_timeout.get().as_millis()
     );
+    sql.push_str(pre);
     sql.push_str(&super::ddl::fks_sql(cat, false));
     sql.push_str(&guard::drop_trigger_sql(&t));
     sql.push_str(&format!(
@@ -230,7 +233,7 @@ async fn swap(
     Ok(())
 }
 
-async fn swapped(pt: &PartitionTable, c: &Client) -> anyhow::Result<bool> {
+pub(super) async fn swapped(pt: &PartitionTable, c: &Client) -> anyhow::Result<bool> {
     Ok(
         catalog::relkind(c, &pt.schema, &pt.table).await? == Some('p')
             && catalog::relkind(c, &pt.schema, &pt.names().old)

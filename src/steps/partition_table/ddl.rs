@@ -12,6 +12,14 @@ use super::catalog::{self, Catalog};
 use super::{PartitionTable, StepCx, guard, pgerr, quote_ident};
 use crate::report::Level;
 
+/// What blocked the lock requests of `retry` in this process, for the step's checkpoint
+/// (the journal): one line per failed attempt, taken by `take_blocked`.
+static BLOCKED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+pub fn take_blocked() -> Vec<String> {
+    std::mem::take(&mut *BLOCKED.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
 /// Runs `sql` (one transaction, or statements under a session lock_timeout), retrying
 /// a lock timeout with back-off. Returns how long the successful attempt took.
 pub async fn retry(
@@ -30,6 +38,18 @@ pub async fn retry(
                 crate::infra::postgres::rollback(c).await;
                 let _ = c.batch_execute("RESET lock_timeout").await;
                 let lock = e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
+                // Who held it, read while the holder is (most likely) still there.
+                let blockers = if lock {
+                    super::online::blockers::describe(pt, c).await
+                } else {
+                    String::new()
+                };
+                if lock {
+                    BLOCKED
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(format!("{what}, attempt {}: {blockers}", attempt + 1));
+                }
                 if !lock || attempt == pt.lock_retries {
                     bail!(
                         "{what} on {}.{}: {}{}",
@@ -38,7 +58,7 @@ pub async fn retry(
                         pgerr(e),
                         if lock {
                             format!(
-                                " ({} attempts of lock_timeout {}: end the sessions that hold locks on it, or raise `lock_timeout`/`lock_retries`)",
+                                " ({} attempts of lock_timeout {}; {blockers}: end the sessions that hold locks on it, or raise `lock_timeout`/`lock_retries`)",
                                 pt.lock_retries + 1,
                                 pt.lock_timeout
                             )
@@ -50,13 +70,15 @@ pub async fn retry(
                 cx.log(
                     Level::Warn,
                     format!(
-                        "{what}: lock not granted within {}, retrying in {} ms",
+                        "{what}: lock not granted within {} (attempt {} of {}; {blockers}), retrying in {} ms",
                         pt.lock_timeout,
+                        attempt + 1,
+                        pt.lock_retries + 1,
                         delay.as_millis()
                     ),
                 );
                 cx.cancel.sleep(delay).await?;
-                delay *= 2;
+                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }

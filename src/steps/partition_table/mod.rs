@@ -23,6 +23,7 @@ mod ddl;
 mod defaults;
 mod disk;
 mod guard;
+mod online;
 mod rollback;
 mod twin;
 mod verify;
@@ -53,6 +54,8 @@ pub const KEYS: &[&str] = &[
     "on_window",
     "lock_timeout",
     "lock_retries",
+    "online",
+    "max_rows_per_s",
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -88,8 +91,14 @@ pub struct PartitionTable {
     pub on_window: String,
     #[serde(default = "defaults::lock_timeout")]
     pub lock_timeout: Duration,
-    #[serde(default = "defaults::five")]
+    #[serde(default = "defaults::five", deserialize_with = "online::count")]
     pub lock_retries: u32,
+    /// HAPI keeps serving: no stop is required, `copy` runs with change capture (online/).
+    #[serde(default, deserialize_with = "online::boolean")]
+    pub online: bool,
+    /// online copy: at most this many rows per second (0: no limit but the probe back-off).
+    #[serde(default, deserialize_with = "defaults::int")]
+    pub max_rows_per_s: i64,
 }
 
 /// Where the conversion is; each value is reached by a journaled checkpoint.
@@ -124,6 +133,16 @@ pub struct State {
     /// attach: the measured sequential-scan rate, bytes/s (the window budget's estimates).
     #[serde(default)]
     pub scan_rate: Option<f64>,
+    /// online copy: the largest key when the change capture started (the copy's bound).
+    #[serde(default)]
+    pub upto: Option<i64>,
+    /// online copy: logged keys replayed into the twin so far.
+    #[serde(default)]
+    pub replayed: i64,
+    /// What blocked the window's or swap's lock requests before they were granted
+    /// (pid, query, age, from pg_locks and pg_stat_activity), journaled with the state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked: Vec<String>,
 }
 
 pub fn pgerr(e: tokio_postgres::Error) -> anyhow::Error {
@@ -241,8 +260,15 @@ impl Step for PartitionTable {
         if convert && st.phase < Phase::Swapped {
             if self.attach() {
                 attach::window(self, cx, &client, &mut st).await?;
+            } else if self.online {
+                online::run(self, cx, &client, &mut st).await?;
             } else {
                 copy::run(self, cx, &client, &mut st).await?;
+            }
+            let blocked = ddl::take_blocked();
+            if !blocked.is_empty() {
+                st.blocked.extend(blocked);
+                cx.save_checkpoint(&st)?;
             }
         }
         if validate {

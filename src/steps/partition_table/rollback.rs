@@ -127,6 +127,7 @@ pub async fn run(pt: &PartitionTable, cx: &StepCx, c: &Client, st: &State) -> an
             }
             sql.push_str(&guard::drop_sql(pt, cat, &t));
             sql.push_str(&drop_changes_sql(pt, Some(&t)));
+            sql.push_str(&super::online::drop_capture_sql(pt, &t));
             sql.push_str("COMMIT;\n");
             retry(pt, cx, c, &sql, "rolling back (before the swap)").await?;
             return Ok(());

@@ -204,6 +204,26 @@ pub async fn run(
             "sequence {seq} went from {last} to {now:?}"
         );
     }
+    // One snapshot for every count and checksum below: HAPI may write while this runs
+    // (online, or after the window), and two statements must see the same rows.
+    c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(pgerr)?;
+    let r = compare(pt, cx, c, cat, (&t, &k), &parts, validated).await;
+    let _ = c.batch_execute("COMMIT").await;
+    r
+}
+
+async fn compare(
+    pt: &PartitionTable,
+    cx: &StepCx,
+    c: &Client,
+    cat: &Catalog,
+    (t, k): (&str, &str),
+    parts: &[(String, String)],
+    validated: bool,
+) -> anyhow::Result<()> {
+    let (t, k) = (t.to_owned(), k.to_owned());
     let (total, _) = sum(c, &t, "true").await?;
     for (ix, g) in guard::guarded(pt, cat) {
         let (n, _) = sum(c, &pt.q(&g), "true").await?;
@@ -217,7 +237,7 @@ pub async fn run(
         return Ok(());
     }
     if validated {
-        return rows_match(pt, cx, c, &parts).await;
+        return rows_match(pt, cx, c, parts).await;
     }
     // In the window (`stage = "convert"`), only the totals: the per-partition checksums
     // scan both tables once per partition and wait for `stage = "validate"`, which runs
