@@ -114,13 +114,10 @@ fn read_replica_streams_serves_hapi_reads_survives_a_kill_in_the_base_backup_and
     // SIGKILL right after the base backup container started (the replica step's 4th
     // checkpoint: probed, primary, defined, backing up); the backup is left running.
     let playbook = repo().join("playbooks/add-read-replica.toml");
-    let image = s.state()["image"].as_str().unwrap().to_owned();
     let vars = [
         "run",
         playbook.to_str().unwrap(),
         "--yes",
-        "--var",
-        &format!("hapi_image={image}"),
         "--var",
         "hapi_version=0.2.1",
         "--var",
