@@ -16,6 +16,7 @@ mod images;
 mod partition;
 mod partition_sandbox;
 mod pg_settings;
+mod phase2_sandbox;
 mod prometheus;
 mod registry;
 mod release;
