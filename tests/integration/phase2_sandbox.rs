@@ -286,6 +286,15 @@ fn phase2_killed_during_the_restart_leaves_pgbouncer_paused_until_resume_resumes
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
+    // The run lock is taken in fhirdb before any step: wait until the server accepts
+    // connections (a kill mid-start leaves it starting).
+    wait_for("postgres-fhir healthy", Duration::from_secs(60), || {
+        let o = Command::new("docker")
+            .args(["inspect", "--format", "{{.State.Health.Status}}", &pg])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim() == "healthy"
+    });
     assert!(paused(&s), "pgBouncer stays paused until ferry comes back");
 
     let out = s.sb.run(&["resume"]);
