@@ -28,15 +28,29 @@ const SERVICES: &[(&str, &str)] = &[
     ("postgres-audit", "auditdb"),
 ];
 
-/// Everything after the state and the secrets are recorded: registry, files root, images,
-/// `docker-compose up`. `secrets` are those of secrets.env, in its order.
+/// The services `up` starts first, in the background: the databases' first start (initdb
+/// and the init scripts) is most of `up`'s time, and needs neither the registry nor the
+/// hapi image. None of them waits for another (pgbouncer-fhir connects to postgres-fhir on
+/// demand), so this `docker-compose up` returns once they are started; the one for the
+/// replicas then waits for postgres-fhir and pgbouncer-fhir to be healthy.
+const FIRST: &[&str] = &["postgres-fhir", "postgres-audit", "pgbouncer-fhir", "nginx"];
+
+/// Everything after the state and the secrets are recorded: files root, then at once the
+/// databases (`docker-compose up` of [`FIRST`], in the background) and the registry with the
+/// hapi image built and pushed to it; then the hapi replicas. `secrets` are those of
+/// secrets.env, in its order.
 pub async fn start_new(
     st: &mut State,
     standin: &Path,
     secrets: &[(&str, String)],
     resources: u64,
 ) -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
     st.base_image = Some(super::base::ensure(&st.dir).context("the base image")?);
+    timing(t0, "base image");
+    write_files(st, standin, secrets, resources)?;
+    timing(t0, "files");
+    let first = stack::compose_spawn(st, &[&["up", "-d"][..], FIRST].concat())?;
     st.registry_pid = registry::start(
         &st.dir.join("registry"),
         st.registry_port,
@@ -45,6 +59,35 @@ pub async fn start_new(
     )
     .context("docker-registry")?;
     st.save()?;
+    timing(t0, "registry");
+    let built = stack::build_hapi_image(st, &secrets[5].1).await;
+    timing(t0, "hapi image built and pushed");
+    // Waited for even when the build failed, so no compose process outlives `up`.
+    let first = first.wait().await;
+    timing(t0, "databases, pgbouncer and nginx up");
+    built?;
+    first?;
+    stack::compose_up(st).await?;
+    timing(t0, "hapi replicas healthy");
+    Ok(())
+}
+
+/// `FERRY_SANDBOX_TIMING=1`: each stage's time since `up` began, on stderr.
+fn timing(t0: std::time::Instant, what: &str) {
+    if std::env::var_os("FERRY_SANDBOX_TIMING").is_some() {
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("sandbox up: {:>5.1}s {what}", t0.elapsed().as_secs_f64());
+        }
+    }
+}
+
+fn write_files(
+    st: &State,
+    standin: &Path,
+    secrets: &[(&str, String)],
+    resources: u64,
+) -> anyhow::Result<()> {
     let layout = Layout {
         project: &st.project,
         image: &st.image,
@@ -91,10 +134,10 @@ pub async fn start_new(
             pg_port: st.pg_port,
             audit_port: st.audit_port,
             bouncer_port: st.bouncer_port,
+            compose: true,
         }),
     )?;
-    stack::build_hapi_image(st, &secrets[5].1).await?;
-    stack::compose_up(st).await
+    Ok(())
 }
 
 /// Each non-hapi service as a status line: up when its one container is healthy.

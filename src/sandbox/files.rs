@@ -146,6 +146,26 @@ pub struct TargetSpec<'a> {
     /// auditdb's port: the same cluster as fhirdb on the host stack, its own on compose.
     pub audit_port: u16,
     pub bouncer_port: u16,
+    /// The compose stack: PostgreSQL is the `postgres-fhir` service, pgBouncer's pool the
+    /// env file's PGBOUNCER_DEFAULT_POOL_SIZE.
+    pub compose: bool,
+}
+
+/// What `pg_setting` and `pgbouncer_pool` need on the compose stack: a superuser's
+/// connection with the service to restart, and where the pool is persisted (the ini the
+/// container reads is rendered from the env at its start, so the env file is the place).
+fn compose_extra(pg: u16) -> String {
+    format!(
+        r#"
+# The superuser `pg_setting` alters the server through (playbooks/phase2-scale.toml's
+# `superuser`); a setting that needs a restart restarts this compose service behind
+# pgBouncer's PAUSE.
+[postgres.fhir_admin]
+url = "postgres://postgres@127.0.0.1:{pg}/fhirdb"
+password_env = "SANDBOX_PG_SUPERUSER_PASSWORD"
+restart_service = "postgres-fhir"
+"#
+    )
 }
 
 pub fn target_toml(t: &TargetSpec) -> String {
@@ -179,16 +199,26 @@ password_env = "SANDBOX_AUDIT_DB_PASSWORD"
 [pgbouncer]
 admin_url = "postgres://pgbouncer_admin@127.0.0.1:{bouncer}/pgbouncer"
 password_env = "SANDBOX_PGBOUNCER_PASSWORD"
-
+{pool_key}
 [files]
 root = "files"
 env_file = ".env"
-"#,
+{extra}"#,
         project = t.project,
         registry = t.registry_port,
         http = t.http_port,
         pg = t.pg_port,
         audit = t.audit_port,
         bouncer = t.bouncer_port,
+        pool_key = if t.compose {
+            "pool_size_key = \"PGBOUNCER_DEFAULT_POOL_SIZE\"\n"
+        } else {
+            ""
+        },
+        extra = if t.compose {
+            compose_extra(t.pg_port)
+        } else {
+            String::new()
+        },
     )
 }

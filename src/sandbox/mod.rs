@@ -276,6 +276,7 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<SandboxUp> {
             pg_port,
             audit_port: pg_port,
             bouncer_port,
+            compose: false,
         }),
     )?;
     stack::build_and_start(&state, &standin, &secrets[5].1).await?;

@@ -102,6 +102,46 @@ pub fn compose(st: &State, args: &[&str]) -> anyhow::Result<String> {
     proc::run(c, &format!("docker-compose {}", args.join(" ")))
 }
 
+/// A docker-compose command running in the background ([`Spawned::wait`] for its end).
+pub struct Spawned {
+    child: tokio::process::Child,
+    what: String,
+}
+
+impl Spawned {
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let out = self
+            .child
+            .wait_with_output()
+            .await
+            .with_context(|| format!("{}: no exit status", self.what))?;
+        if !out.status.success() {
+            bail!(
+                "{} failed ({}): {}",
+                self.what,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+}
+
+pub fn compose_spawn(st: &State, args: &[&str]) -> anyhow::Result<Spawned> {
+    let what = format!("docker-compose {}", args.join(" "));
+    let child = tokio::process::Command::new(super::deps::bin("docker-compose"))
+        .current_dir(files_root(st))
+        .args(["-p", &st.project])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("{what}: cannot start"))?;
+    Ok(Spawned { child, what })
+}
+
 /// `docker-compose up -d --scale hapi=N`, then waits until every replica is healthy and the
 /// metadata answers through the proxy.
 pub async fn compose_up(st: &State) -> anyhow::Result<()> {

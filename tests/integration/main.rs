@@ -18,6 +18,7 @@ mod partition_online;
 mod partition_online_sandbox;
 mod partition_sandbox;
 mod pg_settings;
+mod phase2_sandbox;
 mod prometheus;
 mod read_replica;
 mod registry;

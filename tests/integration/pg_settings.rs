@@ -209,8 +209,8 @@ impl Stack {
         std::fs::read_to_string(self.bouncer_dir.path().join("pgbouncer.ini")).unwrap()
     }
 
-    /// `SHOW CONFIG`'s default_pool_size and `SHOW DATABASES`' pool_size of fhirdb.
-    fn pools(&self) -> (String, String) {
+    /// The messages of each admin-console command, on one connection.
+    fn admin(&self, cmds: &[&str]) -> Vec<Vec<tokio_postgres::SimpleQueryMessage>> {
         let url = format!(
             "host=127.0.0.1 port={} user=pgbouncer_admin password={BOUNCER_PW} dbname=pgbouncer",
             self.bouncer_port
@@ -220,53 +220,41 @@ impl Stack {
                 .await
                 .unwrap();
             tokio::spawn(conn);
-            let find =
-                |msgs: Vec<tokio_postgres::SimpleQueryMessage>, k: &str, kv: &str, v: &str| {
-                    msgs.into_iter()
-                        .find_map(|m| match m {
-                            tokio_postgres::SimpleQueryMessage::Row(r) if r.get(k) == Some(kv) => {
-                                r.get(v).map(str::to_owned)
-                            }
-                            _ => None,
-                        })
-                        .unwrap()
-                };
-            let config = find(
-                c.simple_query("SHOW CONFIG").await.unwrap(),
-                "key",
-                "default_pool_size",
-                "value",
-            );
-            let db = find(
-                c.simple_query("SHOW DATABASES").await.unwrap(),
-                "name",
-                "fhirdb",
-                "pool_size",
-            );
-            (config, db)
+            let mut out = vec![];
+            for q in cmds {
+                out.push(c.simple_query(q).await.unwrap());
+            }
+            out
         })
+    }
+
+    /// `SHOW CONFIG`'s default_pool_size and `SHOW DATABASES`' pool_size of fhirdb.
+    fn pools(&self) -> (String, String) {
+        let mut m = self.admin(&["SHOW CONFIG", "SHOW DATABASES"]).into_iter();
+        let find = |msgs: Vec<tokio_postgres::SimpleQueryMessage>, k: &str, kv: &str, v: &str| {
+            msgs.into_iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) if r.get(k) == Some(kv) => {
+                        r.get(v).map(str::to_owned)
+                    }
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let config = find(m.next().unwrap(), "key", "default_pool_size", "value");
+        let db = find(m.next().unwrap(), "name", "fhirdb", "pool_size");
+        (config, db)
     }
 
     /// Whether pgBouncer's fhirdb is paused (`SHOW DATABASES`' `paused`).
     fn paused(&self) -> bool {
-        let url = format!(
-            "host=127.0.0.1 port={} user=pgbouncer_admin password={BOUNCER_PW} dbname=pgbouncer",
-            self.bouncer_port
-        );
-        block_on(async {
-            let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            c.simple_query("SHOW DATABASES")
-                .await
-                .unwrap()
-                .into_iter()
-                .any(|m| {
-                    matches!(m, tokio_postgres::SimpleQueryMessage::Row(r)
+        self.admin(&["SHOW DATABASES"])
+            .remove(0)
+            .into_iter()
+            .any(|m| {
+                matches!(m, tokio_postgres::SimpleQueryMessage::Row(r)
                     if r.get("name") == Some("fhirdb") && r.get("paused") == Some("1"))
-                })
-        })
+            })
     }
 
     fn auto_conf_lines(&self) -> String {
@@ -399,6 +387,25 @@ impl Clients {
         c
     }
 
+    /// The clients go on querying (ten more answered), then stop: none of theirs failed.
+    fn recovered_then_stop(self) -> Stats {
+        let ok = self.stats.lock().unwrap().ok;
+        wait_for("queries after the resume", Duration::from_secs(10), || {
+            self.stats.lock().unwrap().ok > ok + 10
+        });
+        self.stop_without_failures()
+    }
+
+    fn stop_without_failures(self) -> Stats {
+        let stats = self.stop();
+        assert!(
+            stats.failed.is_empty(),
+            "failed queries: {:?}",
+            stats.failed
+        );
+        stats
+    }
+
     fn stop(mut self) -> Stats {
         self.stop.store(true, Ordering::SeqCst);
         self.thread.take().unwrap().join().unwrap();
@@ -416,6 +423,29 @@ fn setting_playbook(setting: &str, value: &str, postgres: &str, extra: &str) -> 
     format!(
         "name = \"setting\"\n\n[[steps]]\nid = \"setting\"\nkind = \"pg_setting\"\nsetting = \"{setting}\"\nvalue = \"{value}\"\npostgres = \"{postgres}\"\n{extra}"
     )
+}
+
+/// `out` ended with `code` and its messages say `text`.
+fn says(out: &crate::harness::Out, code: i32, text: &str) {
+    out.expect(code);
+    assert!(
+        out.stderr.contains(text),
+        "expected {text:?} in:\n{}",
+        out.stderr
+    );
+}
+
+/// The restart tests' playbook: max_connections 30 → 40 through the superuser's connection.
+fn raise_max_connections(extra: &str) -> String {
+    setting_playbook("max_connections", "40", "fhir_admin", extra)
+}
+
+/// A stack (restart command shaped by `restart`, as [`Stack::start_with`]) with `n` clients
+/// querying through pgBouncer from the start.
+fn stack_with_clients(n: usize, restart: impl FnOnce(&str) -> String) -> Option<(Stack, Clients)> {
+    let s = Stack::start_with(restart)?;
+    let clients = Clients::start(s.bouncer_port, n);
+    Some((s, clients))
 }
 
 #[test]
@@ -451,17 +481,13 @@ fn a_pool_change_is_live_and_in_the_ini_and_env_file_and_its_rollback_restores_a
 /// clients query through pgBouncer the whole time.
 #[test]
 fn max_connections_is_raised_by_a_restart_behind_pause_without_a_failed_query() {
-    let Some(s) = Stack::start(None) else { return };
-    let clients = Clients::start(s.bouncer_port, 4);
-    let out = s.run(
-        &setting_playbook("max_connections", "40", "fhir_admin", ""),
-        &[],
-    );
-    out.expect(0);
-    assert!(
-        out.stderr.contains("restarted behind `PAUSE fhirdb`"),
-        "{}",
-        out.stderr
+    let Some((s, clients)) = stack_with_clients(4, str::to_owned) else {
+        return;
+    };
+    says(
+        &s.run(&raise_max_connections(""), &[]),
+        0,
+        "restarted behind `PAUSE fhirdb`",
     );
     assert_eq!(s.pg.psql("postgres", "SHOW max_connections"), "40");
     std::thread::sleep(Duration::from_millis(300));
@@ -470,41 +496,24 @@ fn max_connections_is_raised_by_a_restart_behind_pause_without_a_failed_query() 
     assert_eq!(s.pg.psql("postgres", "SHOW max_connections"), "30");
     assert_eq!(s.auto_conf_lines(), "0");
     std::thread::sleep(Duration::from_millis(300));
-    let stats = clients.stop();
+    let stats = clients.stop_without_failures();
     eprintln!(
-        "controlled restarts (raise + rollback): {} queries, {} failed, longest wait {} ms",
+        "controlled restarts (raise + rollback): {} queries, longest wait {} ms",
         stats.ok,
-        stats.failed.len(),
         stats.longest.as_millis()
-    );
-    assert!(
-        stats.failed.is_empty(),
-        "failed queries: {:?}",
-        stats.failed
     );
     s.finish();
 }
 
 #[test]
 fn a_restart_that_hangs_resumes_pgbouncer_and_rolls_the_setting_back() {
-    let Some(s) = Stack::start(Some("sleep 600")) else {
+    let Some((s, clients)) = stack_with_clients(2, |_| "sleep 600".to_owned()) else {
         return;
     };
-    let clients = Clients::start(s.bouncer_port, 2);
-    let out = s.run(
-        &setting_playbook(
-            "max_connections",
-            "40",
-            "fhir_admin",
-            "stage_timeout = \"2s\"\n",
-        ),
-        &[],
-    );
-    out.expect(1);
-    assert!(
-        out.stderr.contains("pgBouncer fhirdb was RESUMEd"),
-        "{}",
-        out.stderr
+    says(
+        &s.run(&raise_max_connections("stage_timeout = \"2s\"\n"), &[]),
+        1,
+        "pgBouncer fhirdb was RESUMEd",
     );
     assert_eq!(s.pg.psql("postgres", "SHOW max_connections"), "30");
     assert_eq!(s.auto_conf_lines(), "0");
@@ -516,16 +525,7 @@ fn a_restart_that_hangs_resumes_pgbouncer_and_rolls_the_setting_back() {
         "f"
     );
     // The clients recovered: they go on querying after the failed restart.
-    let ok = clients.stats.lock().unwrap().ok;
-    wait_for("queries after the resume", Duration::from_secs(10), || {
-        clients.stats.lock().unwrap().ok > ok + 10
-    });
-    let stats = clients.stop();
-    assert!(
-        stats.failed.is_empty(),
-        "failed queries: {:?}",
-        stats.failed
-    );
+    clients.recovered_then_stop();
     s.finish();
 }
 
@@ -533,17 +533,13 @@ fn a_restart_that_hangs_resumes_pgbouncer_and_rolls_the_setting_back() {
 /// `ferry resume` RESUMEs pgBouncer first, then finishes the restart behind a new PAUSE.
 #[test]
 fn a_run_killed_during_the_restart_resumes_pgbouncer_on_resume() {
-    let Some(s) =
-        Stack::start_with(|pg| format!("if [ -e slow ]; then rm slow; sleep 30; fi; {pg}"))
-    else {
+    let Some((s, clients)) = stack_with_clients(2, |pg| {
+        format!("if [ -e slow ]; then rm slow; sleep 30; fi; {pg}")
+    }) else {
         return;
     };
     s.sb.write("slow", "");
-    let clients = Clients::start(s.bouncer_port, 2);
-    s.sb.write(
-        "pb.toml",
-        &setting_playbook("max_connections", "40", "fhir_admin", ""),
-    );
+    s.sb.write("pb.toml", &raise_max_connections(""));
     let mut child = s.sb.spawn(
         &["run", "pb.toml", "--target", "target.toml", "--yes"],
         &s.env(),
@@ -559,25 +555,14 @@ fn a_run_killed_during_the_restart_resumes_pgbouncer_on_resume() {
     child.wait().unwrap();
     assert!(s.paused(), "pgBouncer stays paused until ferry comes back");
     let id = s.sb.run_ids().into_iter().next().unwrap();
-    let out = s.ferry(&["resume", &id]);
-    out.expect(0);
-    assert!(
-        out.stderr.contains("RESUMEd after an interrupted restart"),
-        "{}",
-        out.stderr
+    says(
+        &s.ferry(&["resume", &id]),
+        0,
+        "RESUMEd after an interrupted restart",
     );
     assert!(!s.paused());
     assert_eq!(s.pg.psql("postgres", "SHOW max_connections"), "40");
-    let ok = clients.stats.lock().unwrap().ok;
-    wait_for("queries after the resume", Duration::from_secs(10), || {
-        clients.stats.lock().unwrap().ok > ok + 10
-    });
-    let stats = clients.stop();
-    assert!(
-        stats.failed.is_empty(),
-        "failed queries: {:?}",
-        stats.failed
-    );
+    clients.recovered_then_stop();
     s.finish();
 }
 
@@ -588,24 +573,13 @@ fn a_dry_run_changes_nothing() {
     let pb = "name = \"phase2\"\n\n[[steps]]\nid = \"max-connections\"\nkind = \"pg_setting\"\nsetting = \"max_connections\"\nvalue = 40\npostgres = \"fhir_admin\"\n\n\
               [[steps]]\nid = \"pool\"\nkind = \"pgbouncer_pool\"\ndefault_pool_size = 30\n";
     let out = s.run(pb, &["--dry-run"]);
-    out.expect(0);
-    assert!(
-        out.stderr.contains("max_connections = 30 → 40"),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        out.stderr
-            .contains("pool 20 + 3 reserved = 23 ≤ 40 max_connections"),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        out.stderr
-            .contains("an earlier step may raise max_connections"),
-        "{}",
-        out.stderr
-    );
+    for text in [
+        "max_connections = 30 → 40",
+        "pool 20 + 3 reserved = 23 ≤ 40 max_connections",
+        "an earlier step may raise max_connections",
+    ] {
+        says(&out, 0, text);
+    }
     assert_eq!((s.ini(), s.sb.read(".env")), (ini, env));
     assert_eq!(s.pools(), ("20".into(), "20".into()));
     assert_eq!(s.pg.psql("postgres", "SHOW max_connections"), "30");
@@ -616,46 +590,44 @@ fn a_dry_run_changes_nothing() {
 #[test]
 fn bad_input_is_refused_at_check_with_what_to_do() {
     let Some(s) = Stack::start(None) else { return };
-    let refused = |pb: String, code: i32, says: &str| {
-        let out = s.run(&pb, &["--dry-run"]);
-        out.expect(code);
-        assert!(
-            out.stderr.contains(says),
-            "expected {says:?} in:\n{}",
-            out.stderr
-        );
-    };
-    refused(
-        setting_playbook("max_conections", "40", "fhir_admin", ""),
-        3,
-        "PostgreSQL has no setting `max_conections` (did you mean `max_connections`?)",
-    );
-    refused(
-        setting_playbook("max_connections", "300000", "fhir_admin", ""),
-        3,
-        "300000 is out of range for max_connections (1 … 262143)",
-    );
-    refused(
-        setting_playbook("max_connections", "20", "fhir_admin", ""),
-        3,
-        "pool 20 + 3 reserved = 23 > 20 max_connections: lower pgBouncer's pool first",
-    );
-    refused(
-        setting_playbook("max_connections", "40", "no_restart", ""),
-        3,
-        "max_connections needs a restart and [postgres.no_restart] has no restart_command or restart_service",
-    );
-    refused(
-        setting_playbook("max_connections", "40", "fhir", ""),
-        3,
-        "ALTER SYSTEM needs a superuser",
-    );
-    refused(
-        pool_playbook("40"),
-        3,
-        "pool 40 + 3 reserved = 43 > 30 max_connections: raise max_connections first",
-    );
-    refused(pool_playbook("0"), 2, "a pool of 0 lets no query through");
+    let setting =
+        |name: &str, value: &str, postgres: &str| setting_playbook(name, value, postgres, "");
+    let cases = [
+        (
+            setting("max_conections", "40", "fhir_admin"),
+            3,
+            "PostgreSQL has no setting `max_conections` (did you mean `max_connections`?)",
+        ),
+        (
+            setting("max_connections", "300000", "fhir_admin"),
+            3,
+            "300000 is out of range for max_connections (1 … 262143)",
+        ),
+        (
+            setting("max_connections", "20", "fhir_admin"),
+            3,
+            "pool 20 + 3 reserved = 23 > 20 max_connections: lower pgBouncer's pool first",
+        ),
+        (
+            setting("max_connections", "40", "no_restart"),
+            3,
+            "max_connections needs a restart and [postgres.no_restart] has no restart_command or restart_service",
+        ),
+        (
+            setting("max_connections", "40", "fhir"),
+            3,
+            "ALTER SYSTEM needs a superuser",
+        ),
+        (
+            pool_playbook("40"),
+            3,
+            "pool 40 + 3 reserved = 43 > 30 max_connections: raise max_connections first",
+        ),
+        (pool_playbook("0"), 2, "a pool of 0 lets no query through"),
+    ];
+    for (pb, code, text) in cases {
+        says(&s.run(&pb, &["--dry-run"]), code, text);
+    }
     assert_eq!(s.pools(), ("20".into(), "20".into()));
     assert_eq!(s.auto_conf_lines(), "0");
     s.finish();

@@ -9,6 +9,7 @@
 //! name checked to be a plain identifier ([`bouncer_name`]).
 
 pub mod ini;
+pub mod pg_info;
 pub mod pool;
 pub mod restart;
 pub mod setting;

@@ -111,6 +111,50 @@ impl Method {
     }
 }
 
+/// After a run was killed between PAUSE and RESUME: a compose service left stopped (killed
+/// between the stop and the start; `restart: unless-stopped` does not start a container the
+/// API stopped) is started and waited for, so the RESUME that follows lets clients reach a
+/// server. True when it was started. A command cannot be asked, and is not re-run.
+pub async fn ensure_started(
+    cx: &StepCx,
+    method: &Method,
+    pg: &str,
+    limit: Duration,
+) -> anyhow::Result<bool> {
+    let Method::Service { project, service } = method else {
+        return Ok(false);
+    };
+    let docker = cx.docker().await?;
+    let Some(c) = docker.replicas(project, service).await?.into_iter().next() else {
+        bail!("no container of {project}/{service}");
+    };
+    if c.state == "running" {
+        return Ok(false);
+    }
+    docker.start_container(&c.name).await?;
+    tokio::time::timeout(limit, ready(cx, pg))
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "PostgreSQL ([postgres.{pg}]) did not accept connections within {}s of starting {}",
+                limit.as_secs(),
+                c.name
+            )
+        })?;
+    Ok(true)
+}
+
+async fn ready(cx: &StepCx, pg: &str) {
+    loop {
+        if let Ok(c) = cx.postgres(pg).await
+            && c.simple_query("SELECT 1").await.is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// How long the clients waited, as measured by ferry.
 #[derive(Debug, Clone, Copy)]
 pub struct Restarted {
@@ -173,17 +217,7 @@ async fn stages(
         .run(cx, limit)
         .await
         .with_context(|| format!("restarting PostgreSQL by {}", method.describe()))?;
-    let ready = async {
-        loop {
-            if let Ok(c) = cx.postgres(pg).await
-                && c.simple_query("SELECT 1").await.is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
-    tokio::time::timeout(limit, ready).await.map_err(|_| {
+    tokio::time::timeout(limit, ready(cx, pg)).await.map_err(|_| {
         anyhow!(
             "PostgreSQL ([postgres.{pg}]) did not accept connections within {secs}s of its restart"
         )
