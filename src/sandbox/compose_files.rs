@@ -173,8 +173,8 @@ mod tests {
         );
         assert_eq!(
             y.matches("healthcheck:").count(),
-            4,
-            "hapi's is the image's"
+            5,
+            "every service's (hapi's checks every 1s, the image's every 2s)"
         );
     }
 }

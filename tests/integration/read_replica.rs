@@ -77,13 +77,10 @@ fn read_replica_streams_serves_hapi_reads_survives_a_kill_in_the_base_backup_and
     let Some(s) = Sbx::up_compose(1) else { return };
     let t0 = std::time::Instant::now();
     let project = s.project();
-    // A superuser's [postgres.fhir_admin] and the replication role's password.
-    let pg_port = s.state()["pg_port"].to_string();
-    let mut target = std::fs::read_to_string(s.target()).unwrap();
-    target.push_str(&format!(
-        "\n[postgres.fhir_admin]\nurl = \"postgres://postgres@127.0.0.1:{pg_port}/fhirdb\"\npassword_env = \"SANDBOX_PG_SUPERUSER_PASSWORD\"\n"
-    ));
-    std::fs::write(s.target(), target).unwrap();
+    // The sandbox's target has a superuser's [postgres.fhir_admin]; add the replication
+    // role's password.
+    let target = std::fs::read_to_string(s.target()).unwrap();
+    assert!(target.contains("[postgres.fhir_admin]"), "{target}");
     let mut secrets = std::fs::read_to_string(s.dir.join("secrets.env")).unwrap();
     secrets.push_str("FHIR_REPLICA_PASSWORD=replica-pw-for-the-test\n");
     std::fs::write(s.dir.join("secrets.env"), secrets).unwrap();
