@@ -1,7 +1,10 @@
 //! A new replica is the container `docker-compose up` would create (issue 11, item 3, and
-//! `scale` up): after a compose change of ports, volumes, restart policy and networks (with
-//! aliases) together with the image, each replica ferry creates is compared field by field
-//! with the one compose itself then creates from the same files in its place, and carries
+//! `scale` up): after a compose change of ports, volumes, restart policy, networks (with
+//! aliases), extra_hosts, a ulimit, cap_add, a logging option, mem_limit, shm_size,
+//! working_dir and init together with the image, each replica ferry creates carries them
+//! and is compared field by field (its whole host config, and its config but for the
+//! hostname, environment order and labels) with the one compose itself then creates from
+//! the same files in its place, and carries
 //! compose's config hash (`docker-compose up -d` finds a rolled-out service up to date).
 //! Each test starts its own sandbox (`host` stack, labelled `ferry.test=1`) and takes it down.
 
@@ -11,7 +14,9 @@ use crate::harness::Playbook;
 use crate::sandbox::{Sbx, docker};
 
 /// The hapi service of the sandbox's compose file with another port, a bind mount, another
-/// restart policy, a network alias and an `.env`-interpolated variable.
+/// restart policy, a network alias, an `.env`-interpolated variable, and runtime settings:
+/// one more extra host, a ulimit, cap_add, a logging option, mem_limit, shm_size,
+/// working_dir, init.
 fn change_compose(s: &Sbx) {
     let path = s.dir.join("files/docker-compose.yml");
     let text = std::fs::read_to_string(&path).unwrap();
@@ -30,12 +35,17 @@ fn change_compose(s: &Sbx) {
             1,
         )
         .replacen(
+            "    extra_hosts:\n",
+            "    extra_hosts:\n      - \"ferry-extra.test:127.0.0.9\"\n",
+            1,
+        )
+        .replacen(
             "    environment:\n",
             "    environment:\n      HAPI_IG_VERSION: \"${HAPI_IG_VERSION}\"\n",
             1,
         );
     let hapi = format!(
-        "{hapi}\n    volumes:\n      - ./extra:/extra:ro\n    networks:\n      default:\n        aliases:\n          - fhir-api"
+        "{hapi}\n    ulimits:\n      nofile:\n        soft: 4096\n        hard: 8192\n    cap_add:\n      - NET_ADMIN\n    logging:\n      driver: json-file\n      options:\n        max-size: 5m\n    mem_limit: 256m\n    shm_size: 32m\n    working_dir: /app\n    init: true\n    volumes:\n      - ./extra:/extra:ro\n    networks:\n      default:\n        aliases:\n          - fhir-api"
     );
     std::fs::create_dir_all(s.dir.join("files/extra")).unwrap();
     std::fs::write(&path, format!("{head}  hapi:\n{hapi}{tail}")).unwrap();
@@ -45,7 +55,8 @@ fn change_compose(s: &Sbx) {
 
 /// What compose derives from the files, of container `name`: image, environment, ports,
 /// volumes, restart policy, network mode, networks and their aliases (without the
-/// container's short id, which Docker adds to each).
+/// container's short id, which Docker adds to each), the whole host config, and the
+/// config but for its hostname (the container's short id), environment and labels.
 fn fields(name: &str) -> Value {
     let c: Value = serde_json::from_str(&docker(&["inspect", name])).unwrap();
     let c = &c[0];
@@ -82,7 +93,13 @@ fn fields(name: &str) -> Value {
         .collect();
     mounts.sort();
     let h = &c["HostConfig"];
+    let mut config = c["Config"].clone();
+    for k in ["Hostname", "Env", "Labels"] {
+        config.as_object_mut().unwrap().remove(k);
+    }
     serde_json::json!({
+        "host_config": h,
+        "config": config,
         "image": c["Image"],
         "env": env,
         "port_bindings": h["PortBindings"],
@@ -140,6 +157,24 @@ fn a_rolled_out_replica_is_the_container_compose_would_create_after_a_compose_ch
         assert!(f["binds"].to_string().contains("/extra:ro"), "{n}: {f:#}");
         assert!(f["port_bindings"].get("8081/tcp").is_some(), "{n}: {f:#}");
         assert!(f["networks"].to_string().contains("fhir-api"), "{n}: {f:#}");
+        let h = &f["host_config"];
+        assert!(
+            h["ExtraHosts"]
+                .to_string()
+                .contains("ferry-extra.test:127.0.0.9"),
+            "{n}: {h:#}"
+        );
+        assert_eq!(
+            h["Ulimits"],
+            serde_json::json!([{"Name": "nofile", "Soft": 4096, "Hard": 8192}]),
+            "{n}"
+        );
+        assert_eq!(h["CapAdd"], serde_json::json!(["NET_ADMIN"]), "{n}");
+        assert_eq!(h["LogConfig"]["Config"]["max-size"], "5m", "{n}");
+        assert_eq!(h["Memory"], 256 << 20, "{n}");
+        assert_eq!(h["ShmSize"], 32 << 20, "{n}");
+        assert_eq!(h["Init"], true, "{n}");
+        assert_eq!(f["config"]["WorkingDir"], "/app", "{n}");
     }
     up_to_date(&s, 2);
     // compose's own containers from the same files: the same, field by field.

@@ -1,12 +1,14 @@
 //! The compose service's replicas, as `rolling_redeploy`, `scale`, `pool_capacity` and
 //! `metadata_check` see them: the project and service the target names, every replica of
-//! it (all of which must be running: none is skipped), and each replica's own URL on its published 127.0.0.1 port (never a
-//! container's private address). `swap` replaces one replica; `spec` is what compose gives
-//! a container of the service, `traffic` moves a replica in and out of its aliases.
+//! it (all of which must be running: none is skipped), and each replica's own URL on its
+//! published 127.0.0.1 port (never a container's private address). `swap` replaces one
+//! replica; `spec` is what compose gives a container of the service (with `host` and
+//! `runtime`), `traffic` moves a replica in and out of its aliases.
 
 pub mod count;
 pub mod host;
 pub mod reconcile;
+pub mod runtime;
 pub mod spec;
 pub mod swap;
 pub mod traffic;

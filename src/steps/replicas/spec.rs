@@ -6,7 +6,8 @@
 //! replaces: the old container carries the *old* `.env`'s values (issue 11, item 3), and its
 //! `config-hash` label would then claim a match compose never made.
 //! Invariant: a field the file does not set is left to the image (None), as compose does.
-//! The image, and the host side (ports, volumes, restart policy, networks: `host`) too.
+//! The image, the host side (ports, volumes, restart policy, networks: `host`) and the
+//! runtime and resource settings (extra_hosts, logging, ulimits, limits…: `runtime`) too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -17,6 +18,7 @@ use bollard::models::{ContainerCreateBody, HealthConfig};
 use serde_yaml::Value;
 
 use super::host::{self, HostSpec};
+use super::runtime::{self, RuntimeSpec};
 use crate::infra::docker::ContainerInfo;
 
 /// The compose-derived part of a container of the service.
@@ -38,6 +40,8 @@ pub struct ServiceSpec {
     pub image: Option<String>,
     /// Ports, volumes, restart policy, networks.
     pub host: HostSpec,
+    /// Logging, limits, capabilities, dns, extra_hosts, hostname, tty… (`runtime`).
+    pub runtime: RuntimeSpec,
 }
 
 /// Runs `docker-compose -p PROJECT config` in `dir` and takes `service` out of it.
@@ -108,6 +112,7 @@ pub fn parse(yaml: &str, project: &str, service: &str) -> anyhow::Result<Service
         healthcheck: svc.get("healthcheck").map(health).transpose()?,
         image: text("image"),
         host: host::parse(&doc, svc, project, service)?,
+        runtime: runtime::parse(svc, service)?,
     })
 }
 
@@ -248,6 +253,8 @@ pub fn apply(
     // Compose (API >= 1.25) sets StopTimeout only when the file has stop_grace_period.
     body.stop_timeout = spec.stop_grace.map(|d| d.as_secs() as i64);
     body.healthcheck = spec.healthcheck.clone();
+    let old_host = body.host_config.take().unwrap_or_default();
+    runtime::apply(body, &spec.runtime, &old_host);
     host::apply(body, &spec.host, previous, old_image_volumes);
 }
 
