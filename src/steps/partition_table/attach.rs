@@ -242,11 +242,11 @@ pub async fn window(
         cx.log(
             Level::Info,
             format!(
-                "window transaction: {} locks taken at attempt {} (waited {} ms), held {} ms ({} attached as {p0}, {} partitions made, {} FKs re-pointed NOT VALID)",
+                "window transaction: {} ms with its locks held ({} locks taken up front at attempt {}, waited {} ms; {} attached as {p0}, {} partitions made, {} FKs re-pointed NOT VALID)",
+                x.held.as_millis(),
                 rels.len(),
                 x.attempt,
                 x.waited.as_millis(),
-                x.held.as_millis(),
                 cat.table,
                 pt.premake,
                 cat.incoming.len()

@@ -230,11 +230,11 @@ pub(super) async fn swap(
     cx.log(
         Level::Info,
         format!(
-            "swap transaction: {} locks taken at attempt {} (waited {} ms), held {} ms; {} keeps the original rows until cleanup",
+            "swap transaction: {} ms with its locks held ({} locks taken up front at attempt {}, waited {} ms); {} keeps the original rows until cleanup",
+            x.held.as_millis(),
             rels.len(),
             x.attempt,
             x.waited.as_millis(),
-            x.held.as_millis(),
             names.old
         ),
     );
