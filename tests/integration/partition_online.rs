@@ -264,8 +264,10 @@ fn online_swap_blocked_gives_up_retries_and_names_the_blocker() {
         );
         std::thread::scope(|s| {
             s.spawn(|| {
-                wait_for("the swap to wait for its lock", Duration::from_secs(60), || {
-                    pg.psql("postgres", "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE NOT l.granted AND a.application_name LIKE 'ferry%'") != "0"
+                // The swap's NOWAIT attempts never wait: after a refused one, ferry reads
+                // the lock holders (its session's last query while it backs off).
+                wait_for("the swap to be refused its locks", Duration::from_secs(60), || {
+                    pg.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'ferry%' AND query LIKE '%FROM pg_locks l JOIN pg_stat_activity%'") != "0"
                 });
                 std::thread::sleep(Duration::from_millis(1500));
                 end_sessions(&pg, "query LIKE 'BEGIN; LOCK%'");
@@ -340,9 +342,12 @@ fn online_swap_kill_9_while_waiting_then_resume() {
             return;
         };
         let load = Load::start(&pg);
+        // One NOWAIT attempt, then the one bounded wait: long enough to kill ferry in it.
         let out = run(
             &sb,
-            &online("hash", "copy"),
+            &online("hash", "copy")
+                .str("lock_timeout", "60s")
+                .raw("lock_retries", "1"),
             &[("FERRY_FAILPOINT", "checkpoint:convert#13")],
         );
         assert_eq!(out.signal, Some(9), "{}", out.stderr);

@@ -12,7 +12,8 @@ use std::time::Instant;
 use tokio_postgres::Client;
 
 use super::ddl::{
-    finish_parent_sql, fks_sql, parent_index_sql, rename_index_sql, retry, with_options,
+    Exclusive, exclusive, finish_parent_sql, fks_sql, lock_set, parent_index_sql, rename_index_sql,
+    retry, with_options,
 };
 use super::{PartitionTable, Phase, State, StepCx, budget, guard, pgerr, quote_ident};
 use crate::report::Level;
@@ -169,16 +170,21 @@ pub async fn window(
         budget::fits(
             pt,
             cx,
-            Some(budget::lock_wait(pt)),
+            Some(budget::exclusive_wait(pt)),
             "the window transaction",
         )?;
         let hi = st.hi.expect("prepared");
         let t = cat.qualified();
-        let mut sql = format!(
-            "BEGIN;\nSET LOCAL lock_timeout = {};\nLOCK TABLE {t} IN ACCESS EXCLUSIVE MODE;\n",
-            pt.lock_timeout.get().as_millis()
-        );
-        sql.push_str(&fks_sql(&cat, false));
+        // Every lock the statements need, taken up front (`exclusive`): ACCESS EXCLUSIVE on
+        // the table (DROP TRIGGER/INDEX, RENAME, ATTACH PARTITION of it as p0, the FKs'
+        // triggers on the referenced side) and on each referencing table (DROP CONSTRAINT
+        // of an FK; ADD FOREIGN KEY NOT VALID needs SHARE ROW EXCLUSIVE, a weaker mode of
+        // the same lock). The rest is on relations this transaction creates (the parent,
+        // the premade partitions: ATTACH needs SHARE UPDATE EXCLUSIVE on the parent) or on
+        // the table's own indexes (ALTER INDEX RENAME: SHARE UPDATE EXCLUSIVE on the index,
+        // which only conflicts with sessions that hold a lock on the table too).
+        let rels = lock_set(&cat, std::slice::from_ref(&t));
+        let mut sql = fks_sql(&cat, false);
         sql.push_str(&guard::drop_trigger_sql(&t));
         for ix in cat.indexes.iter().filter(|i| i.needs_guard(&pt.key)) {
             sql.push_str(&match ix.constraint {
@@ -222,19 +228,25 @@ pub async fn window(
             parts.push(name);
         }
         sql.push_str(&finish_parent_sql(pt, &cat, &parts));
-        sql.push_str("COMMIT;\n");
-        let took = match retry(pt, cx, c, &sql, "the window transaction").await {
-            Ok(t) => t,
+        let x = match exclusive(pt, cx, c, &rels, &sql, "the window transaction").await {
+            Ok(x) => x,
             // A killed ferry's session may have committed this window meanwhile.
-            Err(_) if attached(pt, c, &cat).await? => std::time::Duration::ZERO,
+            Err(_) if attached(pt, c, &cat).await? => Exclusive {
+                held: std::time::Duration::ZERO,
+                waited: std::time::Duration::ZERO,
+                attempt: 0,
+            },
             Err(e) => return Err(e),
         };
-        st.window_ms = Some(took.as_millis() as u64);
+        st.window_ms = Some(x.held.as_millis() as u64);
         cx.log(
             Level::Info,
             format!(
-                "window transaction: {} ms ({} attached as {p0}, {} partitions made, {} FKs re-pointed NOT VALID)",
-                took.as_millis(),
+                "window transaction: {} ms with its locks held ({} locks taken up front at attempt {}, waited {} ms; {} attached as {p0}, {} partitions made, {} FKs re-pointed NOT VALID)",
+                x.held.as_millis(),
+                rels.len(),
+                x.attempt,
+                x.waited.as_millis(),
                 cat.table,
                 pt.premake,
                 cat.incoming.len()

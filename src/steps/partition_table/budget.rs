@@ -70,13 +70,11 @@ pub fn fits(
     Err(Interrupted.into())
 }
 
-/// The worst case of a phase that waits for its locks: every attempt times out, with the
-/// retry loop's back-off (200 ms doubling) between them.
-pub fn lock_wait(pt: &PartitionTable) -> Duration {
-    let backoff: Duration = (0..pt.lock_retries)
-        .map(|n| Duration::from_millis(200) * 2u32.saturating_pow(n))
-        .sum();
-    pt.lock_timeout.get() * (pt.lock_retries + 1) + backoff
+/// The worst case of the window/swap's lock phase (`ddl::exclusive`): `lock_retries`
+/// NOWAIT attempts (no wait each) with their back-off, then one wait of `lock_timeout`.
+pub fn exclusive_wait(pt: &PartitionTable) -> Duration {
+    let backoff: Duration = (0..pt.lock_retries).map(super::ddl::nowait_backoff).sum();
+    pt.lock_timeout.get() + backoff
 }
 
 /// Seconds to scan `bytes` at `rate` bytes/s.

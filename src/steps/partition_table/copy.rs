@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use super::catalog::{self, Catalog};
-use super::ddl::{finish_parent_sql, lit, retry};
+use super::ddl::{finish_parent_sql, lit};
 use super::{PartitionTable, Phase, State, StepCx, budget, guard, pgerr, quote_ident};
 use crate::report::{Level, Unit};
 
@@ -60,8 +60,8 @@ pub async fn run(
         cx.save_checkpoint(st)?;
     }
     if st.phase < Phase::Swapped {
-        budget::fits(pt, cx, Some(budget::lock_wait(pt)), "the swap")?;
-        swap(pt, cx, c, st, &cat, "").await?;
+        budget::fits(pt, cx, Some(budget::exclusive_wait(pt)), "the swap")?;
+        swap(pt, cx, c, st, &cat, "", &[]).await?;
         st.phase = Phase::Swapped;
         cx.save_checkpoint(st)?;
     }
@@ -155,6 +155,7 @@ pub(super) async fn swap(
     st: &mut State,
     cat: &Catalog,
     pre: &str,
+    extra: &[String],
 ) -> anyhow::Result<()> {
     let names = pt.names();
     if swapped(pt, c).await? {
@@ -163,11 +164,16 @@ pub(super) async fn swap(
     let t = cat.qualified();
     let twin = pt.q(&names.twin);
     let old = pt.q(&names.old);
-    let mut sql = format!(
-        "BEGIN;\nSET LOCAL lock_timeout = {};\nLOCK TABLE {t}, {twin} IN ACCESS EXCLUSIVE MODE;\n",
-        pt.lock_timeout.get().as_millis()
-    );
-    sql.push_str(pre);
+    // Every lock up front (`exclusive`): the table and the twin (LOCK recurses into the
+    // twin's partitions, which the FKs' triggers are cloned onto), `extra` (ferry's tables
+    // the online `pre` writes or drops) and every referencing table (DROP CONSTRAINT:
+    // ACCESS EXCLUSIVE; ADD FOREIGN KEY NOT VALID: SHARE ROW EXCLUSIVE). Index renames
+    // take SHARE UPDATE EXCLUSIVE on the index, which only conflicts with sessions holding
+    // a lock on its table as well.
+    let mut first = vec![t.clone(), twin.clone()];
+    first.extend(extra.iter().cloned());
+    let rels = super::ddl::lock_set(cat, &first);
+    let mut sql = String::from(pre);
     sql.push_str(&super::ddl::fks_sql(cat, false));
     sql.push_str(&guard::drop_trigger_sql(&t));
     sql.push_str(&format!(
@@ -209,9 +215,8 @@ pub(super) async fn swap(
         .collect();
     sql.push_str(&finish_parent_sql(pt, cat, &parts));
     sql.push_str(&changes_sql(pt, &t));
-    sql.push_str("COMMIT;\n");
-    let took = match retry(pt, cx, c, &sql, "the swap").await {
-        Ok(t) => t,
+    let x = match super::ddl::exclusive(pt, cx, c, &rels, &sql, "the swap").await {
+        Ok(x) => x,
         // A session of a killed ferry may have committed this very swap meanwhile (its
         // statements were already on the server): then it is done, not failed.
         Err(e) => {
@@ -221,12 +226,15 @@ pub(super) async fn swap(
             return Err(e);
         }
     };
-    st.window_ms = Some(took.as_millis() as u64);
+    st.window_ms = Some(x.held.as_millis() as u64);
     cx.log(
         Level::Info,
         format!(
-            "swap transaction: {} ms; {} keeps the original rows until cleanup",
-            took.as_millis(),
+            "swap transaction: {} ms with its locks held ({} locks taken up front at attempt {}, waited {} ms); {} keeps the original rows until cleanup",
+            x.held.as_millis(),
+            rels.len(),
+            x.attempt,
+            x.waited.as_millis(),
             names.old
         ),
     );

@@ -85,6 +85,170 @@ pub async fn retry(
     unreachable!("the loop returns")
 }
 
+/// Every relation the window/swap transaction locks, in a stable order: `first` (the table,
+/// then the twin, then ferry's own tables on it), then every referencing table of the
+/// incoming FKs by name, each once. The table comes first as in HAPI's own transactions
+/// (they write it before the tables that reference it), which keeps the bounded last wait
+/// from deadlocking with them as far as an order can.
+pub fn lock_set(cat: &Catalog, first: &[String]) -> Vec<String> {
+    let mut refs: Vec<String> = cat.incoming.iter().map(|fk| fk.on.clone()).collect();
+    refs.sort();
+    let mut v: Vec<String> = vec![];
+    for r in first.iter().cloned().chain(refs) {
+        if !v.contains(&r) {
+            v.push(r);
+        }
+    }
+    v
+}
+
+/// The back-off before NOWAIT attempt `n + 1` (upper bound; the sleep is jittered between
+/// half and all of it): 50 ms doubling, at most 1 s.
+pub fn nowait_backoff(n: u32) -> Duration {
+    (Duration::from_millis(50) * 2u32.saturating_pow(n.min(10))).min(Duration::from_secs(1))
+}
+
+fn jitter(d: Duration) -> Duration {
+    // No RNG dependency for this: the clock's nanoseconds and the pid are random enough
+    // to keep two waiters (two ferry runs, or ferry and a cron job) out of step.
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|t| t.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    let f = (h.finish() % 1000) as f64 / 1000.0;
+    d.mul_f64(0.5 + 0.5 * f)
+}
+
+/// How the exclusive phase went: how long the locks were held (LOCK granted → COMMIT),
+/// how long ferry waited for them in all (the last attempt's wait, none for NOWAIT), and
+/// the attempt that got them (1-based).
+pub struct Exclusive {
+    pub held: Duration,
+    pub waited: Duration,
+    pub attempt: u32,
+}
+
+fn lock_error(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    [
+        SqlState::LOCK_NOT_AVAILABLE,
+        SqlState::QUERY_CANCELED,
+        SqlState::T_R_DEADLOCK_DETECTED,
+    ]
+    .iter()
+    .any(|s| e.code() == Some(s))
+}
+
+/// One transaction that takes every lock it needs up front, then runs `body` (statements,
+/// no BEGIN/COMMIT) with them held: `LOCK TABLE rels… IN ACCESS EXCLUSIVE MODE` in one
+/// statement. Attempts 1..=`lock_retries` use `NOWAIT`: a lock held by anyone fails the
+/// attempt at once, nothing queues behind ferry, the holders are read for the report and
+/// the attempt is retried after a jittered back-off ([`nowait_backoff`]). The last attempt
+/// (`lock_retries` + 1) waits, so a table that is never idle (HAPI under steady load)
+/// cannot starve the step: that one wait is bounded in all by `lock_timeout`
+/// (`statement_timeout` on the LOCK, not only per lock), while HAPI's requests queue behind
+/// it at most that long. `body` runs under `lock_timeout` too: if it asked for a lock not
+/// taken up front, its wait would be bounded and retried, not unbounded.
+pub async fn exclusive(
+    pt: &PartitionTable,
+    cx: &StepCx,
+    c: &Client,
+    rels: &[String],
+    body: &str,
+    what: &str,
+) -> anyhow::Result<Exclusive> {
+    let ms = pt.lock_timeout.get().as_millis();
+    let st_orig: String = c
+        .query_one("SELECT current_setting('statement_timeout')", &[])
+        .await
+        .map_err(pgerr)?
+        .get(0);
+    let list = rels.join(", ");
+    for attempt in 0..=pt.lock_retries {
+        let last = attempt == pt.lock_retries;
+        let lock = if last {
+            format!(
+                "BEGIN;\nSET LOCAL lock_timeout = {ms};\nSET LOCAL statement_timeout = {ms};\nLOCK TABLE {list} IN ACCESS EXCLUSIVE MODE;\nSET LOCAL statement_timeout = {};\n",
+                lit(&st_orig)
+            )
+        } else {
+            format!(
+                "BEGIN;\nSET LOCAL lock_timeout = {ms};\nLOCK TABLE {list} IN ACCESS EXCLUSIVE MODE NOWAIT;\n"
+            )
+        };
+        let t0 = Instant::now();
+        let (e, in_body) = match c.batch_execute(&lock).await {
+            Ok(()) => {
+                let waited = t0.elapsed();
+                let t1 = Instant::now();
+                match c.batch_execute(&format!("{body}COMMIT;\n")).await {
+                    Ok(()) => {
+                        return Ok(Exclusive {
+                            held: t1.elapsed(),
+                            waited,
+                            attempt: attempt + 1,
+                        });
+                    }
+                    Err(e) => (e, true),
+                }
+            }
+            Err(e) => (e, false),
+        };
+        crate::infra::postgres::rollback(c).await;
+        // In the body a cancel is not the LOCK's statement_timeout: not retried.
+        let lock = lock_error(&e)
+            && !(in_body && e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED));
+        let blockers = if lock {
+            super::online::blockers::describe(pt, c).await
+        } else {
+            String::new()
+        };
+        if lock {
+            BLOCKED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(format!("{what}, attempt {}: {blockers}", attempt + 1));
+        }
+        if !lock || last {
+            bail!(
+                "{what} on {}.{}: {}{}",
+                pt.schema,
+                pt.table,
+                pgerr(e),
+                if lock {
+                    format!(
+                        " ({} NOWAIT attempts, then one wait of lock_timeout {} for all {} locks; {blockers}: end the sessions that hold locks on it, or raise `lock_timeout`/`lock_retries`)",
+                        pt.lock_retries,
+                        pt.lock_timeout,
+                        rels.len()
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
+        let delay = jitter(nowait_backoff(attempt));
+        cx.log(
+            Level::Warn,
+            format!(
+                "{what}: {} locks not free at once (NOWAIT attempt {} of {}, then one wait of up to {}; {blockers}), retrying in {} ms",
+                rels.len(),
+                attempt + 1,
+                pt.lock_retries,
+                pt.lock_timeout,
+                delay.as_millis()
+            ),
+        );
+        cx.cancel.sleep(delay).await?;
+    }
+    unreachable!("the loop returns")
+}
+
 /// Statements shared by attach and the copy swap: what the new parent gets around its
 /// partitions (statistics targets, owner, grants, guard trigger, FKs `NOT VALID`).
 pub fn finish_parent_sql(pt: &PartitionTable, cat: &Catalog, parts: &[String]) -> String {

@@ -291,6 +291,23 @@ async fn rows_match(
     c: &Client,
     parts: &[(String, String)],
 ) -> anyhow::Result<()> {
+    // One snapshot for every sum: HAPI writes on; a PUT committed between the old table's
+    // sum and the partition's would add its key to the change capture in between, leaving
+    // the row in one sum and out of the other.
+    c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(pgerr)?;
+    let r = rows_match_in(pt, cx, c, parts).await;
+    crate::infra::postgres::rollback(c).await;
+    r
+}
+
+async fn rows_match_in(
+    pt: &PartitionTable,
+    cx: &StepCx,
+    c: &Client,
+    parts: &[(String, String)],
+) -> anyhow::Result<()> {
     let t = pt.q(&pt.table);
     let k = quote_ident(&pt.key);
     let old = pt.q(&pt.names().old);

@@ -174,7 +174,15 @@ pub async fn run(
              INSERT INTO {twin} SELECT * FROM {t} WHERE {k} IN (SELECT DISTINCT {k} FROM {lg});\n{}",
             drop_capture_sql(pt, &t)
         );
-        super::copy::swap(pt, cx, c, st, &cat, &pre).await?;
+        // The log table is written by HAPI's transactions (the capture trigger) and dropped
+        // here: locked up front with the rest.
+        let exists: bool = c
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&lg])
+            .await
+            .map_err(pgerr)?
+            .get(0);
+        let extra = if exists { vec![lg.clone()] } else { vec![] };
+        super::copy::swap(pt, cx, c, st, &cat, &pre, &extra).await?;
         st.phase = Phase::Swapped;
         cx.save_checkpoint(st)?;
     }
