@@ -237,7 +237,7 @@ async fn compare(
         return Ok(());
     }
     if validated {
-        return rows_match(pt, cx, c, parts).await;
+        return rows_match_in(pt, cx, c, parts).await; // already in compare's snapshot
     }
     // In the window (`stage = "convert"`), only the totals: the per-partition checksums
     // scan both tables once per partition and wait for `stage = "validate"`, which runs
