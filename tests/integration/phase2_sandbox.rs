@@ -273,27 +273,38 @@ fn phase2_killed_during_the_restart_leaves_pgbouncer_paused_until_resume_resumes
     // A kill between the restart's stop and its start leaves the container stopped (the API
     // stopped it: `restart: unless-stopped` does not start it), and `resume` cannot take the
     // run's lock in fhirdb then: the operator starts it first, as here (README: not yet built).
+    // A stop ferry sent just before the kill may still be under way (the container reads as
+    // running and healthy until it exits), so "up" means: accepting connections without a
+    // break for 5 s, the container started again whenever it is found stopped.
     let pg = format!("{}_postgres-fhir_1", s.project());
-    let running = Command::new("docker")
-        .args(["inspect", "--format", "{{.State.Running}}", &pg])
-        .output()
-        .unwrap();
-    if String::from_utf8_lossy(&running.stdout).trim() != "true" {
-        eprintln!("the kill left {pg} stopped: docker start");
-        let o = Command::new("docker")
-            .args(["start", &pg])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
-    // The run lock is taken in fhirdb before any step: wait until the server accepts
-    // connections (a kill mid-start leaves it starting).
-    wait_for("postgres-fhir healthy", Duration::from_secs(60), || {
-        let o = Command::new("docker")
-            .args(["inspect", "--format", "{{.State.Health.Status}}", &pg])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).trim() == "healthy"
+    let docker = |args: &[&str]| Command::new("docker").args(args).output().unwrap();
+    let mut steady: Option<std::time::Instant> = None;
+    wait_for("postgres-fhir up for 5 s", Duration::from_secs(120), || {
+        let running = docker(&["inspect", "--format", "{{.State.Running}}", &pg]);
+        if String::from_utf8_lossy(&running.stdout).trim() != "true" {
+            eprintln!("the kill left {pg} stopped: docker start");
+            let o = docker(&["start", &pg]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            steady = None;
+            return false;
+        }
+        let ready = docker(&[
+            "exec",
+            &pg,
+            "pg_isready",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "fhirdb",
+        ]);
+        if !ready.status.success() {
+            steady = None;
+            return false;
+        }
+        steady.get_or_insert_with(std::time::Instant::now).elapsed() >= Duration::from_secs(5)
     });
     assert!(paused(&s), "pgBouncer stays paused until ferry comes back");
 
