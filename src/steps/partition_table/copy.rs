@@ -78,22 +78,7 @@ async fn copy_rows(
 ) -> anyhow::Result<()> {
     let t = cat.qualified();
     let k = quote_ident(&pt.key);
-    let in_twin: Option<i64> = c
-        .query_one(&format!("SELECT max({k}) FROM {twin}"), &[])
-        .await
-        .map_err(pgerr)?
-        .get(0);
-    if in_twin > st.last_key {
-        // The last batch committed but its checkpoint was not written (kill -9).
-        let n: i64 = c
-            .query_one(&format!("SELECT count(*) FROM {twin}"), &[])
-            .await
-            .map_err(pgerr)?
-            .get(0);
-        st.last_key = in_twin;
-        st.copied = n;
-        cx.save_checkpoint(st)?;
-    }
+    caught_up(cx, c, st, &k, twin).await?;
     let bound = format!(
         "SELECT max({k}), count(*) FROM (SELECT {k} FROM {t} WHERE {k} > $1 ORDER BY {k} LIMIT $2) s"
     );
@@ -269,4 +254,32 @@ fn changes_sql(pt: &PartitionTable, on: &str) -> String {
             "ferry partition_table: keys changed since the swap, for rollback; dropped by cleanup"
         ),
     )
+}
+
+/// Re-entry of a copy: a batch that committed before its checkpoint was written (kill -9)
+/// is counted from the twin itself, so the copy goes on after it and never duplicates it.
+pub(super) async fn caught_up(
+    cx: &StepCx,
+    c: &Client,
+    st: &mut State,
+    k: &str,
+    twin: &str,
+) -> anyhow::Result<()> {
+    let in_twin: Option<i64> = c
+        .query_one(&format!("SELECT max({k}) FROM {twin}"), &[])
+        .await
+        .map_err(pgerr)?
+        .get(0);
+    if in_twin > st.last_key {
+        // The last batch committed but its checkpoint was not written (kill -9).
+        let n: i64 = c
+            .query_one(&format!("SELECT count(*) FROM {twin}"), &[])
+            .await
+            .map_err(pgerr)?
+            .get(0);
+        st.last_key = in_twin;
+        st.copied = n;
+        cx.save_checkpoint(st)?;
+    }
+    Ok(())
 }

@@ -207,22 +207,7 @@ async fn copy_rows(
     let t = cat.qualified();
     let k = quote_ident(&pt.key);
     let upto = st.upto.expect("capture installed");
-    let in_twin: Option<i64> = c
-        .query_one(&format!("SELECT max({k}) FROM {twin}"), &[])
-        .await
-        .map_err(pgerr)?
-        .get(0);
-    if in_twin > st.last_key {
-        // The last batch committed but its checkpoint was not written (kill -9).
-        let n: i64 = c
-            .query_one(&format!("SELECT count(*) FROM {twin}"), &[])
-            .await
-            .map_err(pgerr)?
-            .get(0);
-        st.last_key = in_twin;
-        st.copied = n;
-        cx.save_checkpoint(st)?;
-    }
+    super::copy::caught_up(cx, c, st, &k, twin).await?;
     let bound = format!(
         "SELECT max({k}), count(*) FROM (SELECT {k} FROM {t} WHERE {k} > $1 AND {k} <= $3 ORDER BY {k} LIMIT $2) s"
     );
