@@ -36,11 +36,7 @@ pub async fn run(
     let cat = st.catalog.clone().expect("snapshot");
     let twin = pt.q(&pt.names().twin);
     if st.phase < Phase::Twin {
-        if catalog::relkind(c, &pt.schema, &pt.names().twin).await? != Some('p') {
-            c.batch_execute(&super::twin::twin_sql(pt, &cat))
-                .await
-                .map_err(|e| anyhow::anyhow!("creating the twin {twin}: {}", pgerr(e)))?;
-        }
+        super::twin::create(pt, c, &cat, &twin).await?;
         st.phase = Phase::Twin;
         cx.save_checkpoint(st)?;
     }

@@ -107,3 +107,18 @@ async fn run_list(cl: &Client, list: Vec<(usize, String)>) -> anyhow::Result<()>
     }
     Ok(())
 }
+
+/// The twin (`twin`, quoted) and its partitions, unless a killed run already made it.
+pub async fn create(
+    pt: &PartitionTable,
+    c: &Client,
+    cat: &Catalog,
+    twin: &str,
+) -> anyhow::Result<()> {
+    if super::catalog::relkind(c, &pt.schema, &pt.names().twin).await? != Some('p') {
+        c.batch_execute(&twin_sql(pt, cat))
+            .await
+            .map_err(|e| anyhow::anyhow!("creating the twin {twin}: {}", pgerr(e)))?;
+    }
+    Ok(())
+}

@@ -25,7 +25,7 @@ use tokio_postgres::Client;
 
 use super::catalog::Catalog;
 use super::ddl::{lit, retry};
-use super::{PartitionTable, Phase, State, StepCx, catalog, pgerr, quote_ident};
+use super::{PartitionTable, Phase, State, StepCx, pgerr, quote_ident};
 use crate::report::Level;
 
 pub const CAPTURE_TRIGGER: &str = "ferry_capture";
@@ -146,11 +146,7 @@ pub async fn run(
         cx.save_checkpoint(st)?;
     }
     if st.phase < Phase::Twin {
-        if catalog::relkind(c, &pt.schema, &pt.names().twin).await? != Some('p') {
-            c.batch_execute(&super::twin::twin_sql(pt, &cat))
-                .await
-                .map_err(|e| anyhow::anyhow!("creating the twin {twin}: {}", pgerr(e)))?;
-        }
+        super::twin::create(pt, c, &cat, &twin).await?;
         st.phase = Phase::Twin;
         cx.save_checkpoint(st)?;
     }
