@@ -39,6 +39,13 @@ pub fn ensure(work: &Path) -> anyhow::Result<String> {
     }
 }
 
+/// The image id of `name` (the data cache's key holds it: a rebuilt image is another cache).
+pub fn id(name: &str) -> anyhow::Result<String> {
+    let mut c = Command::new("docker");
+    c.args(["image", "inspect", "--format", "{{.Id}}", name]);
+    Ok(proc::run(c, "docker image inspect")?.trim().to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

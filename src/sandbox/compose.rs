@@ -46,9 +46,14 @@ pub async fn start_new(
     resources: u64,
 ) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
-    st.base_image = Some(super::base::ensure(&st.dir).context("the base image")?);
+    let base = super::base::ensure(&st.dir).context("the base image")?;
+    st.base_image = Some(base.clone());
     timing(t0, "base image");
-    write_files(st, standin, secrets, resources)?;
+    let caches = compose_files::cache_volumes(&super::base::id(&base)?, resources);
+    for (db, name) in ["fhir", "audit"].iter().zip(&caches) {
+        cache_volume(st, db, name)?;
+    }
+    write_files(st, standin, secrets, resources, &caches)?;
     timing(t0, "files");
     let first = stack::compose_spawn(st, &[&["up", "-d"][..], FIRST].concat())?;
     st.registry_pid = registry::start(
@@ -82,11 +87,27 @@ fn timing(t0: std::time::Instant, what: &str) {
     }
 }
 
+/// The data cache volume `name` of database `db` (postgres-entrypoint.sh fills it on its
+/// first use). Made with the sandbox's extra labels (tests': `ferry.test=1`) but not its
+/// `ferry.sandbox`, so `down` leaves it for the next sandbox; `docker volume create` of an
+/// existing volume is a no-op, so concurrent `up`s agree on one.
+fn cache_volume(st: &State, db: &str, name: &str) -> anyhow::Result<()> {
+    let mut c = std::process::Command::new("docker");
+    c.args(["volume", "create", "--label"])
+        .arg(format!("{}={db}", super::CACHE_LABEL));
+    for (k, v) in &st.labels {
+        c.arg("--label").arg(format!("{k}={v}"));
+    }
+    c.arg(name);
+    super::proc::run(c, "docker volume create").map(|_| ())
+}
+
 fn write_files(
     st: &State,
     standin: &Path,
     secrets: &[(&str, String)],
     resources: u64,
+    caches: &[String; 2],
 ) -> anyhow::Result<()> {
     let layout = Layout {
         project: &st.project,
@@ -121,7 +142,7 @@ fn write_files(
         stack::DOCKERFILE,
         standin,
         &secrets[1].1,
-        &compose_files::compose_file(&layout, &ports),
+        &compose_files::compose_file(&layout, &ports, caches),
         &compose_files::env_extra(st.base_image.as_deref().unwrap_or_default()),
     )
     .context("files root")?;

@@ -17,6 +17,8 @@ const FHIR_ROLES: &str = include_str!("../../fixtures/sandbox/fhir-roles.sql");
 const FHIR_OWNERS: &str = include_str!("../../fixtures/sandbox/fhir-owners.sql");
 const AUDIT_ROLES: &str = include_str!("../../fixtures/sandbox/audit-roles.sql");
 const AUDIT_PASSWORD: &str = include_str!("../../fixtures/sandbox/audit-password.sql");
+const FHIR_PASSWORDS: &str = include_str!("../../fixtures/sandbox/fhir-passwords.sql");
+const AUDIT_PASSWORDS: &str = include_str!("../../fixtures/sandbox/audit-passwords.sql");
 
 /// The secrets env file of the database containers.
 pub const DB_ENV: &str = "db.env";
@@ -40,7 +42,80 @@ fn yaml_str(v: &str) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
-pub fn compose_file(l: &Layout, p: &Ports) -> String {
+/// One database container's files: its init scripts (`NN-DB-name.sql`, run in name order on
+/// an empty volume) and the script that sets a sandbox's own passwords on a cluster copied
+/// from the data cache.
+struct DbFiles {
+    name: &'static str,
+    init: Vec<(&'static str, String)>,
+    passwords: &'static str,
+}
+
+fn databases(resources: u64) -> [DbFiles; 2] {
+    let mut fhir = vec![
+        ("00-postgres-roles.sql", FHIR_ROLES.to_owned()),
+        (
+            "10-fhirdb-hapi-schema.sql",
+            super::pg::HAPI_SCHEMA.to_owned(),
+        ),
+        ("20-fhirdb-owners.sql", FHIR_OWNERS.to_owned()),
+        ("30-fhirdb-datagen.sql", super::pg::HAPI_DATAGEN.to_owned()),
+    ];
+    if resources > 0 {
+        fhir.push((
+            "40-fhirdb-resources.sql",
+            format!("SELECT ferry_gen.gen_hapi({resources}, 1);\nANALYZE;\n"),
+        ));
+    }
+    [
+        DbFiles {
+            name: "fhir",
+            init: fhir,
+            passwords: FHIR_PASSWORDS,
+        },
+        DbFiles {
+            name: "audit",
+            init: vec![
+                ("00-postgres-roles.sql", AUDIT_ROLES.to_owned()),
+                ("10-auditdb-schema.sql", super::pg::AUDIT_SCHEMA.to_owned()),
+                ("20-auditdb-password.sql", AUDIT_PASSWORD.to_owned()),
+            ],
+            passwords: AUDIT_PASSWORDS,
+        },
+    ]
+}
+
+/// The data cache volumes' names, `[fhir, audit]`: `ferry-sandbox-pgcache-DB-HASH`, HASH
+/// over everything that determines the initialised cluster: the base image (its id), the
+/// entrypoint, postgresql.conf and every init script (the resource count is in one). The
+/// passwords are not in it: they are psql variables, set again on every copy.
+pub fn cache_volumes(base_image_id: &str, resources: u64) -> [String; 2] {
+    use sha2::Digest;
+    databases(resources).map(|db| {
+        let mut h = sha2::Sha256::new();
+        for part in [
+            "ferry sandbox data cache 1",
+            base_image_id,
+            db.name,
+            PG_ENTRYPOINT,
+            POSTGRESQL_CONF,
+        ] {
+            h.update(part.len().to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        for (name, body) in &db.init {
+            for part in [*name, body.as_str()] {
+                h.update(part.len().to_le_bytes());
+                h.update(part.as_bytes());
+            }
+        }
+        let hash = hex::encode(h.finalize());
+        format!("ferry-sandbox-pgcache-{}-{}", db.name, &hash[..16])
+    })
+}
+
+/// The compose file; `caches` as [`cache_volumes`] names them.
+pub fn compose_file(l: &Layout, p: &Ports, caches: &[String; 2]) -> String {
     let extra: String = l
         .labels
         .iter()
@@ -53,6 +128,8 @@ pub fn compose_file(l: &Layout, p: &Ports) -> String {
         .replace("@PG_PORT@", &p.pg.to_string())
         .replace("@AUDIT_PORT@", &p.audit.to_string())
         .replace("@BOUNCER_PORT@", &p.bouncer.to_string())
+        .replace("@PG_CACHE_FHIR@", &caches[0])
+        .replace("@PG_CACHE_AUDIT@", &caches[1])
 }
 
 /// The seed's pool knob and the base image, after the checkout's usual `.env` lines.
@@ -80,34 +157,14 @@ pub fn write(root: &Path, s: &DbSecrets, resources: u64) -> anyhow::Result<()> {
         0o755,
     )?;
     write_mode(&root.join("postgres/entrypoint.sh"), PG_ENTRYPOINT, 0o755)?;
-    let fhir = root.join("postgres/fhir");
-    write_mode(&fhir.join("postgresql.conf"), POSTGRESQL_CONF, 0o644)?;
-    let mut init: Vec<(&str, String)> = vec![
-        ("00-postgres-roles.sql", FHIR_ROLES.to_owned()),
-        (
-            "10-fhirdb-hapi-schema.sql",
-            super::pg::HAPI_SCHEMA.to_owned(),
-        ),
-        ("20-fhirdb-owners.sql", FHIR_OWNERS.to_owned()),
-        ("30-fhirdb-datagen.sql", super::pg::HAPI_DATAGEN.to_owned()),
-    ];
-    if resources > 0 {
-        init.push((
-            "40-fhirdb-resources.sql",
-            format!("SELECT ferry_gen.gen_hapi({resources}, 1);\nANALYZE;\n"),
-        ));
-    }
-    for (name, body) in &init {
-        write_mode(&fhir.join("init").join(name), body, 0o644)?;
-    }
-    let audit = root.join("postgres/audit");
-    write_mode(&audit.join("postgresql.conf"), POSTGRESQL_CONF, 0o644)?;
-    for (name, body) in [
-        ("00-postgres-roles.sql", AUDIT_ROLES),
-        ("10-auditdb-schema.sql", super::pg::AUDIT_SCHEMA),
-        ("20-auditdb-password.sql", AUDIT_PASSWORD),
-    ] {
-        write_mode(&audit.join("init").join(name), body, 0o644)?;
+    for db in databases(resources) {
+        let dir = root.join("postgres").join(db.name);
+        write_mode(&dir.join("postgresql.conf"), POSTGRESQL_CONF, 0o644)?;
+        for (name, body) in &db.init {
+            write_mode(&dir.join("init").join(name), body, 0o644)?;
+        }
+        let passwords = dir.join("passwords").join(format!("{}db.sql", db.name));
+        write_mode(&passwords, db.passwords, 0o644)?;
     }
     write_mode(
         &root.join(DB_ENV),
@@ -143,7 +200,8 @@ mod tests {
             audit: 4,
             bouncer: 3,
         };
-        let y = compose_file(&l, &p);
+        let caches = cache_volumes("sha256:1", 0);
+        let y = compose_file(&l, &p, &caches);
         assert!(!y.contains('@'), "every placeholder filled:\n{y}");
         for svc in [
             "nginx",
@@ -162,6 +220,9 @@ mod tests {
         ] {
             assert!(y.contains(port), "{port}");
         }
+        for c in &caches {
+            assert!(y.contains(&format!("name: \"{c}\"")), "{c}");
+        }
         assert!(
             y.contains("ferry.sandbox: \"abc\"\n  \"ferry.test\": \"1\"\n"),
             "{y}"
@@ -176,5 +237,18 @@ mod tests {
             5,
             "every service's (hapi's checks every 1s, the image's every 2s)"
         );
+    }
+
+    #[test]
+    fn the_data_cache_is_named_by_what_determines_the_cluster() {
+        let a = cache_volumes("sha256:1", 2000);
+        assert_eq!(a, cache_volumes("sha256:1", 2000), "stable");
+        assert!(a[0].starts_with("ferry-sandbox-pgcache-fhir-"), "{a:?}");
+        assert!(a[1].starts_with("ferry-sandbox-pgcache-audit-"), "{a:?}");
+        let more = cache_volumes("sha256:1", 2001);
+        assert_ne!(a[0], more[0], "the resource count is in fhirdb's");
+        assert_eq!(a[1], more[1], "and not in auditdb's");
+        let other = cache_volumes("sha256:2", 2000);
+        assert!(a[0] != other[0] && a[1] != other[1], "the base image");
     }
 }

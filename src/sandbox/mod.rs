@@ -16,6 +16,7 @@ mod compose;
 mod compose_files;
 mod deps;
 mod files;
+mod image_cache;
 mod net;
 mod pg;
 mod proc;
@@ -85,6 +86,9 @@ pub struct UpOptions {
 
 const STATE: &str = "sandbox.json";
 pub const REGISTRY_USER: &str = "sandbox";
+/// The label of what sandboxes share and `down` leaves: the data cache volumes (value `fhir`
+/// or `audit`: compose.rs) and the HAPI overlay image (`hapi`: image_cache.rs).
+pub const CACHE_LABEL: &str = "ferry.sandbox-cache";
 
 impl State {
     fn load(dir: &Path) -> Option<State> {

@@ -53,7 +53,8 @@ pub async fn build_and_start(
 }
 
 /// The stand-in HAPI image, built from the files root's overlay with the seed's build args
-/// and pushed to the sandbox registry (as `HAPI_IMAGE` in `.env` names it).
+/// (the overlay once per content hash: image_cache.rs) and pushed to the sandbox registry (as
+/// `HAPI_IMAGE` in `.env` names it).
 pub async fn build_hapi_image(st: &State, registry_password: &str) -> anyhow::Result<()> {
     let engine = engine().await?;
     let root = files_root(st);
@@ -62,20 +63,32 @@ pub async fn build_hapi_image(st: &State, registry_password: &str) -> anyhow::Re
         .arg(&root)
         .args(["rev-parse", "--short", "HEAD"]);
     let commit = proc::run(git, "git rev-parse")?.trim().to_owned();
-    let mut labels = BTreeMap::from([(LABEL.to_owned(), st.id.clone())]);
+    let args = BTreeMap::from([
+        (
+            "IG_PACKAGE".to_owned(),
+            super::files::IG_BASELINE_FILE.to_owned(),
+        ),
+        ("BUILD_VERSION".to_owned(), "1.0.0".to_owned()),
+    ]);
+    let base =
+        super::image_cache::ensure(&engine, &root.join("hapi-overlay"), &args, &st.labels).await?;
+    // GIT_COMMIT only labels the image: this sandbox's layer says it (image_cache.rs).
+    let mut labels = BTreeMap::from([
+        (LABEL.to_owned(), st.id.clone()),
+        (crate::steps::image_build::LABEL_REVISION.to_owned(), commit),
+    ]);
     labels.extend(st.labels.iter().cloned());
+    let context = st.dir.join("hapi-image");
+    std::fs::create_dir_all(&context)?;
+    std::fs::write(
+        context.join("Dockerfile"),
+        super::image_cache::dockerfile(&base, &labels),
+    )?;
     let req = BuildRequest {
-        context: root.join("hapi-overlay"),
+        context,
         dockerfile: "Dockerfile".into(),
-        build_args: BTreeMap::from([
-            (
-                "IG_PACKAGE".to_owned(),
-                super::files::IG_BASELINE_FILE.to_owned(),
-            ),
-            ("BUILD_VERSION".to_owned(), "1.0.0".to_owned()),
-            ("GIT_COMMIT".to_owned(), commit),
-        ]),
-        labels,
+        build_args: BTreeMap::new(),
+        labels: BTreeMap::new(),
         tags: vec![st.image.clone()],
     };
     engine

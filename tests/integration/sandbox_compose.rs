@@ -186,15 +186,29 @@ fn sandbox_compose_databases_and_pgbouncer_are_healthy_containers_reached_on_loo
             !ports.is_empty() && ports.lines().all(|l| l.contains("-> 127.0.0.1:")),
             "{name}: {ports}"
         );
-        // The databases keep their data in named volumes of the project.
+        // The databases keep their data in named volumes of the project (and see the shared
+        // data cache they were copied from: postgres-entrypoint.sh).
         if svc.starts_with("postgres") {
             let vols = docker(&[
                 "inspect",
                 "--format",
-                "{{range .Mounts}}{{if eq .Type \"volume\"}}{{.Name}}{{end}}{{end}}",
+                "{{range .Mounts}}{{if eq .Type \"volume\"}}{{.Name}}={{.Destination}} {{end}}{{end}}",
                 &name,
             ]);
-            assert_eq!(vols, format!("{project}_{svc}-data"), "{name}");
+            let mut vols: Vec<&str> = vols.split_whitespace().collect();
+            vols.sort();
+            let db = svc.trim_start_matches("postgres-");
+            assert_eq!(vols.len(), 2, "{name}: {vols:?}");
+            assert!(
+                vols[0].starts_with(&format!("ferry-sandbox-pgcache-{db}-"))
+                    && vols[0].ends_with("=/var/lib/ferry/cache"),
+                "{name}: {vols:?}"
+            );
+            assert_eq!(
+                vols[1],
+                format!("{project}_{svc}-data=/var/lib/postgresql/data"),
+                "{name}"
+            );
         }
     }
     // The admin console on 127.0.0.1: SHOW POOLS has HAPI's pool, the size is the env's.
@@ -284,4 +298,137 @@ fn sandbox_compose_databases_and_pgbouncer_are_healthy_containers_reached_on_loo
         );
     }
     s.finish();
+}
+
+/// The data cache volumes the compose file of `s` names: `[fhir, audit]`.
+fn cache_volumes(s: &Sbx) -> Vec<String> {
+    let y = std::fs::read_to_string(s.dir.join("files/docker-compose.yml")).unwrap();
+    let names: Vec<String> = y
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("name: \"ferry-sandbox-pgcache-"))
+        .map(|n| format!("ferry-sandbox-pgcache-{}", n.trim_end_matches('"')))
+        .collect();
+    assert_eq!(names.len(), 2, "{y}");
+    names
+}
+
+fn volumes() -> BTreeSet<String> {
+    docker(&["volume", "ls", "-q"])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// What postgres-entrypoint.sh said it did with the data cache of `svc`.
+fn cache_use(s: &Sbx, svc: &str) -> &'static str {
+    let o = Command::new("docker")
+        .args(["logs", &format!("{}_{svc}_1", s.project())])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&o.stderr);
+    match (
+        log.contains("filled the data cache"),
+        log.contains("copied the cluster from the data cache"),
+    ) {
+        (true, false) => "filled",
+        (false, true) => "copied",
+        _ => panic!("{svc}: neither or both in its log:\n{log}"),
+    }
+}
+
+/// The initialised databases are cached (postgres-entrypoint.sh): the first sandbox of a
+/// kind initialises them and fills the cache, the next one copies it and sets its own
+/// passwords; a changed input (here the resource count) names another cache. `down` leaves
+/// the cache; the test removes the ones it made.
+#[test]
+fn sandbox_compose_a_second_up_copies_the_data_cache_and_a_changed_input_makes_another() {
+    // A resource count no other sandbox uses: this test's fhirdb caches are its own.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let r = 100 + nanos % 900;
+    let before = volumes();
+    let up =
+        |rel: &str, r: u32| Sbx::start(1, rel, "compose", |_| {}, &["--resources", &r.to_string()]);
+    let Some(a) = up("sbx-a", r) else { return };
+    let caches = cache_volumes(&a);
+    assert!(!before.contains(&caches[0]), "{} is new", caches[0]);
+    let made: Vec<String> = caches
+        .iter()
+        .filter(|c| !before.contains(*c))
+        .cloned()
+        .collect();
+    for c in &caches {
+        assert_eq!(
+            docker(&[
+                "volume",
+                "inspect",
+                "--format",
+                "{{index .Labels \"ferry.test\"}}",
+                c
+            ]),
+            "1",
+            "{c}: labelled as the sandbox's other objects"
+        );
+    }
+    assert_eq!(cache_use(&a, "postgres-fhir"), "filled");
+    assert_eq!(a.psql("SELECT count(*) FROM hfj_resource"), r.to_string());
+    let a_password = a.secret("SANDBOX_PG_SUPERUSER_PASSWORD");
+    a.finish();
+    assert!(
+        volumes().is_superset(&caches.iter().cloned().collect()),
+        "`down` leaves the cache"
+    );
+
+    let Some(b) = up("sbx-b", r) else { return };
+    assert_eq!(
+        cache_volumes(&b),
+        caches,
+        "the same inputs name the same cache"
+    );
+    assert_eq!(cache_use(&b, "postgres-fhir"), "copied");
+    assert_eq!(cache_use(&b, "postgres-audit"), "copied");
+    assert_eq!(b.psql("SELECT count(*) FROM hfj_resource"), r.to_string());
+    // b's own passwords: its superuser's works (psql above), the cache maker's does not, and
+    // HAPI's and pgBouncer's (through pgBouncer, the replica is healthy; the admin console).
+    let port = b.state()["pg_port"].to_string();
+    let o = Command::new("psql")
+        .env("PGPASSWORD", &a_password)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            "fhirdb",
+        ])
+        .args(["-XAtqc", "SELECT 1"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "the cache maker's password is not b's");
+    assert_eq!(b.version(), "0.2.1");
+    b.finish();
+
+    let Some(c) = up("sbx-c", r + 1) else { return };
+    let other = cache_volumes(&c);
+    assert_ne!(
+        other[0], caches[0],
+        "another resource count, another fhirdb cache"
+    );
+    assert_eq!(other[1], caches[1], "auditdb's does not hold the count");
+    assert_eq!(cache_use(&c, "postgres-fhir"), "filled");
+    assert_eq!(
+        c.psql("SELECT count(*) FROM hfj_resource"),
+        (r + 1).to_string()
+    );
+    c.finish();
+
+    for v in made.iter().chain([&other[0]]) {
+        // A cache another sandbox uses right now stays (auditdb's is shared by every one).
+        let _ = Command::new("docker").args(["volume", "rm", v]).output();
+    }
+    assert!(!volumes().contains(&caches[0]) && !volumes().contains(&other[0]));
 }

@@ -75,7 +75,7 @@ impl Sbx {
         Self::start(replicas, rel, stack, prepare, &[])
     }
 
-    fn start(
+    pub fn start(
         replicas: u32,
         rel: &str,
         stack: &'static str,
