@@ -78,6 +78,32 @@ impl Engine {
         Ok((local, remote))
     }
 
+    /// Each step with a checkpoint may first undo what its interruption left in the way of
+    /// the database lock (`Step::recover`). Run under the state-dir lock only: the steps act
+    /// only on what the journal proves this run did, so a second operator (another state
+    /// dir) who holds the database lock meanwhile is never disturbed, and the database lock
+    /// taken next still decides who runs. A failure is a warning: taking the lock says the rest.
+    async fn recover(&self, req: &RunRequest, state: &RunState) {
+        for (def, run) in req.playbook.steps.iter().zip(&state.steps) {
+            if run.id != def.id || run.checkpoint.is_none() {
+                continue;
+            }
+            let cx = self.cx(
+                req,
+                def,
+                None,
+                run.checkpoint.clone(),
+                Some(&state.meta.workdir),
+            );
+            if let Err(e) = crate::steps::Step::recover(&def.spec, &cx).await {
+                cx.log(
+                    crate::report::Level::Warn,
+                    format!("recovering the interrupted step before taking the locks: {e:#}"),
+                );
+            }
+        }
+    }
+
     pub(super) fn cx(
         &self,
         req: &RunRequest,
@@ -307,7 +333,8 @@ impl Engine {
         let started = Instant::now();
         let run_id = req.run_id.clone();
         self.started(&req, if undo { Mode::Rollback } else { Mode::Resume });
-        let lock = match self.lock(&req, &run_id).await {
+        let owner = self.owner(&run_id);
+        let local = match StateLock::acquire(&self.state_dir, &owner) {
             Ok(l) => l,
             Err(e) => return self.ended_early(&run_id, started, e),
         };
@@ -316,6 +343,15 @@ impl Engine {
             Ok(fresh) => fresh,
             Err(_) => state,
         };
+        self.recover(&req, &state).await;
+        let remote = match &req.target {
+            Some(t) => match acquire_pg(t, &owner, self.stop.soft.clone()).await {
+                Ok(l) => l,
+                Err(e) => return self.ended_early(&run_id, started, e),
+            },
+            None => None,
+        };
+        let lock = (local, remote);
         if !undo && let Err(e) = resumable(&state, &run_id) {
             return self.ended_early(&run_id, started, e);
         }

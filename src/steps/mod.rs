@@ -90,6 +90,14 @@ pub trait Step {
         Ok(())
     }
     async fn rollback(&self, cx: &StepCx) -> anyhow::Result<()>;
+    /// Before a resume or rollback takes the deployment's database lock (under the state-dir
+    /// lock only): undo what an interrupted apply or rollback left that keeps that lock from
+    /// being taken (pg_setting: the server it stopped to restart). Only what the journal
+    /// (`cx`'s checkpoint) proves this run did and nobody has touched since: another
+    /// operator may hold the database lock meanwhile.
+    async fn recover(&self, _cx: &StepCx) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// True when the step enforces the step `timeout` itself (to give a better error).
     fn owns_timeout(&self) -> bool {
         false
@@ -246,6 +254,9 @@ impl Step for StepSpec {
     }
     async fn rollback(&self, cx: &StepCx) -> anyhow::Result<()> {
         dispatch!(self, s => s.rollback(cx).await)
+    }
+    async fn recover(&self, cx: &StepCx) -> anyhow::Result<()> {
+        dispatch!(self, s => s.recover(cx).await)
     }
     fn owns_timeout(&self) -> bool {
         dispatch!(self, s => s.owns_timeout())

@@ -270,9 +270,8 @@ fn phase2_killed_during_the_restart_leaves_pgbouncer_paused_until_resume_resumes
     // SAFETY: plain syscall on the ferry this test spawned.
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     child.wait().unwrap();
-    // A kill between the restart's stop and its start leaves the container stopped (the API
-    // stopped it: `restart: unless-stopped` does not start it), and `resume` cannot take the
-    // run's lock in fhirdb then: the operator starts it first, as here (README: not yet built).
+    // This test is about the pause: the server is brought back to steady first (a kill
+    // between the stop and the start, which `resume` recovers by itself, is the next test's).
     // A stop ferry sent just before the kill may still be under way (the container reads as
     // running and healthy until it exits), so "up" means: accepting connections without a
     // break for 5 s, the container started again whenever it is found stopped.
@@ -311,6 +310,62 @@ fn phase2_killed_during_the_restart_leaves_pgbouncer_paused_until_resume_resumes
     let out = s.sb.run(&["resume"]);
     out.expect(0);
     for said in [
+        "RESUMEd after an interrupted restart",
+        "5 × 5 = 25 ≤ 30 (pgBouncer pool), 5 headroom",
+    ] {
+        assert!(out.stderr.contains(said), "`{said}` in:\n{}", out.stderr);
+    }
+    assert!(!paused(&s));
+    assert_eq!(s.psql("SHOW max_connections"), "40");
+    assert_eq!(default_pool_size(&s), "30");
+    assert_eq!(s.replicas().len(), 5);
+    let (ok, failed, longest) = probe.stop();
+    eprintln!("probe: {ok} requests, longest {longest:?}");
+    assert!(ok > 20, "the probe ran ({ok} requests)");
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    s.finish();
+}
+
+/// kill -9 between the restart's stop and its start of postgres-fhir (the failpoint on the
+/// step's fourth checkpoint: the one saved once the stop has returned): the server is left
+/// stopped and pgBouncer paused, and the run's database lock lives in that server. `ferry
+/// resume`, with no manual step, starts the container its run stopped (nobody started it
+/// since) before taking the lock, RESUMEs pgBouncer and finishes; no request failed.
+#[test]
+fn phase2_killed_between_the_stop_and_the_start_resume_starts_the_server_itself() {
+    let Some(s) = Sbx::up_compose(3) else { return };
+    let probe = Probe::start(&s);
+    let t = s.target();
+    let mut child = s.sb.spawn(
+        &["run", &playbook("phase2-scale.toml"), "--target", &t],
+        &[("FERRY_FAILPOINT", "checkpoint:max-connections#4")],
+    );
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "killed:\n{err}");
+    let pg = format!("{}_postgres-fhir_1", s.project());
+    let running = Command::new("docker")
+        .args(["inspect", "--format", "{{.State.Running}}", &pg])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&running.stdout).trim(),
+        "false",
+        "the kill left {pg} stopped"
+    );
+    assert!(paused(&s), "and pgBouncer paused");
+
+    let out = s.sb.run(&["resume"]);
+    out.expect(0);
+    for said in [
+        "was left stopped by the interrupted restart: started it again",
         "RESUMEd after an interrupted restart",
         "5 × 5 = 25 ≤ 30 (pgBouncer pool), 5 headroom",
     ] {

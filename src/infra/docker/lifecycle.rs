@@ -84,6 +84,23 @@ impl Docker {
         }))
     }
 
+    /// (id, running, when it was last started: RFC 3339 as Docker says it, kept through a
+    /// stop and changed by every start) of a container; None when there is none.
+    pub async fn run_state(&self, name: &str) -> anyhow::Result<Option<(String, bool, String)>> {
+        match self.docker.inspect_container(name, None).await {
+            Ok(c) => {
+                let state = c.state.unwrap_or_default();
+                Ok(Some((
+                    c.id.unwrap_or_default(),
+                    state.running.unwrap_or(false),
+                    state.started_at.unwrap_or_default(),
+                )))
+            }
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(describe(e)).with_context(|| format!("inspect container {name}")),
+        }
+    }
+
     /// The image's own config (ENV, CMD, labels, healthcheck): what a container inherits.
     pub async fn image_config(&self, reference: &str) -> anyhow::Result<Option<ImageConfig>> {
         match self.docker.inspect_image(reference).await {

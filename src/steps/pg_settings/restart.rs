@@ -14,10 +14,25 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+use serde::{Deserialize, Serialize};
 
 use super::Bouncer;
 use crate::infra::process::{self, Shell};
 use crate::steps::StepCx;
+
+/// The container a service restart stops, as it was right before the stop, and whether the
+/// stop has returned. Docker keeps `started_at` through a stop and changes it on every start,
+/// so a resumed run can tell "still stopped by this run" from anything that happened since.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stopping {
+    pub container: String,
+    pub started_at: String,
+    pub stopped: bool,
+}
+
+/// Told of each stage of a service restart's stop (before it, after it): the caller journals
+/// it, so that a run killed in between can be recovered (see [`start_own_stop`]).
+pub type OnStop<'a> = &'a mut (dyn FnMut(&Stopping) -> anyhow::Result<()> + Send);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Method {
@@ -61,7 +76,7 @@ impl Method {
         }
     }
 
-    async fn run(&self, cx: &StepCx, limit: Duration) -> anyhow::Result<()> {
+    async fn run(&self, cx: &StepCx, limit: Duration, on_stop: OnStop<'_>) -> anyhow::Result<()> {
         match self {
             Method::Command(command) => {
                 let shell = Shell {
@@ -97,10 +112,22 @@ impl Method {
                     .into_iter()
                     .next()
                     .with_context(|| format!("no container of {project}/{service}"))?;
+                let (id, _, started_at) = docker
+                    .run_state(&c.name)
+                    .await?
+                    .with_context(|| format!("{} is gone", c.name))?;
+                let mut s = Stopping {
+                    container: id,
+                    started_at,
+                    stopped: false,
+                };
+                on_stop(&s)?;
                 let work = async {
                     // PostgreSQL's SIGTERM is a smart shutdown (it waits for sessions); the
                     // pause closed pgBouncer's, so only direct sessions can hold it.
                     docker.stop_container(&c.name, 30).await?;
+                    s.stopped = true;
+                    on_stop(&s)?;
                     docker.start_container(&c.name).await
                 };
                 tokio::time::timeout(limit, work)
@@ -144,6 +171,38 @@ pub async fn ensure_started(
     Ok(true)
 }
 
+/// Before a resumed run or a rollback takes the database lock (which lives in this server):
+/// the container this run's restart stopped (`s`, from the journal) is started again and
+/// waited for, when it is still stopped and nothing started it since (its `started_at` is
+/// the one recorded before the stop). Only then is the server's being down this run's own
+/// doing; a container started since may be stopped again by another operator's run, which
+/// holds the database lock, and is left alone. True when it was started.
+pub async fn start_own_stop(
+    cx: &StepCx,
+    s: &Stopping,
+    pg: &str,
+    limit: Duration,
+) -> anyhow::Result<bool> {
+    let docker = cx.docker().await?;
+    let Some((_, running, started_at)) = docker.run_state(&s.container).await? else {
+        return Ok(false);
+    };
+    if running || started_at != s.started_at {
+        return Ok(false);
+    }
+    docker.start_container(&s.container).await?;
+    tokio::time::timeout(limit, ready(cx, pg))
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "PostgreSQL ([postgres.{pg}]) did not accept connections within {}s of starting {}",
+                limit.as_secs(),
+                s.container
+            )
+        })?;
+    Ok(true)
+}
+
 async fn ready(cx: &StepCx, pg: &str) {
     loop {
         if let Ok(c) = cx.postgres(pg).await
@@ -170,9 +229,10 @@ pub async fn behind_pause(
     db: &str,
     pg: &str,
     limit: Duration,
+    on_stop: OnStop<'_>,
 ) -> anyhow::Result<Restarted> {
     let t0 = Instant::now();
-    let r = stages(cx, method, db, pg, limit).await;
+    let r = stages(cx, method, db, pg, limit, on_stop).await;
     let resumed = resume(cx, db).await;
     match (r, resumed) {
         (Ok(()), Ok(())) => Ok(Restarted {
@@ -194,6 +254,7 @@ async fn stages(
     db: &str,
     pg: &str,
     limit: Duration,
+    on_stop: OnStop<'_>,
 ) -> anyhow::Result<()> {
     let secs = limit.as_secs_f64();
     let b = Bouncer::connect(cx).await?;
@@ -214,7 +275,7 @@ async fn stages(
     // Until the server is back, sessions that end (the run's database lock) end as planned.
     let _planned = crate::infra::postgres::PlannedRestart::begin();
     method
-        .run(cx, limit)
+        .run(cx, limit, on_stop)
         .await
         .with_context(|| format!("restarting PostgreSQL by {}", method.describe()))?;
     tokio::time::timeout(limit, ready(cx, pg)).await.map_err(|_| {

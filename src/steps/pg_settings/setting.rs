@@ -19,7 +19,7 @@ use anyhow::{Context, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use super::pg_info::{Info, bad_value, conf_load_time, info};
-use super::restart::{self, Method};
+use super::restart::{self, Method, Stopping};
 use super::{Bouncer, bouncer_db, fits};
 use crate::infra::postgres;
 use crate::playbook::interpolate::{sql_ident, sql_literal};
@@ -82,6 +82,9 @@ struct Saved {
     /// The value in effect before, as pg_settings showed it (for messages).
     was: String,
     stage: Stage,
+    /// While a compose service is restarted: its container before the stop (restart.rs).
+    #[serde(default)]
+    stopping: Option<Stopping>,
 }
 
 impl PgSetting {
@@ -154,9 +157,23 @@ impl PgSetting {
         let db = bouncer_db(cx, &self.database)?;
         saved.stage = Stage::Paused;
         cx.save_checkpoint(&*saved)?;
-        let r = restart::behind_pause(cx, &method, &db, &self.postgres, self.stage_timeout.get())
-            .await?;
+        let r = {
+            let mut on_stop = |s: &Stopping| {
+                saved.stopping = Some(s.clone());
+                cx.save_checkpoint(&*saved)
+            };
+            restart::behind_pause(
+                cx,
+                &method,
+                &db,
+                &self.postgres,
+                self.stage_timeout.get(),
+                &mut on_stop,
+            )
+            .await?
+        };
         saved.stage = Stage::Restarted;
+        saved.stopping = None;
         cx.save_checkpoint(&*saved)?;
         cx.log(
             Level::Info,
@@ -357,6 +374,27 @@ impl Step for PgSetting {
             .unwrap_or_else(|e| vec![Check::fail("setting", format!("{e:#}"))]))
     }
 
+    async fn recover(&self, cx: &StepCx) -> anyhow::Result<()> {
+        let Some(Saved {
+            stage: Stage::Paused,
+            stopping: Some(s),
+            ..
+        }) = cx.checkpoint::<Saved>()?
+        else {
+            return Ok(());
+        };
+        if restart::start_own_stop(cx, &s, &self.postgres, self.stage_timeout.get()).await? {
+            cx.log(
+                Level::Warn,
+                format!(
+                    "PostgreSQL ([postgres.{}]) was left stopped by the interrupted restart: started it again",
+                    self.postgres
+                ),
+            );
+        }
+        Ok(())
+    }
+
     async fn done(&self, cx: &StepCx) -> anyhow::Result<bool> {
         if cx
             .checkpoint::<Saved>()?
@@ -386,6 +424,7 @@ impl Step for PgSetting {
                     previous: i.auto.clone(),
                     was: i.shown(),
                     stage: Stage::Altered,
+                    stopping: None,
                 };
                 cx.save_checkpoint(&s)?;
                 s
