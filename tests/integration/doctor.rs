@@ -202,14 +202,14 @@ fn sandbox_doctor_green_then_each_component_broken_in_turn() {
         &["is the server running", &wrong.to_string()],
     );
 
-    // PostgreSQL stopped in its tracks (SIGSTOP on the postmaster: the kernel still accepts
-    // the connection, nobody answers it): both database lines, after the timeout.
-    let postmaster = s.postmaster();
-    signal(postmaster.into(), "-STOP");
+    // PostgreSQL stopped in its tracks (SIGSTOP on the host stack's postmaster, both
+    // database containers paused on compose: the kernel still accepts the connection,
+    // nobody answers it): both database lines, after the timeout.
+    s.freeze_databases(true);
     let t0 = Instant::now();
     let (out, v) = s.doctor(&target, &["--timeout", "2s"]);
     let took = t0.elapsed();
-    signal(postmaster.into(), "-CONT");
+    s.freeze_databases(false);
     assert_broken(
         &out,
         &v,
@@ -345,8 +345,8 @@ fn sandbox_doctor_green_then_each_component_broken_in_turn() {
 
     // A paused replica, then an exited one: each named, with the command that fixes it.
     let (one, two) = (s.hapi_replica(1), s.hapi_replica(2));
-    // The round-robin proxy in front still sends requests to the paused replica, where they
-    // hang: the fhir line may time out with it, as it would behind nginx.
+    // The front door (nginx, or the host stack's round-robin proxy) still sends requests to
+    // the paused replica, where they hang: the fhir line may time out with it.
     docker(&["pause", &two]);
     let (out, v) = s.doctor(&target, &["--timeout", "3s"]);
     docker(&["unpause", &two]);
@@ -391,10 +391,7 @@ fn sandbox_doctor_green_then_each_component_broken_in_turn() {
 
     // pgBouncer down, and what the human form says about it; then `sandbox up` restarts it
     // and doctor is green again.
-    signal(st["bouncer_pid"].as_u64().unwrap(), "-TERM");
-    wait_for("pgBouncer to stop", Duration::from_secs(10), || {
-        !crate::harness::pid_alive(st["bouncer_pid"].as_u64().unwrap() as u32)
-    });
+    s.stop_bouncer();
     let (out, v) = s.doctor(&target, &[]);
     assert_broken(
         &out,
