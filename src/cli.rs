@@ -103,9 +103,10 @@ pub enum SandboxCommand {
         /// How many HAPI resources to generate in fhirdb (fixtures/hapi-datagen.sql).
         #[arg(long, default_value_t = 2000)]
         resources: u64,
-        /// host: PostgreSQL and pgBouncer as host processes; compose: the seed's compose
-        /// stack (nginx, pgbouncer-fhir, postgres-fhir, postgres-audit containers).
-        #[arg(long, value_enum, default_value_t = crate::sandbox::Stack::Host)]
+        /// compose: the seed's compose stack (nginx, pgbouncer-fhir, postgres-fhir,
+        /// postgres-audit containers); host: PostgreSQL and pgBouncer as host processes, the
+        /// stand-in's proxy in front.
+        #[arg(long, value_enum, default_value_t = crate::sandbox::Stack::Compose)]
         stack: crate::sandbox::Stack,
     },
     /// Remove everything it made: containers, networks, images, processes, files.

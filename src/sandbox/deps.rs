@@ -8,6 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::Stack;
+
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// Where a program is looked for, in order.
@@ -22,6 +24,9 @@ struct Need {
     search: &'static [Dir],
     /// Only needed when ferry runs as root (services then run as `postgres`).
     root_only: bool,
+    /// Only the host stack runs it (PostgreSQL and pgBouncer as host processes); the compose
+    /// stack runs those in containers from its base image.
+    host_only: bool,
 }
 
 const NEEDS: &[Need] = &[
@@ -30,60 +35,70 @@ const NEEDS: &[Need] = &[
         package: "postgresql-15",
         search: &[Dir::Fixed(PG_BIN)],
         root_only: false,
+        host_only: true,
     },
     Need {
         program: "pg_ctl",
         package: "postgresql-15",
         search: &[Dir::Fixed(PG_BIN)],
         root_only: false,
+        host_only: true,
     },
     Need {
         program: "psql",
         package: "postgresql-client-15",
         search: &[Dir::Path, Dir::Fixed(PG_BIN)],
         root_only: false,
+        host_only: true,
     },
     Need {
         program: "pgbouncer",
         package: "pgbouncer",
         search: &[Dir::Fixed("/usr/sbin"), Dir::Path],
         root_only: false,
+        host_only: true,
     },
     Need {
         program: "docker-registry",
         package: "docker-registry",
         search: &[Dir::Path],
         root_only: false,
+        host_only: false,
     },
     Need {
         program: "htpasswd",
         package: "apache2-utils",
         search: &[Dir::Path],
         root_only: false,
+        host_only: false,
     },
     Need {
         program: "docker-compose",
         package: "docker-compose",
         search: &[Dir::Path],
         root_only: false,
+        host_only: false,
     },
     Need {
         program: "git",
         package: "git",
         search: &[Dir::Path],
         root_only: false,
+        host_only: false,
     },
     Need {
         program: "runuser",
         package: "util-linux",
         search: &[Dir::Path],
         root_only: true,
+        host_only: true,
     },
     Need {
         program: "chown",
         package: "coreutils",
         search: &[Dir::Path],
         root_only: true,
+        host_only: true,
     },
 ];
 
@@ -131,12 +146,16 @@ fn postgres_user_exists() -> bool {
     unsafe { !libc::getpwnam(c"postgres".as_ptr()).is_null() }
 }
 
-/// Every program `sandbox up` needs, or an error naming each missing one, its package and
-/// how to install it.
-pub fn check(root: bool) -> anyhow::Result<()> {
+/// Every program `sandbox up` of `stack` needs, or an error naming each missing one, its
+/// package and how to install it.
+pub fn check(root: bool, stack: Stack) -> anyhow::Result<()> {
+    let host = stack == Stack::Host;
     let mut missing: Vec<String> = vec![];
     let mut packages: Vec<&str> = vec![];
-    for need in NEEDS.iter().filter(|n| root || !n.root_only) {
+    for need in NEEDS
+        .iter()
+        .filter(|n| (root || !n.root_only) && (host || !n.host_only))
+    {
         if find(need).is_none() {
             let searched: Vec<String> =
                 dirs(need).iter().map(|d| d.display().to_string()).collect();
@@ -155,7 +174,7 @@ pub fn check(root: bool) -> anyhow::Result<()> {
             }
         }
     }
-    if root && !postgres_user_exists() {
+    if host && root && !postgres_user_exists() {
         missing.push(
             "  the `postgres` user, which runs PostgreSQL and pgBouncer (Debian package postgresql-15 creates it)"
                 .into(),

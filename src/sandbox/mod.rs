@@ -1,11 +1,12 @@
 //! `ferry sandbox up|down|status`: a disposable local staging shaped like the national
-//! deployment, for rehearsing playbooks (and for CI and the README's first command):
-//! PostgreSQL 15 (`fhirdb` with HAPI's schema and generated data, `auditdb` with the
-//! partitioned audit schema), pgBouncer in front of `fhirdb`, Debian's docker-registry with
-//! htpasswd and deletes, a files root like the production checkout, and a docker-compose
-//! project of N HAPI stand-in replicas behind a round-robin proxy on a loopback port.
-//! `--stack compose` (compose.rs) runs the seed's compose stack instead: nginx, pgBouncer and
-//! both PostgreSQL clusters as containers next to the replicas.
+//! deployment, for rehearsing playbooks (and for CI and the README's first command). By
+//! default (`--stack compose`, compose.rs) it is the seed's compose stack: nginx,
+//! pgbouncer-fhir, postgres-fhir (`fhirdb` with HAPI's schema and generated data) and
+//! postgres-audit (`auditdb` with the partitioned audit schema) as containers next to N HAPI
+//! stand-in replicas, plus Debian's docker-registry (htpasswd, deletes) on the host and a
+//! files root like the production checkout. `--stack host` runs PostgreSQL 15 (both
+//! databases in one cluster) and pgBouncer as host processes instead, with a round-robin
+//! proxy on a loopback port in front of the replicas.
 //!
 //! Invariants: everything it starts is recorded in `<dir>/sandbox.json` (PIDs, ports, image
 //! tags, the compose project), every container and image carries `ferry.sandbox=<id>`, and
@@ -36,10 +37,18 @@ use crate::report::views::sandbox::{Component, SandboxDown, SandboxStatus, Sandb
 #[serde(rename_all = "lowercase")]
 pub enum Stack {
     /// PostgreSQL and pgBouncer as host processes, the stand-in's proxy in front.
-    #[default]
     Host,
     /// The seed's compose stack: nginx, pgbouncer-fhir, postgres-fhir, postgres-audit.
+    #[default]
     Compose,
+}
+
+impl Stack {
+    /// The stack of a `sandbox.json` written before it recorded one: only the host stack
+    /// existed then (so not `Default`, which is what `sandbox up` builds now).
+    fn unrecorded() -> Stack {
+        Stack::Host
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,7 +71,7 @@ pub struct State {
     /// user's reach (e.g. under a 0700 home): a world-searchable temp dir, removed by `down`.
     #[serde(default)]
     pub service_dir: Option<PathBuf>,
-    #[serde(default)]
+    #[serde(default = "Stack::unrecorded")]
     pub stack: Stack,
     /// auditdb's published port (compose; the host stack has one cluster on `pg_port`).
     #[serde(default)]
@@ -138,8 +147,11 @@ fn standin_binary(opt: Option<&Path>) -> anyhow::Result<PathBuf> {
 /// Starts (or restarts the missing parts of) the sandbox; answers with its status.
 pub async fn up(opts: &UpOptions) -> anyhow::Result<SandboxUp> {
     let dir = std::path::absolute(&opts.dir)?;
-    deps::check(proc::is_root())?;
-    if let Some(state) = State::load(&dir) {
+    let recorded = State::load(&dir);
+    // A recorded sandbox keeps its stack, whatever --stack says.
+    let stack = recorded.as_ref().map_or(opts.stack, |s| s.stack);
+    deps::check(proc::is_root(), stack)?;
+    if let Some(state) = recorded {
         ensure_running(&state).await?;
         let status = status(&dir).await?;
         return Ok(SandboxUp {

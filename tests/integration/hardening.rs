@@ -250,24 +250,14 @@ fn assert_names_only(out: &Out, missing: &str, package: &str, dir: &std::path::P
 #[test]
 fn sandbox_up_names_a_program_missing_from_path_before_starting_anything() {
     let sb = Sandbox::new();
-    // PATH without docker-compose (PostgreSQL's bin dir and /usr/sbin are still searched).
+    // PATH without docker-compose (PostgreSQL's bin dir and /usr/sbin are still searched, but
+    // the default compose stack needs neither: its databases and pgBouncer are containers).
     let bin = fake_bin_without(&sb, "docker-compose");
     let dir = sb.path("sbx");
     let mut c = sb.cmd(&["sandbox", "up", "--dir", dir.to_str().unwrap()]);
     c.env("PATH", &bin).env_remove("FERRY_SANDBOX_PATH");
     let out = out_of(c);
-    // Only the PATH programs are faked; on a machine without PostgreSQL or pgBouncer the
-    // fixed directories add their own lines, which this test does not judge.
-    let real_pg = std::path::Path::new("/usr/lib/postgresql/15/bin/initdb").exists()
-        && std::path::Path::new("/usr/sbin/pgbouncer").exists();
-    if real_pg {
-        assert_names_only(&out, "docker-compose", "docker-compose", &dir);
-    } else {
-        assert!(
-            out.stderr
-                .contains("docker-compose (Debian package docker-compose)")
-        );
-    }
+    assert_names_only(&out, "docker-compose", "docker-compose", &dir);
 }
 
 #[test]
@@ -275,8 +265,51 @@ fn sandbox_up_without_pgbouncer_names_its_package_and_setup_deps() {
     let sb = Sandbox::new();
     let bin = fake_bin_without(&sb, "pgbouncer");
     let dir = sb.path("sbx");
-    let mut c = sb.cmd(&["sandbox", "up", "--dir", dir.to_str().unwrap()]);
+    // pgBouncer is a host program of the host stack only.
+    let mut c = sb.cmd(&[
+        "sandbox",
+        "up",
+        "--stack",
+        "host",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
     c.env("FERRY_SANDBOX_PATH", &bin);
     let out = out_of(c);
     assert_names_only(&out, "pgbouncer", "pgbouncer", &dir);
+}
+
+#[test]
+fn sandbox_up_on_compose_needs_no_host_postgresql_or_pgbouncer() {
+    let sb = Sandbox::new();
+    let bin = fake_bin_without(&sb, "initdb");
+    for p in ["pg_ctl", "psql", "pgbouncer"] {
+        std::fs::remove_file(bin.join(p)).unwrap();
+    }
+    // Never run: `up` stops before anything would copy it.
+    let standin = sb.path("standin");
+    std::fs::write(&standin, "").unwrap();
+    let dir = sb.path("sbx");
+    let mut c = sb.cmd(&[
+        "sandbox",
+        "up",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--standin",
+        standin.to_str().unwrap(),
+    ]);
+    // The check passes; the first thing `up` then does is look for the base image, which
+    // this names as absent, so nothing is started.
+    c.env("FERRY_SANDBOX_PATH", &bin)
+        .env("FERRY_SANDBOX_BASE_IMAGE", "ferry-test-absent-base:none");
+    let out = out_of(c);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("FERRY_SANDBOX_BASE_IMAGE=ferry-test-absent-base:none"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("not found in"), "{}", out.stderr);
+    assert!(!out.stderr.contains("fake "), "nothing ran: {}", out.stderr);
 }

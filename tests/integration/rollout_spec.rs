@@ -6,7 +6,8 @@
 //! hostname, environment order and labels) with the one compose itself then creates from
 //! the same files in its place, and carries
 //! compose's config hash (`docker-compose up -d` finds a rolled-out service up to date).
-//! Each test starts its own sandbox (`host` stack, labelled `ferry.test=1`) and takes it down.
+//! Each test starts its own sandbox (FERRY_TEST_SANDBOX_STACK's stack, default compose;
+//! labelled `ferry.test=1`) and takes it down.
 
 use serde_json::Value;
 
@@ -21,7 +22,15 @@ fn change_compose(s: &Sbx) {
     let path = s.dir.join("files/docker-compose.yml");
     let text = std::fs::read_to_string(&path).unwrap();
     let (head, rest) = text.split_once("  hapi:\n").unwrap();
-    let end = rest.find("\n  lb:\n").unwrap();
+    // The service ends at the next line indented less than its keys (the next service).
+    let end = rest
+        .match_indices('\n')
+        .map(|(i, _)| i)
+        .find(|&i| {
+            let next = &rest[i + 1..];
+            !next.starts_with("   ") && !next.starts_with('\n') && !next.is_empty()
+        })
+        .unwrap();
     let (hapi, tail) = rest.split_at(end);
     let hapi = hapi
         .replacen(
@@ -35,20 +44,51 @@ fn change_compose(s: &Sbx) {
             1,
         )
         .replacen(
-            "    extra_hosts:\n",
-            "    extra_hosts:\n      - \"ferry-extra.test:127.0.0.9\"\n",
-            1,
-        )
-        .replacen(
             "    environment:\n",
             "    environment:\n      HAPI_IG_VERSION: \"${HAPI_IG_VERSION}\"\n",
             1,
         );
+    let extra_host = "      - \"ferry-extra.test:127.0.0.9\"\n";
+    // The host stack's hapi has extra_hosts (pgBouncer on the host) and compose's default
+    // network; the compose stack's, none and a list of the seed's networks.
+    let mut hapi = if hapi.contains("    extra_hosts:\n") {
+        hapi.replacen(
+            "    extra_hosts:\n",
+            &format!("    extra_hosts:\n{extra_host}"),
+            1,
+        )
+    } else {
+        format!(
+            "{}\n    extra_hosts:\n{}",
+            hapi.trim_end(),
+            extra_host.trim_end()
+        )
+    };
+    let alias = "        aliases:\n          - fhir-api";
+    if hapi.contains("    networks:\n      - frontend\n") {
+        hapi = hapi.replacen(
+            "      - frontend\n      - backend-fhir\n      - backend-audit\n",
+            &format!(
+                "      frontend:\n{alias}\n      backend-fhir: {{}}\n      backend-audit: {{}}\n"
+            ),
+            1,
+        );
+        assert!(
+            hapi.contains("frontend:\n"),
+            "the seed's three networks:\n{hapi}"
+        );
+    } else {
+        hapi = format!(
+            "{}\n    networks:\n      default:\n{alias}",
+            hapi.trim_end()
+        );
+    }
     let hapi = format!(
-        "{hapi}\n    ulimits:\n      nofile:\n        soft: 4096\n        hard: 8192\n    cap_add:\n      - NET_ADMIN\n    logging:\n      driver: json-file\n      options:\n        max-size: 5m\n    mem_limit: 256m\n    shm_size: 32m\n    working_dir: /app\n    init: true\n    volumes:\n      - ./extra:/extra:ro\n    networks:\n      default:\n        aliases:\n          - fhir-api"
+        "{}\n    ulimits:\n      nofile:\n        soft: 4096\n        hard: 8192\n    cap_add:\n      - NET_ADMIN\n    logging:\n      driver: json-file\n      options:\n        max-size: 5m\n    mem_limit: 256m\n    shm_size: 32m\n    working_dir: /app\n    init: true\n    volumes:\n      - ./extra:/extra:ro",
+        hapi.trim_end()
     );
     std::fs::create_dir_all(s.dir.join("files/extra")).unwrap();
-    std::fs::write(&path, format!("{head}  hapi:\n{hapi}{tail}")).unwrap();
+    std::fs::write(&path, format!("{head}  hapi:\n{hapi}\n{tail}")).unwrap();
     let (ok, cfg) = s.compose(&["config", "-q"]);
     assert!(ok, "the changed compose file: {cfg}");
 }
@@ -117,13 +157,17 @@ fn fields(name: &str) -> Value {
 fn up_to_date(s: &Sbx, n: u32) {
     let (ok, up) = s.compose(&["up", "-d", "--scale", &format!("hapi={n}")]);
     assert!(ok, "{up}");
-    assert_eq!(up.matches("is up-to-date").count(), n as usize + 1, "{up}");
+    assert_eq!(
+        up.matches("is up-to-date").count(),
+        n as usize + s.other_services(),
+        "{up}"
+    );
     assert!(!up.contains("Recreating"), "{up}");
 }
 
 #[test]
 fn a_rolled_out_replica_is_the_container_compose_would_create_after_a_compose_change() {
-    let Some(s) = Sbx::up_stack(2, "sbx", "host", |_| {}) else {
+    let Some(s) = Sbx::up(2) else {
         return;
     };
     let current = s.state()["image"].as_str().unwrap().to_owned();
@@ -199,7 +243,7 @@ fn a_rolled_out_replica_is_the_container_compose_would_create_after_a_compose_ch
 
 #[test]
 fn a_replica_scale_adds_is_the_container_compose_would_create() {
-    let Some(s) = Sbx::up_stack(1, "sbx", "host", |_| {}) else {
+    let Some(s) = Sbx::up(1) else {
         return;
     };
     change_compose(&s);

@@ -1,8 +1,9 @@
 //! `ferry sandbox` and the release engineers' procedures on it, for real: PostgreSQL,
 //! pgBouncer, Debian's docker-registry, the Docker engine and docker-compose v1. Each test
 //! starts its own sandbox (labelled `ferry.test=1`) and takes it down again.
-//! `FERRY_TEST_SANDBOX_STACK=compose` runs these same tests on `--stack compose` (nginx,
-//! pgBouncer and PostgreSQL containers); sandbox_compose.rs has that stack's own tests.
+//! They run on the default `--stack compose` (nginx, pgBouncer and PostgreSQL containers;
+//! sandbox_compose.rs has that stack's own tests), or on `--stack host` with
+//! `FERRY_TEST_SANDBOX_STACK=host`.
 
 use std::process::Command;
 

@@ -13,11 +13,14 @@ pub struct Sbx {
     pub stack: &'static str,
 }
 
-/// The stack the shared sandbox tests run on (FERRY_TEST_SANDBOX_STACK, default host).
-fn default_stack() -> &'static str {
+/// The stack the shared sandbox tests run on: FERRY_TEST_SANDBOX_STACK (`compose` or
+/// `host`), default compose, as `ferry sandbox up`'s. Any other value is a mistake, not a
+/// silent fallback.
+pub fn default_stack() -> &'static str {
     match std::env::var("FERRY_TEST_SANDBOX_STACK").as_deref() {
-        Ok("compose") => "compose",
-        _ => "host",
+        Err(_) | Ok("" | "compose") => "compose",
+        Ok("host") => "host",
+        Ok(other) => panic!("FERRY_TEST_SANDBOX_STACK={other}: expected compose or host"),
     }
 }
 
@@ -120,10 +123,16 @@ impl Sbx {
         self.psql_in("fhirdb", sql)
     }
 
-    /// psql as the superuser on `db` of the cluster at `pg_port` (the host stack's one
-    /// cluster holds fhirdb and auditdb; the compose stack's, fhirdb only).
+    /// psql as the superuser on `db` (fhirdb or auditdb): the host stack's one cluster holds
+    /// both, the compose stack has postgres-fhir on `pg_port` and postgres-audit on
+    /// `audit_port` (which the host stack records as `pg_port`).
     pub fn psql_in(&self, db: &str, sql: &str) -> String {
         let st = self.state();
+        let port = if db == "auditdb" {
+            "audit_port"
+        } else {
+            "pg_port"
+        };
         let mut c = Command::new("psql");
         if self.stack == "compose" {
             c.env("PGPASSWORD", self.secret("SANDBOX_PG_SUPERUSER_PASSWORD"))
@@ -132,7 +141,7 @@ impl Sbx {
             c.args(["-h", self.service_dir().join("pg").to_str().unwrap()]);
         }
         let o = c
-            .args(["-p", &st["pg_port"].to_string(), "-U", "postgres", "-d", db])
+            .args(["-p", &st[port].to_string(), "-U", "postgres", "-d", db])
             .args(["-v", "ON_ERROR_STOP=1", "-XAtq", "-c", sql])
             .output()
             .unwrap();
