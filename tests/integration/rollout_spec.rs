@@ -47,10 +47,44 @@ fn change_compose(s: &Sbx) {
     let hapi = format!(
         "{hapi}\n    ulimits:\n      nofile:\n        soft: 4096\n        hard: 8192\n    cap_add:\n      - NET_ADMIN\n    logging:\n      driver: json-file\n      options:\n        max-size: 5m\n    mem_limit: 256m\n    shm_size: 32m\n    working_dir: /app\n    init: true\n    volumes:\n      - ./extra:/extra:ro\n    networks:\n      default:\n        aliases:\n          - fhir-api"
     );
+    // What compose resolves against another container: a `side` service (sharing its IPC
+    // namespace and a volume) that hapi links to, by name and as an external link, takes
+    // the volumes and the PID and IPC namespaces of.
+    let project = std::fs::read_to_string(s.dir.join("files/.env"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("COMPOSE_PROJECT_NAME=").map(str::to_owned))
+        .unwrap();
+    let hapi = format!(
+        "{hapi}\n    links:\n      - side\n      - \"side:sidekick\"\n    external_links:\n      - \"{project}_side_1:ext-side\"\n    volumes_from:\n      - \"side:ro\"\n    pid: \"service:side\"\n    ipc: \"service:side\"\n    isolation: default"
+    );
+    let labels = &hapi[hapi.find("    labels:\n").unwrap()..];
+    let labels: String = labels
+        .lines()
+        .take_while(|l| l.starts_with("    labels:") || l.starts_with("      "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    // On the proxy's image: the rollout changes `HAPI_IMAGE`, which would recreate side.
+    let lb_image = tail
+        .split_once("  lb:\n    image: ")
+        .and_then(|(_, r)| r.lines().next())
+        .unwrap()
+        .to_owned();
+    let side = format!(
+        "  side:\n    image: {lb_image}\n    entrypoint: [\"/app/hapi-standin\", \"proxy\", \"--listen\", \"0.0.0.0:9999\", \"--upstream\", \"hapi:8080\"]\n    ipc: shareable\n    volumes:\n      - /shared\n    healthcheck:\n      disable: true\n{labels}"
+    );
+    let tail = tail.replacen("\nnetworks:\n", &format!("\n{side}networks:\n"), 1);
     std::fs::create_dir_all(s.dir.join("files/extra")).unwrap();
     std::fs::write(&path, format!("{head}  hapi:\n{hapi}{tail}")).unwrap();
     let (ok, cfg) = s.compose(&["config", "-q"]);
     assert!(ok, "the changed compose file: {cfg}");
+    let (ok, up) = s.compose(&["up", "-d", "--no-deps", "side"]);
+    assert!(ok, "{up}");
+    let side = format!("{project}_side_1");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let state = docker(&["inspect", "--format", "{{.State.Status}}", &side]);
+    let (_, ps) = s.compose(&["ps"]);
+    assert_eq!(state, "running", "{side}: {up}\n{ps}");
 }
 
 /// What compose derives from the files, of container `name`: image, environment, ports,
@@ -77,7 +111,10 @@ fn fields(name: &str) -> Value {
                 .map(str::to_owned)
                 .collect();
             a.sort();
-            (n.clone(), a.into())
+            (
+                n.clone(),
+                serde_json::json!({"aliases": a, "links": e["Links"]}),
+            )
         })
         .collect();
     let mut mounts: Vec<String> = c["Mounts"]
@@ -92,7 +129,12 @@ fn fields(name: &str) -> Value {
         })
         .collect();
     mounts.sort();
-    let h = &c["HostConfig"];
+    // Docker lists a container's links from a map: in no fixed order.
+    let mut hc = c["HostConfig"].clone();
+    if let Some(l) = hc["Links"].as_array_mut() {
+        l.sort_by_key(|x| x.to_string());
+    }
+    let h = &hc;
     let mut config = c["Config"].clone();
     for k in ["Hostname", "Env", "Labels"] {
         config.as_object_mut().unwrap().remove(k);
@@ -117,7 +159,8 @@ fn fields(name: &str) -> Value {
 fn up_to_date(s: &Sbx, n: u32) {
     let (ok, up) = s.compose(&["up", "-d", "--scale", &format!("hapi={n}")]);
     assert!(ok, "{up}");
-    assert_eq!(up.matches("is up-to-date").count(), n as usize + 1, "{up}");
+    // hapi's replicas, lb and side.
+    assert_eq!(up.matches("is up-to-date").count(), n as usize + 2, "{up}");
     assert!(!up.contains("Recreating"), "{up}");
 }
 
@@ -175,6 +218,28 @@ fn a_rolled_out_replica_is_the_container_compose_would_create_after_a_compose_ch
         assert_eq!(h["ShmSize"], 32 << 20, "{n}");
         assert_eq!(h["Init"], true, "{n}");
         assert_eq!(f["config"]["WorkingDir"], "/app", "{n}");
+        let side = docker(&[
+            "inspect",
+            "--format",
+            "{{.Id}}",
+            &format!(
+                "{}_side_1",
+                s.state()["project"].as_str().unwrap_or_default()
+            ),
+        ]);
+        assert_eq!(h["PidMode"], format!("container:{side}"), "{n}");
+        assert_eq!(h["IpcMode"], format!("container:{side}"), "{n}");
+        assert_eq!(
+            h["VolumesFrom"],
+            serde_json::json!([format!("{side}:ro")]),
+            "{n}"
+        );
+        assert_eq!(h["Isolation"], "default", "{n}");
+        // On a user-defined network the links are the endpoint's.
+        let links = f["networks"].to_string();
+        for l in [":side\"", ":sidekick\"", ":ext-side\""] {
+            assert!(links.contains(l), "{n}: {l} in {links}");
+        }
     }
     up_to_date(&s, 2);
     // compose's own containers from the same files: the same, field by field.
