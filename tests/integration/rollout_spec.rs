@@ -1,7 +1,9 @@
 //! A new replica is the container `docker-compose up` would create (issue 11, item 3, and
 //! `scale` up): after a compose change of ports, volumes, restart policy, networks (with
 //! aliases), extra_hosts, a ulimit, cap_add, a logging option, mem_limit, shm_size,
-//! working_dir and init together with the image, each replica ferry creates carries them
+//! working_dir, init, isolation, and of what compose resolves against another service's
+//! container (links, external_links, volumes_from, `pid`/`ipc: service:…`) together with the
+//! image, each replica ferry creates carries them
 //! and is compared field by field (its whole host config, and its config but for the
 //! hostname, environment order and labels) with the one compose itself then creates from
 //! the same files in its place, and carries
