@@ -7,13 +7,14 @@
 //! newest one's settings. To 0 and back (`replicas = "recorded"`): `replicas::window`.
 
 use anyhow::Context;
+use bollard::models::NetworkingConfig;
 use serde::{Deserialize, Serialize};
 
 use super::replicas::count::Count;
 use super::replicas::spec::{self, ServiceSpec};
 use super::replicas::swap::{Body, CONFIG_HASH, Gate, clone_body, compose_hash, gate};
 use super::replicas::{
-    all_replicas, fhir_path, project_service, reconcile, running_replicas, window,
+    all_replicas, fhir_path, project_service, reconcile, running_replicas, traffic, window,
 };
 use super::{Check, Reversibility, Step, StepCx};
 use crate::infra::docker::{Docker, NUMBER, Replica};
@@ -107,7 +108,14 @@ impl Scale {
             spec: None,
             drain: std::time::Duration::ZERO,
         };
+        let mut spec = None;
         if let Some(k) = cp.creating {
+            // Its aliases, once gated, are compose's for the service.
+            let spec = spec.get_or_insert_with(|| self.spec(cx, &project, &service));
+            let g = Gate {
+                spec: spec.as_ref().map(|(s, _)| s),
+                ..g
+            };
             reconcile::settle_new(e, cx, (&project, &service), k, want, &g).await?;
             cp.creating = None;
             cx.save_checkpoint(cp)?;
@@ -125,7 +133,6 @@ impl Scale {
             cp.removing = None;
             cx.save_checkpoint(cp)?;
         }
-        let mut spec = None;
         if want > 0 && running_replicas(e, &project, &service).await?.is_empty() {
             window::compose_up(e, cx, (&project, &service), want, &g).await?;
         }
@@ -184,15 +191,25 @@ impl Scale {
                 if let Some(l) = body.labels.as_mut() {
                     l.insert(NUMBER.into(), number.to_string());
                 }
+                // Created with no alias: it joins the service's rotation only once its
+                // gate passed on its own port (as a rollout's clone, `replicas::traffic`).
+                let bare = traffic::unaliased(&nets);
+                body.networking_config = bare.first().map(|(n, ep)| NetworkingConfig {
+                    endpoints_config: Some([(n.clone(), ep.clone())].into_iter().collect()),
+                });
                 cx.log(Level::Info, format!("starting {name}"));
                 cp.creating = Some(number);
                 cx.save_checkpoint(cp)?;
                 let id = e.create_container(&name, body).await?;
-                for (net, ep) in nets.into_iter().skip(1) {
+                for (net, ep) in bare.into_iter().skip(1) {
                     e.connect_network(&net, &id, ep).await?;
                 }
                 e.start_container(&name).await?;
-                if let Err(err) = gate(e, cx, &name, &g).await {
+                let joined = async {
+                    gate(e, cx, &name, &g).await?;
+                    traffic::join(e, &name, &nets).await
+                };
+                if let Err(err) = joined.await {
                     let _ = e.remove_container(&name).await;
                     return Err(err);
                 }

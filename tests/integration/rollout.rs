@@ -1,6 +1,7 @@
 //! The rolling redeploy's traffic and configuration on the real engine (issue 11, items
 //! 3, 5, 6): new replicas get what `docker-compose config` gives the service after the
-//! `.env` change; a clone gets no user request before its gate passed; requests in flight
+//! `.env` change; a clone (or a replica `scale` adds) gets no user request before its gate
+//! passed; requests in flight
 //! on an old replica are answered before it stops. Each test starts its own sandbox (the
 //! stand-in behind its round-robin proxy, labelled `ferry.test=1`) and takes it down.
 
@@ -210,6 +211,67 @@ fn a_clone_that_never_turns_healthy_never_answers_a_request_and_is_rolled_back()
     );
     assert!(answered > 20, "the old replicas answered: {answered}");
     assert_eq!(s.replicas(), before, "rolled back: the old replicas kept");
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", "-f", &image])
+        .output();
+    s.finish();
+}
+
+#[test]
+fn a_replica_scale_adds_that_never_turns_healthy_never_answers_a_request() {
+    let Some(s) = Sbx::up(2) else { return };
+    // The image compose now names serves the new IG (recognisable) but is never healthy:
+    // the replica `scale` adds from it must stay out of the service's alias.
+    let image = variant(
+        &s,
+        "scale-unhealthy",
+        "COPY ig.tgz /app/packages/bd.gov.dghs.core-0.2.2.tgz\n\
+         ENV HAPI_IG_PACKAGE_CLASSPATH=classpath:packages/bd.gov.dghs.core-0.2.2.tgz STANDIN_FAIL=1",
+    );
+    let env = s.dir.join("files/.env");
+    let text = std::fs::read_to_string(&env).unwrap();
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("HAPI_IMAGE=") {
+                format!("HAPI_IMAGE={image}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&env, text).unwrap();
+    let before = s.replicas();
+    Playbook::new("scale")
+        .step("scale", "scale")
+        .raw("replicas", "3")
+        .str("health_timeout", "8s")
+        .write(&s.sb, "scale.toml");
+    let load = Load::start(&s.base_url(), "/metadata", 2);
+    let out = s.run(&["run", "scale.toml"]);
+    let seen = load.finish();
+    out.expect(1);
+    assert!(
+        out.stderr.contains("did not pass its gate within 8s"),
+        "{}",
+        out.stderr
+    );
+    let from_new = seen
+        .iter()
+        .filter(|r| matches!(r, Ok((_, v)) if v == "0.2.2"))
+        .count();
+    let answered = seen
+        .iter()
+        .filter(|r| matches!(r, Ok((200, v)) if v == "0.2.1"))
+        .count();
+    assert_eq!(
+        from_new,
+        0,
+        "{from_new} of {} answers came from the replica scale added before its gate",
+        seen.len()
+    );
+    assert!(answered > 20, "the old replicas answered: {answered}");
+    assert_eq!(s.replicas(), before, "the unhealthy replica removed");
     let _ = std::process::Command::new("docker")
         .args(["rmi", "-f", &image])
         .output();

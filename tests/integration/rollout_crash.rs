@@ -58,7 +58,11 @@ fn sweep_rollout(replicas: u32, extra: &[(&str, &str)]) {
     c.assert_converged(&c.new, &c.env_for(&c.new), replicas, "the clean rollout");
     let mut cur = c.new.clone();
     let t_all = Instant::now();
+    let from = sweep_from();
     for (n, call) in calls.iter().enumerate().map(|(i, c)| (i + 1, c)) {
+        if n < from {
+            continue;
+        }
         let t0 = Instant::now();
         let to = other(&cur);
         let pb = c.rollout(&to, extra);
@@ -121,6 +125,12 @@ fn sweep_replicas() -> u32 {
         }
         Err(_) => 1,
     }
+}
+
+/// The first kill point of the rollout sweeps: 1, or `FERRY_SWEEP_FROM` (from
+/// `scripts/sweep-rollout --from N`, to go on with a long sweep that was interrupted).
+fn sweep_from() -> usize {
+    std::env::var("FERRY_SWEEP_FROM").map_or(1, |n| n.parse().expect("FERRY_SWEEP_FROM: a number"))
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! A new replica is the container `docker-compose up` would create (issue 11, item 3, and
 //! `scale` up): after a compose change of ports, volumes, restart policy, networks (with
 //! aliases), extra_hosts, a ulimit, cap_add, a logging option, mem_limit, shm_size,
-//! working_dir and init together with the image, each replica ferry creates carries them
+//! working_dir, init, isolation, and of what compose resolves against another service's
+//! container (links, external_links, volumes_from, `pid`/`ipc: service:…`) together with the
+//! image, each replica ferry creates carries them
 //! and is compared field by field (its whole host config, and its config but for the
 //! hostname, environment order and labels) with the one compose itself then creates from
 //! the same files in its place, and carries
@@ -87,10 +89,51 @@ fn change_compose(s: &Sbx) {
         "{}\n    ulimits:\n      nofile:\n        soft: 4096\n        hard: 8192\n    cap_add:\n      - NET_ADMIN\n    logging:\n      driver: json-file\n      options:\n        max-size: 5m\n    mem_limit: 256m\n    shm_size: 32m\n    working_dir: /app\n    init: true\n    volumes:\n      - ./extra:/extra:ro",
         hapi.trim_end()
     );
+    // What compose resolves against another container: a `side` service (sharing its IPC
+    // namespace and a volume) that hapi links to, by name and as an external link, takes
+    // the volumes and the PID and IPC namespaces of.
+    let project = std::fs::read_to_string(s.dir.join("files/.env"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("COMPOSE_PROJECT_NAME=").map(str::to_owned))
+        .unwrap();
+    let hapi = format!(
+        "{hapi}\n    links:\n      - side\n      - \"side:sidekick\"\n    external_links:\n      - \"{project}_side_1:ext-side\"\n    volumes_from:\n      - \"side:ro\"\n    pid: \"service:side\"\n    ipc: \"service:side\"\n    isolation: default"
+    );
+    let labels = &hapi[hapi.find("    labels:\n").unwrap()..];
+    let labels: String = labels
+        .lines()
+        .take_while(|l| l.starts_with("    labels:") || l.starts_with("      "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    // On the proxy's image (the host stack's lb) or the current hapi image named literally
+    // (compose): the rollout changes `HAPI_IMAGE`, which would recreate side. On compose,
+    // on hapi's frontend network (links are per network).
+    let (side_image, side_networks) = match tail
+        .split_once("  lb:\n    image: ")
+        .and_then(|(_, r)| r.lines().next())
+    {
+        Some(lb) => (lb.to_owned(), String::new()),
+        None => (
+            s.state()["image"].as_str().unwrap().to_owned(),
+            "    networks:\n      - frontend\n".to_owned(),
+        ),
+    };
+    let side = format!(
+        "  side:\n    image: {side_image}\n    entrypoint: [\"/app/hapi-standin\", \"proxy\", \"--listen\", \"0.0.0.0:9999\", \"--upstream\", \"hapi:8080\"]\n    ipc: shareable\n    volumes:\n      - /shared\n    healthcheck:\n      disable: true\n{side_networks}{labels}"
+    );
+    let tail = tail.replacen("\nnetworks:\n", &format!("\n{side}networks:\n"), 1);
     std::fs::create_dir_all(s.dir.join("files/extra")).unwrap();
     std::fs::write(&path, format!("{head}  hapi:\n{hapi}\n{tail}")).unwrap();
     let (ok, cfg) = s.compose(&["config", "-q"]);
     assert!(ok, "the changed compose file: {cfg}");
+    let (ok, up) = s.compose(&["up", "-d", "--no-deps", "side"]);
+    assert!(ok, "{up}");
+    let side = format!("{project}_side_1");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let state = docker(&["inspect", "--format", "{{.State.Status}}", &side]);
+    let (_, ps) = s.compose(&["ps"]);
+    assert_eq!(state, "running", "{side}: {up}\n{ps}");
 }
 
 /// What compose derives from the files, of container `name`: image, environment, ports,
@@ -117,7 +160,10 @@ fn fields(name: &str) -> Value {
                 .map(str::to_owned)
                 .collect();
             a.sort();
-            (n.clone(), a.into())
+            (
+                n.clone(),
+                serde_json::json!({"aliases": a, "links": e["Links"]}),
+            )
         })
         .collect();
     let mut mounts: Vec<String> = c["Mounts"]
@@ -132,7 +178,12 @@ fn fields(name: &str) -> Value {
         })
         .collect();
     mounts.sort();
-    let h = &c["HostConfig"];
+    // Docker lists a container's links from a map: in no fixed order.
+    let mut hc = c["HostConfig"].clone();
+    if let Some(l) = hc["Links"].as_array_mut() {
+        l.sort_by_key(|x| x.to_string());
+    }
+    let h = &hc;
     let mut config = c["Config"].clone();
     for k in ["Hostname", "Env", "Labels"] {
         config.as_object_mut().unwrap().remove(k);
@@ -157,9 +208,10 @@ fn fields(name: &str) -> Value {
 fn up_to_date(s: &Sbx, n: u32) {
     let (ok, up) = s.compose(&["up", "-d", "--scale", &format!("hapi={n}")]);
     assert!(ok, "{up}");
+    // hapi's replicas, the stack's other services and side.
     assert_eq!(
         up.matches("is up-to-date").count(),
-        n as usize + s.other_services(),
+        n as usize + s.other_services() + 1,
         "{up}"
     );
     assert!(!up.contains("Recreating"), "{up}");
@@ -219,6 +271,28 @@ fn a_rolled_out_replica_is_the_container_compose_would_create_after_a_compose_ch
         assert_eq!(h["ShmSize"], 32 << 20, "{n}");
         assert_eq!(h["Init"], true, "{n}");
         assert_eq!(f["config"]["WorkingDir"], "/app", "{n}");
+        let side = docker(&[
+            "inspect",
+            "--format",
+            "{{.Id}}",
+            &format!(
+                "{}_side_1",
+                s.state()["project"].as_str().unwrap_or_default()
+            ),
+        ]);
+        assert_eq!(h["PidMode"], format!("container:{side}"), "{n}");
+        assert_eq!(h["IpcMode"], format!("container:{side}"), "{n}");
+        assert_eq!(
+            h["VolumesFrom"],
+            serde_json::json!([format!("{side}:ro")]),
+            "{n}"
+        );
+        assert_eq!(h["Isolation"], "default", "{n}");
+        // On a user-defined network the links are the endpoint's.
+        let links = f["networks"].to_string();
+        for l in [":side\"", ":sidekick\"", ":ext-side\""] {
+            assert!(links.contains(l), "{n}: {l} in {links}");
+        }
     }
     up_to_date(&s, 2);
     // compose's own containers from the same files: the same, field by field.

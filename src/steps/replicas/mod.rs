@@ -8,6 +8,7 @@
 pub mod count;
 pub mod host;
 pub mod reconcile;
+pub mod refs;
 pub mod runtime;
 pub mod spec;
 pub mod swap;

@@ -415,19 +415,32 @@ pub async fn settle_new(
         );
     }
     match action {
+        NewReplica::Nothing if seen == Successor::Healthy => join_new(engine, &r.name, g).await,
         NewReplica::Nothing => Ok(()),
         NewReplica::Remove => engine.remove_container(&r.name).await.map(drop),
         NewReplica::StartAndGate | NewReplica::Gate => {
             if action == NewReplica::StartAndGate {
                 engine.start_container(&r.name).await?;
             }
-            if let Err(e) = gate(engine, cx, &r.name, g).await {
+            let joined = async {
+                gate(engine, cx, &r.name, g).await?;
+                join_new(engine, &r.name, g).await
+            };
+            if let Err(e) = joined.await {
                 let _ = engine.remove_container(&r.name).await;
                 return Err(e);
             }
             Ok(())
         }
     }
+}
+
+/// A new replica past its gate joins the service's rotation, as `scale` would have done
+/// had it not been killed: on every network of its siblings (a kill between a join's
+/// disconnect and connect leaves it off one), with the service's aliases.
+async fn join_new(engine: &Docker, name: &str, g: &Gate<'_>) -> anyhow::Result<()> {
+    traffic::reattach(engine, name, &sibling_networks(engine, name).await?).await?;
+    traffic::ensure_joined(engine, name, g.spec).await.map(drop)
 }
 
 #[cfg(test)]

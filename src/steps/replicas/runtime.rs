@@ -9,16 +9,16 @@
 //! `extra_hosts` as sorted `host:ip`), so a replica ferry creates is the one `up` creates.
 //! Invariants: a field the file omits gets compose's default, never the old container's
 //! value (no `logging`: the daemon's default log driver; no `mem_limit`: unlimited); the
-//! host config is built anew, and only what ferry does not model is taken from the old
-//! container (`network_mode` when the file sets one, `links`, `volumes_from`,
-//! `blkio_config`, `device_requests`, `isolation`, and a `pid`/`ipc` that names another
-//! service or container), since compose resolves those against other containers.
+//! host config is built anew (blkio_config, `deploy…devices` as device requests and
+//! isolation included), nothing taken from the old container: what names other
+//! containers (links, volumes_from, `service:`/`container:` modes) is `refs`' to resolve.
 
 use std::collections::HashMap;
 
 use anyhow::{Context, bail};
 use bollard::models::{
-    ContainerCreateBody, DeviceMapping, HostConfig, HostConfigLogConfig, ResourcesUlimits,
+    ContainerCreateBody, DeviceMapping, DeviceRequest, HostConfig, HostConfigIsolationEnum,
+    HostConfigLogConfig, ResourcesBlkioWeightDevice, ResourcesUlimits, ThrottleDevice,
 };
 use serde_yaml::Value;
 
@@ -31,10 +31,6 @@ pub struct RuntimeSpec {
     pub domainname: Option<String>,
     pub tty: Option<bool>,
     pub open_stdin: Option<bool>,
-    /// `pid: service:…`/`container:…` (and the same for `ipc`): resolved by compose
-    /// against another container, so the old container's resolution is kept.
-    pub pid_elsewhere: bool,
-    pub ipc_elsewhere: bool,
 }
 
 fn scalar(v: &Value) -> Option<String> {
@@ -193,20 +189,104 @@ fn devices(v: Option<&Value>) -> Option<Vec<DeviceMapping>> {
 }
 
 /// `pid`/`ipc`: a plain mode (`host`, `shareable`…) as is; one that names another service
-/// or container is resolved by compose (true: keep the old container's).
-fn mode(svc: &Value, k: &str) -> (Option<String>, bool) {
-    match svc.get(k).and_then(scalar) {
-        Some(m) if m.starts_with("service:") || m.starts_with("container:") => (None, true),
-        m => (m, false),
+/// or container is `refs`' to resolve.
+fn mode(svc: &Value, k: &str) -> Option<String> {
+    svc.get(k)
+        .and_then(scalar)
+        .filter(|m| !(m.starts_with("service:") || m.starts_with("container:")))
+}
+
+/// compose's `convert_blkio_config`: the weight, and each device list with its keys
+/// capitalised (`path`/`rate` → `Path`/`Rate`); rates are bytes in `config`'s output.
+fn blkio(svc: &Value, h: &mut HostConfig) -> anyhow::Result<()> {
+    let Some(b) = svc.get("blkio_config").filter(|b| !b.is_null()) else {
+        return Ok(());
+    };
+    h.blkio_weight = int(b, "weight")?
+        .map(u16::try_from)
+        .transpose()
+        .context("blkio_config.weight")?;
+    let items = |k: &str| b.get(k).and_then(Value::as_sequence);
+    let num = |d: &Value, k: &str, f: &str| -> anyhow::Result<i64> {
+        d.get(k)
+            .and_then(scalar)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("blkio_config.{f}: `{k}` is not a number"))
+    };
+    let path = |d: &Value| d.get("path").and_then(scalar);
+    if let Some(ds) = items("weight_device") {
+        let mut v = vec![];
+        for d in ds {
+            v.push(ResourcesBlkioWeightDevice {
+                path: path(d),
+                weight: Some(num(d, "weight", "weight_device")? as usize),
+            });
+        }
+        h.blkio_weight_device = Some(v);
     }
+    for (k, slot) in [
+        ("device_read_bps", &mut h.blkio_device_read_bps),
+        ("device_read_iops", &mut h.blkio_device_read_iops),
+        ("device_write_bps", &mut h.blkio_device_write_bps),
+        ("device_write_iops", &mut h.blkio_device_write_iops),
+    ] {
+        if let Some(ds) = items(k) {
+            let mut v = vec![];
+            for d in ds {
+                v.push(ThrottleDevice {
+                    path: path(d),
+                    rate: Some(num(d, "rate", k)?),
+                });
+            }
+            *slot = Some(v);
+        }
+    }
+    Ok(())
+}
+
+/// compose's `get_device_requests` (`deploy.resources.reservations.devices`) through
+/// docker-py's `DeviceRequest`: driver `""`, count 0 (`all`: -1), no ids, capabilities
+/// `[[...]]` and options `{}` when the file omits them.
+fn device_requests(svc: &Value) -> anyhow::Result<Option<Vec<DeviceRequest>>> {
+    let Some(devs) = svc
+        .get("deploy")
+        .and_then(|d| d.get("resources"))
+        .and_then(|r| r.get("reservations"))
+        .and_then(|r| r.get("devices"))
+        .and_then(Value::as_sequence)
+        .filter(|d| !d.is_empty())
+    else {
+        return Ok(None);
+    };
+    let mut out = vec![];
+    for d in devs {
+        let count = match d.get("count") {
+            None | Some(Value::Null) => 0,
+            Some(Value::String(s)) if s == "all" => -1,
+            Some(Value::Number(n)) => n.as_i64().context("devices: count")?,
+            Some(v) => bail!("devices: count {v:?} (expected a whole number or \"all\")"),
+        };
+        out.push(DeviceRequest {
+            driver: Some(d.get("driver").and_then(scalar).unwrap_or_default()),
+            count: Some(count),
+            device_ids: Some(list(d.get("device_ids")).unwrap_or_default()),
+            capabilities: Some(
+                list(d.get("capabilities"))
+                    .map(|c| vec![c])
+                    .unwrap_or_default(),
+            ),
+            options: Some(map(d.get("options"), '=').unwrap_or_default()),
+        });
+    }
+    Ok(Some(out))
 }
 
 /// The service's runtime part of `docker-compose config`.
 pub fn parse(svc: &Value, service: &str) -> anyhow::Result<RuntimeSpec> {
     let ctx = || format!("service `{service}`");
     let text = |k: &str| svc.get(k).and_then(scalar);
-    let (pid_mode, pid_elsewhere) = mode(svc, "pid");
-    let (ipc_mode, ipc_elsewhere) = mode(svc, "ipc");
+    let pid_mode = mode(svc, "pid");
+    let ipc_mode = mode(svc, "ipc");
     let logging = svc.get("logging");
     let log_config = logging.map(|l| HostConfigLogConfig {
         typ: Some(l.get("driver").and_then(scalar).unwrap_or_default()),
@@ -239,7 +319,14 @@ pub fn parse(svc: &Value, service: &str) -> anyhow::Result<RuntimeSpec> {
         // A path to an init binary: compose turns init on (the path needs API < 1.25).
         Some(_) => Some(true),
     };
-    let host = HostConfig {
+    let isolation = match text("isolation") {
+        Some(i) => Some(
+            i.parse::<HostConfigIsolationEnum>()
+                .map_err(|e| anyhow::anyhow!("{}: isolation: {e}", ctx()))?,
+        ),
+        None => None,
+    };
+    let mut host = HostConfig {
         cap_add: list(svc.get("cap_add")),
         cap_drop: list(svc.get("cap_drop")),
         cgroup_parent: text("cgroup_parent"),
@@ -287,43 +374,26 @@ pub fn parse(svc: &Value, service: &str) -> anyhow::Result<RuntimeSpec> {
         userns_mode: text("userns_mode"),
         volume_driver: text("volume_driver"),
         ulimits: ulimits(svc.get("ulimits")).with_context(ctx)?,
+        device_requests: device_requests(svc).with_context(ctx)?,
+        isolation,
         ..Default::default()
     };
+    blkio(svc, &mut host).with_context(ctx)?;
     Ok(RuntimeSpec {
         host,
         hostname: text("hostname"),
         domainname: text("domainname"),
         tty: flag(svc, "tty").with_context(ctx)?,
         open_stdin: flag(svc, "stdin_open").with_context(ctx)?,
-        pid_elsewhere,
-        ipc_elsewhere,
     })
 }
 
-/// Replaces `body`'s host config by compose's (`r.host`), keeping from `old` (the host
-/// config of the container the new one is modelled on) only what ferry does not derive;
-/// sets the body's hostname, domainname, tty and stdin. `host::apply` then adds ports,
-/// volumes, tmpfs, restart policy and network mode.
-pub fn apply(body: &mut ContainerCreateBody, r: &RuntimeSpec, old: &HostConfig) {
-    let mut hc = r.host.clone();
-    hc.network_mode = old.network_mode.clone();
-    hc.links = old.links.clone();
-    hc.volumes_from = old.volumes_from.clone();
-    hc.blkio_weight = old.blkio_weight.filter(|w| *w != 0);
-    hc.blkio_weight_device = old.blkio_weight_device.clone();
-    hc.blkio_device_read_bps = old.blkio_device_read_bps.clone();
-    hc.blkio_device_write_bps = old.blkio_device_write_bps.clone();
-    hc.blkio_device_read_iops = old.blkio_device_read_iops.clone();
-    hc.blkio_device_write_iops = old.blkio_device_write_iops.clone();
-    hc.device_requests = old.device_requests.clone();
-    hc.isolation = old.isolation;
-    if r.pid_elsewhere {
-        hc.pid_mode = old.pid_mode.clone();
-    }
-    if r.ipc_elsewhere {
-        hc.ipc_mode = old.ipc_mode.clone();
-    }
-    body.host_config = Some(hc);
+/// Replaces `body`'s host config by compose's (`r.host`): nothing of the old container's
+/// is kept (`refs` then resolves what names other containers); sets the body's hostname,
+/// domainname, tty and stdin. `host::apply` then adds ports, volumes, tmpfs, restart
+/// policy and network mode.
+pub fn apply(body: &mut ContainerCreateBody, r: &RuntimeSpec) {
+    body.host_config = Some(r.host.clone());
     body.hostname = r.hostname.clone();
     body.domainname = r.domainname.clone();
     body.tty = r.tty;
@@ -421,7 +491,6 @@ mod tests {
         assert_eq!(h.memory, Some(1_000_000));
         assert_eq!(h.shm_size, Some(128 << 20));
         assert_eq!(h.privileged, Some(true));
-        assert!(r.pid_elsewhere);
         assert_eq!(h.pid_mode, None);
     }
 
@@ -462,7 +531,7 @@ mod tests {
             host_config: Some(old.clone()),
             ..Default::default()
         };
-        apply(&mut body, &parsed("pid: service:db\n"), &old);
+        apply(&mut body, &parsed("pid: service:db\n"));
         let hc = body.host_config.unwrap();
         assert_eq!(hc.extra_hosts, None);
         assert_eq!(hc.log_config, None, "the daemon's default log driver");
@@ -471,9 +540,46 @@ mod tests {
         assert_eq!(hc.privileged, None);
         assert_eq!(body.hostname, None);
         assert_eq!(body.tty, None);
-        // What compose resolves against other containers is kept.
-        assert_eq!(hc.network_mode.as_deref(), Some("proj_default"));
-        assert_eq!(hc.links, old.links);
-        assert_eq!(hc.pid_mode.as_deref(), Some("container:abc"));
+        // Not even what names other containers: `refs` resolves that as compose does.
+        assert_eq!(hc.network_mode, None);
+        assert_eq!(hc.links, None);
+        assert_eq!(hc.pid_mode, None);
+    }
+
+    #[test]
+    fn blkio_device_requests_and_isolation_are_composes() {
+        let r = parsed(
+            "blkio_config:\n  device_read_bps:\n  - path: /dev/vda\n    rate: 12582912\n  device_write_iops:\n  - path: /dev/vda\n    rate: 30\n  weight: 300\n  weight_device:\n  - path: /dev/vda\n    weight: 400\nisolation: default\ndeploy:\n  resources:\n    reservations:\n      devices:\n      - capabilities: [gpu]\n        count: all\n      - driver: nvidia\n        device_ids: ['0']\n",
+        );
+        let h = &r.host;
+        assert_eq!(h.blkio_weight, Some(300));
+        let w = h.blkio_weight_device.as_ref().unwrap();
+        assert_eq!(
+            (w[0].path.as_deref(), w[0].weight),
+            (Some("/dev/vda"), Some(400))
+        );
+        let b = h.blkio_device_read_bps.as_ref().unwrap();
+        assert_eq!(
+            (b[0].path.as_deref(), b[0].rate),
+            (Some("/dev/vda"), Some(12582912))
+        );
+        assert_eq!(
+            h.blkio_device_write_iops.as_ref().unwrap()[0].rate,
+            Some(30)
+        );
+        assert_eq!(h.blkio_device_write_bps, None);
+        assert_eq!(h.isolation, Some(HostConfigIsolationEnum::DEFAULT));
+        let d = h.device_requests.as_ref().unwrap();
+        assert_eq!(d[0].count, Some(-1));
+        assert_eq!(d[0].capabilities, Some(vec![vec!["gpu".to_owned()]]));
+        assert_eq!(d[0].driver.as_deref(), Some(""));
+        assert_eq!(d[1].count, Some(0));
+        assert_eq!(d[1].device_ids, Some(vec!["0".to_owned()]));
+        assert_eq!(d[1].capabilities, Some(vec![]));
+        assert_eq!(d[1].options, Some(HashMap::new()));
+        let none = parsed("image: x\n");
+        assert_eq!(none.host.blkio_weight, None);
+        assert_eq!(none.host.device_requests, None);
+        assert_eq!(none.host.isolation, None);
     }
 }

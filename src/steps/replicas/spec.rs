@@ -18,6 +18,7 @@ use bollard::models::{ContainerCreateBody, HealthConfig};
 use serde_yaml::Value;
 
 use super::host::{self, HostSpec};
+use super::refs::{self, Refs};
 use super::runtime::{self, RuntimeSpec};
 use crate::infra::docker::ContainerInfo;
 
@@ -42,6 +43,8 @@ pub struct ServiceSpec {
     pub host: HostSpec,
     /// Logging, limits, capabilities, dns, extra_hosts, hostname, tty… (`runtime`).
     pub runtime: RuntimeSpec,
+    /// Links, volumes_from, `service:`/`container:` modes: resolved at create (`refs`).
+    pub refs: Refs,
 }
 
 /// Runs `docker-compose -p PROJECT config` in `dir` and takes `service` out of it.
@@ -113,6 +116,7 @@ pub fn parse(yaml: &str, project: &str, service: &str) -> anyhow::Result<Service
         image: text("image"),
         host: host::parse(&doc, svc, project, service)?,
         runtime: runtime::parse(svc, service)?,
+        refs: refs::parse(svc),
     })
 }
 
@@ -253,8 +257,7 @@ pub fn apply(
     // Compose (API >= 1.25) sets StopTimeout only when the file has stop_grace_period.
     body.stop_timeout = spec.stop_grace.map(|d| d.as_secs() as i64);
     body.healthcheck = spec.healthcheck.clone();
-    let old_host = body.host_config.take().unwrap_or_default();
-    runtime::apply(body, &spec.runtime, &old_host);
+    runtime::apply(body, &spec.runtime);
     host::apply(body, &spec.host, previous, old_image_volumes);
 }
 

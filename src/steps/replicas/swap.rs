@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bollard::models::{ContainerCreateBody, EndpointSettings, NetworkingConfig};
 
+use super::refs;
 use super::spec::{self, ServiceSpec};
 use super::{TEMP_SUFFIX, replica_url, traffic};
 use crate::infra::docker::{ContainerInfo, Docker};
@@ -144,15 +145,16 @@ pub async fn clone_body(
             old_img.volumes.as_deref().unwrap_or_default(),
         );
         if let Some(want) = &spec.host.networks {
-            // Compose's networks and aliases; an endpoint's links kept from the old one.
-            nets = want
-                .iter()
-                .map(|(n, e)| {
-                    let links = old.networks.get(n).and_then(|o| o.links.clone());
-                    (n.clone(), EndpointSettings { links, ..e.clone() })
-                })
-                .collect();
+            // Compose's networks and aliases (and links, by `refs`).
+            nets = want.clone();
         }
+        let project = c
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("com.docker.compose.project"))
+            .cloned()
+            .unwrap_or_default();
+        refs::apply(engine, &project, &spec.refs, &mut body, &mut nets).await?;
     }
     body.networking_config = nets.first().map(|(n, e)| NetworkingConfig {
         endpoints_config: Some([(n.clone(), e.clone())].into_iter().collect()),
