@@ -101,8 +101,17 @@ pub async fn relkind(c: &Client, schema: &str, table: &str) -> anyhow::Result<Op
     Ok(row.and_then(|r| r.get::<_, String>(0).chars().next()))
 }
 
-/// Reads everything about `schema.table` the conversion must keep.
-pub async fn read(c: &Client, schema: &str, table: &str, key: &str) -> anyhow::Result<Catalog> {
+/// Reads everything about `schema.table` the conversion must keep. `exact`: `rows` is a
+/// `count(*)` (a scan of the table); otherwise the planner's `reltuples` (what the budget
+/// and the progress need, read inside the window without a scan), unless the table was
+/// never analyzed.
+pub async fn read(
+    c: &Client,
+    schema: &str,
+    table: &str,
+    key: &str,
+    exact: bool,
+) -> anyhow::Result<Catalog> {
     let Some(row) = c
         .query_opt(
             "SELECT c.oid, pg_get_userbyid(c.relowner), coalesce(c.reloptions, '{}'), \
@@ -211,8 +220,14 @@ pub async fn read(c: &Client, schema: &str, table: &str, key: &str) -> anyhow::R
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
+    let estimate: i64 = row.get(4);
     let stats = format!(
-        "SELECT count(*), max({k})::text FROM {}.{}",
+        "SELECT {}, max({k})::text FROM {}.{}",
+        if exact || estimate <= 0 {
+            "count(*)".to_owned()
+        } else {
+            format!("{estimate}::bigint")
+        },
         super::quote_ident(schema),
         super::quote_ident(table),
         k = super::quote_ident(key)

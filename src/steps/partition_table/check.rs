@@ -66,7 +66,7 @@ pub async fn run(pt: &PartitionTable, cx: &StepCx) -> anyhow::Result<Vec<Check>>
         ));
         return Ok(checks);
     }
-    let cat = match catalog::read(&c, &pt.schema, &pt.table, &pt.key).await {
+    let cat = match catalog::read(&c, &pt.schema, &pt.table, &pt.key, false).await {
         Ok(cat) => cat,
         Err(e) => return Ok(vec![Check::fail("table", format!("{e:#}"))]),
     };

@@ -51,7 +51,7 @@ pub async fn run(
             .rate
             .map(|r| Duration::from_secs_f64(cat.rows as f64 / r * 0.5 * n / 2.0));
         budget::fits(pt, cx, est, "the index builds")?;
-        super::twin::build_indexes(pt, cx, c, &cat, &twin).await?;
+        super::twin::build_indexes_only(pt, cx, c, &cat, &twin).await?;
         st.phase = Phase::Indexed;
         cx.save_checkpoint(st)?;
     }

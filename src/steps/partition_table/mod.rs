@@ -245,7 +245,11 @@ impl Step for PartitionTable {
                     self.table
                 );
             }
-            st.catalog = Some(catalog::read(&client, &self.schema, &self.table, &self.key).await?);
+            // An exact count is a scan of the table: not inside the window (offline, HAPI
+            // down), where the planner's estimate serves the budget and the progress.
+            let exact = self.online || self.stage == "prepare";
+            st.catalog =
+                Some(catalog::read(&client, &self.schema, &self.table, &self.key, exact).await?);
             st.phase = Phase::Snapshot;
             cx.save_checkpoint(&st)?;
         }

@@ -53,6 +53,7 @@ pub fn twin_sql(pt: &PartitionTable, cat: &Catalog) -> String {
     sql
 }
 
+/// The index builds, then `ANALYZE` of the twin (the online copy: nothing waits for it).
 pub async fn build_indexes(
     pt: &PartitionTable,
     cx: &StepCx,
@@ -60,6 +61,45 @@ pub async fn build_indexes(
     cat: &Catalog,
     twin: &str,
 ) -> anyhow::Result<()> {
+    build_indexes_only(pt, cx, c, cat, twin).await?;
+    analyze(cx, c, twin).await
+}
+
+/// `ANALYZE` of the (partitioned) table and its partitions. The offline copy runs it in the
+/// validate stage, while HAPI serves, not in the window: until then the planner has the
+/// partitions' sizes (every index build sets reltuples and relpages), not column statistics.
+pub async fn analyze(cx: &StepCx, c: &Client, t: &str) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    c.batch_execute(&format!("ANALYZE {t}"))
+        .await
+        .map_err(pgerr)?;
+    cx.log(
+        Level::Info,
+        format!("{t} analyzed in {} ms", t0.elapsed().as_millis()),
+    );
+    Ok(())
+}
+
+/// The index builds only (the offline copy: in the window).
+pub async fn build_indexes_only(
+    pt: &PartitionTable,
+    cx: &StepCx,
+    c: &Client,
+    cat: &Catalog,
+    twin: &str,
+) -> anyhow::Result<()> {
+    // Sorting cost per key column: a collated (varlena) comparison costs several fixed-width
+    // ones (HAPI's res_type, fhir_id).
+    let varlena: std::collections::HashSet<String> = c
+        .query(
+            "SELECT a.attname::text FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND t.typlen = -1",
+            &[&twin],
+        )
+        .await
+        .map_err(pgerr)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let mut todo = vec![];
     for (n, ix) in cat.indexes.iter().enumerate() {
         let exists: bool = c
@@ -76,19 +116,30 @@ pub async fn build_indexes(
                 &quote_ident(&new_index(n)),
                 1,
             );
-            todo.push(sql);
+            let cost: usize = if ix.key_cols.is_empty() {
+                8
+            } else {
+                2 + ix
+                    .key_cols
+                    .iter()
+                    .map(|k| if varlena.contains(k) { 4 } else { 1 })
+                    .sum::<usize>()
+            };
+            todo.push((cost, ix.name.clone(), sql));
         }
     }
-    // Two sessions side by side, biggest work first alternating (the PK first).
+    // Two sessions side by side taking the next build from one queue, the costliest first
+    // (longest processing time first: neither session idles while the other has two left).
+    todo.sort_by_key(|t| std::cmp::Reverse(t.0));
     let other = pt.client(cx).await?;
-    let (a, b): (Vec<_>, Vec<_>) = todo.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    let next = std::sync::atomic::AtomicUsize::new(0);
     let t0 = Instant::now();
-    let (ra, rb) = tokio::join!(run_list(c, a), run_list(&other, b));
+    let (ra, rb) = tokio::join!(
+        run_queue(cx, c, &todo, &next),
+        run_queue(cx, &other, &todo, &next)
+    );
     ra?;
     rb?;
-    c.batch_execute(&format!("ANALYZE {twin}"))
-        .await
-        .map_err(pgerr)?;
     cx.log(
         Level::Info,
         format!(
@@ -99,13 +150,29 @@ pub async fn build_indexes(
     Ok(())
 }
 
-async fn run_list(cl: &Client, list: Vec<(usize, String)>) -> anyhow::Result<()> {
-    for (_, sql) in list {
-        cl.batch_execute(&sql)
+async fn run_queue(
+    cx: &StepCx,
+    cl: &Client,
+    todo: &[(usize, String, String)],
+    next: &std::sync::atomic::AtomicUsize,
+) -> anyhow::Result<()> {
+    loop {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let Some((_, name, sql)) = todo.get(i) else {
+            return Ok(());
+        };
+        let t0 = Instant::now();
+        cl.batch_execute(sql)
             .await
             .map_err(|e| anyhow::anyhow!("{}: {}", sql.trim(), pgerr(e)))?;
+        cx.log(
+            Level::Info,
+            format!(
+                "index {name} built on the twin in {} ms",
+                t0.elapsed().as_millis()
+            ),
+        );
     }
-    Ok(())
 }
 
 /// The twin (`twin`, quoted) and its partitions, unless a killed run already made it.
