@@ -21,7 +21,7 @@ const LOAD: &str = r#"
 CREATE TABLE load_ack (res_id bigint PRIMARY KEY, ver bigint NOT NULL, deleted boolean NOT NULL DEFAULT false);
 CREATE TABLE load_lat (ms float8 NOT NULL);
 CREATE TABLE load_stop (stop boolean);
-CREATE SEQUENCE load_seq START 2001;
+CREATE SEQUENCE load_seq START {start};
 CREATE PROCEDURE load_run() LANGUAGE plpgsql AS $l$
 DECLARE id bigint; v bigint; t0 timestamptz; i int := 0;
 BEGIN
@@ -63,10 +63,16 @@ pub struct Load {
 
 impl Load {
     pub fn start(pg: &Pg) -> Load {
+        Load::start_at(pg, 2001)
+    }
+
+    /// The load's inserts take keys from `start` on.
+    pub fn start_at(pg: &Pg, start: i64) -> Load {
         let fhir = has_fhir_id(pg);
         pg.psql(
             "fhirdb",
             &LOAD
+                .replace("{start}", &start.to_string())
                 .replace("{fhir_col}", if fhir { ", fhir_id" } else { "" })
                 .replace("{fhir_val}", if fhir { ", 'load-' || id" } else { "" }),
         );
@@ -375,4 +381,277 @@ fn online_swap_kill_9_while_waiting_then_resume() {
         load.stop(&pg, schema);
         pg.finish(sb, &[], vec![]);
     }
+}
+
+/// Waits until ferry was refused its locks at least once (after a refused NOWAIT attempt it
+/// reads the holders: its session's last query while it backs off), then ends the
+/// blocking session 1.5 s later, as the long transaction finishing.
+fn end_blocker_after_a_refusal(pg: &Pg) {
+    wait_for(
+        "ferry to be refused its locks",
+        Duration::from_secs(120),
+        || {
+            pg.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'ferry%' AND query LIKE '%FROM pg_locks l JOIN pg_stat_activity%'") != "0"
+        },
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    end_sessions(pg, "query LIKE 'BEGIN; LOCK%'");
+}
+
+/// Rollback after the swap, writes going on, while a long transaction holds a lock on the
+/// new table: it takes all its locks up front (NOWAIT, retried, never queued behind the
+/// holder), names the blocker, and once it ends restores the old table losslessly; the
+/// cleanup step of a second conversion likewise. The load's writes never wait behind
+/// ferry's lock requests for longer than the bounded last wait.
+#[test]
+fn online_rollback_and_cleanup_blocked_give_up_retry_name_the_blocker() {
+    for schema in SCHEMAS {
+        let Some((pg, sb)) = setup(schema) else {
+            return;
+        };
+        let before = pg.psql("fhirdb", SHAPE);
+        let load = Load::start(&pg);
+        let pb = online("hash", "copy")
+            .str("lock_timeout", "200ms")
+            .raw("lock_retries", "40");
+        run(&sb, &pb, &[]).expect(0);
+        assert!(partitioned(&pg), "{schema}");
+        std::thread::sleep(Duration::from_millis(300));
+        let mut hold = blocker(&pg, "LOCK TABLE hfj_resource IN ACCESS SHARE MODE");
+        let pid = pg.psql(
+            "postgres",
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE 'BEGIN; LOCK%'",
+        );
+        let id = sb.run_ids().pop().unwrap();
+        let out = std::thread::scope(|s| {
+            s.spawn(|| end_blocker_after_a_refusal(&pg));
+            sb.run_env(&["rollback", &id], &ENV)
+        });
+        out.expect(0);
+        hold.wait().unwrap();
+        assert!(
+            out.stderr.contains("rolling back the conversion: ")
+                && out.stderr.contains(&format!("blocked by pid {pid} "))
+                && out.stderr.contains("pg_sleep(120)"),
+            "{schema}: the rollback's refusals do not name the blocker: {}",
+            out.stderr
+        );
+        assert!(!partitioned(&pg), "{schema}: rolled back");
+        let after = pg.psql("fhirdb", SHAPE);
+        assert_eq!(
+            after.split(" | ").next(),
+            before.split(" | ").next(),
+            "{schema}: FKs back"
+        );
+        // Cleanup of a second conversion, blocked the same way.
+        run(&sb, &pb, &[]).expect(0);
+        let mut hold = blocker(&pg, "LOCK TABLE hfj_resource IN ACCESS SHARE MODE");
+        let pid = pg.psql(
+            "postgres",
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE 'BEGIN; LOCK%'",
+        );
+        let cleanup = Playbook::new("cleanup")
+            .step("cleanup", "partition_table")
+            .str("stage", "cleanup")
+            .str("strategy", "hash")
+            .str("existing", "copy")
+            .str("lock_timeout", "200ms")
+            .raw("lock_retries", "40");
+        let out = std::thread::scope(|s| {
+            s.spawn(|| end_blocker_after_a_refusal(&pg));
+            run(&sb, &cleanup, &[])
+        });
+        out.expect(0);
+        hold.wait().unwrap();
+        assert!(
+            out.stderr.contains("the cleanup: ")
+                && out.stderr.contains(&format!("blocked by pid {pid} ")),
+            "{schema}: the cleanup's refusals do not name the blocker: {}",
+            out.stderr
+        );
+        assert_eq!(
+            pg.psql("fhirdb", "SELECT count(*) FROM pg_class WHERE relname IN ('hfj_resource_old', 'hfj_resource_ferry_changes')"),
+            "0",
+            "{schema}: cleaned up"
+        );
+        let (n, ms) = load.stop(&pg, schema);
+        eprintln!("{schema}: {n} writes, longest {ms} ms");
+        assert!(
+            ms < 1500.0,
+            "{schema}: a write waited {ms} ms behind ferry's lock requests"
+        );
+        pg.finish(sb, &[], vec![]);
+    }
+}
+
+/// A range copy whose rows outgrow the twin's premade partitions while it runs (interval
+/// 500, premake 2: partitions up to 3,500 from the snapshot; the load inserts from 3,450
+/// on, and HAPI's sequence is ahead at 6,000 in pooled blocks of 50): the replay and the
+/// swap find a partition for every row, the new table has `premake` partitions above the
+/// sequence's next block, nothing acknowledged is lost, and the rollback brings it all back.
+#[test]
+fn online_range_copy_outgrowing_the_premade_partitions() {
+    for schema in SCHEMAS {
+        let Some((pg, sb)) = setup(schema) else {
+            return;
+        };
+        pg.psql("fhirdb", "SELECT setval('seq_resource_id', 6000)");
+        let load = Load::start_at(&pg, 3450);
+        let out = run(
+            &sb,
+            &online("range", "copy").raw("max_rows_per_s", "500"),
+            &[],
+        );
+        out.expect(0);
+        assert!(partitioned(&pg), "{schema}");
+        assert!(
+            out.stderr.contains("more partitions of"),
+            "{schema}: {}",
+            out.stderr
+        );
+        // Rows above the snapshot's partitions were written before the swap (they are in
+        // the old table), so the replay or the swap carried them (same_as_old below).
+        assert_ne!(
+            pg.psql(
+                "fhirdb",
+                "SELECT count(*) FROM hfj_resource_old WHERE res_id >= 3500"
+            ),
+            "0",
+            "{schema}: no row above the premade partitions before the swap"
+        );
+        // (6,000 + 50) / 500 + 1 + 2 = 15 partitions: up to 7,500.
+        assert_eq!(
+            pg.psql("fhirdb", "SELECT to_regclass('hfj_resource_p14') IS NOT NULL AND (SELECT count(*) FROM hfj_resource WHERE res_id > 3500) > 0"),
+            "t",
+            "{schema}: partitions above the sequence"
+        );
+        same_as_old(&pg, schema);
+        let id = sb.run_ids().pop().unwrap();
+        sb.run_env(&["rollback", &id], &ENV).expect(0);
+        assert!(!partitioned(&pg), "{schema}");
+        load.stop(&pg, schema);
+        pg.finish(sb, &[("fhirdb", FERRY_LEFT)], vec![]);
+    }
+}
+
+/// HAPI's queries slow down while the copy runs (a session whose statements each take
+/// 250 ms, started once the copy has begun): the copy sees it in pg_stat_activity, backs
+/// off naming HAPI's latency, and the time it backed off is reported.
+#[test]
+fn online_copy_backs_off_when_hapis_queries_slow_down() {
+    let schema = SCHEMAS[0];
+    let Some((pg, sb)) = setup(schema) else {
+        return;
+    };
+    let load = Load::start(&pg);
+    let slow = sb.path("slow.sql");
+    std::fs::write(&slow, "SELECT pg_sleep(0.25);\n".repeat(40)).unwrap();
+    let out = std::thread::scope(|s| {
+        s.spawn(|| {
+            wait_for("the copy to begin", Duration::from_secs(120), || {
+                pg.psql(
+                    "fhirdb",
+                    "SELECT to_regclass('hfj_resource_ferry_twin') IS NOT NULL",
+                ) == "t"
+                    && pg.psql("fhirdb", "SELECT count(*) > 0 FROM hfj_resource_ferry_twin") == "t"
+            });
+            let st = Command::new("psql")
+                .args([
+                    "-h",
+                    pg.dir.path().to_str().unwrap(),
+                    "-p",
+                    &pg.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "fhirdb",
+                    "-XAtq",
+                    "-f",
+                    slow.to_str().unwrap(),
+                ])
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.success());
+        });
+        run(
+            &sb,
+            &online("hash", "copy")
+                .raw("batch_rows", "100")
+                .raw("max_rows_per_s", "300"),
+            &[],
+        )
+    });
+    out.expect(0);
+    assert!(
+        out.stderr.contains("HAPI's slowest query took"),
+        "the copy did not notice HAPI slowing down: {}",
+        out.stderr
+    );
+    let backed: u64 = out
+        .stderr
+        .lines()
+        .filter_map(|l| {
+            l.split(" ms backed off for HAPI's latency")
+                .next()
+                .filter(|_| l.contains("backed off for HAPI's latency"))
+                .and_then(|h| h.rsplit(' ').next())
+                .and_then(|n| n.parse().ok())
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        backed >= 300,
+        "the copy backed off only {backed} ms: {}",
+        out.stderr
+    );
+    load.stop(&pg, schema);
+    let id = sb.run_ids().pop().unwrap();
+    sb.run_env(&["rollback", &id], &ENV).expect(0);
+    pg.finish(sb, &[("fhirdb", FERRY_LEFT)], vec![]);
+}
+
+/// The window budget of the online copy (`window`): a copy throttled to 300 rows/s cannot
+/// fit in 2 s with its replay, so it stops at a clean checkpoint (exit 5) with the capture
+/// still logging HAPI's writes; a resume with a larger window finishes, losing nothing.
+#[test]
+fn online_copy_window_budget_stops_at_a_checkpoint_then_resumes() {
+    let schema = SCHEMAS[0];
+    let Some((pg, sb)) = setup(schema) else {
+        return;
+    };
+    let load = Load::start(&pg);
+    let pb = |window: &str| {
+        online("hash", "copy")
+            .raw("batch_rows", "100")
+            .raw("max_rows_per_s", "300")
+            .str("window", window)
+    };
+    let out = run(&sb, &pb("2s"), &[]);
+    out.expect(5);
+    assert!(
+        out.stderr
+            .contains("the rest of the copy and its replay is estimated at"),
+        "{}",
+        out.stderr
+    );
+    assert!(!partitioned(&pg));
+    assert_eq!(
+        pg.psql(
+            "fhirdb",
+            "SELECT count(*) FROM pg_trigger WHERE tgname = 'ferry_capture'"
+        ),
+        "1",
+        "the capture stays between windows"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    pb("10m").write(&sb, "pb.toml");
+    sb.run_env(&["resume", "--accept-changes"], &ENV).expect(0);
+    assert!(partitioned(&pg));
+    same_as_old(&pg, schema);
+    let id = sb.run_ids().pop().unwrap();
+    sb.run_env(&["rollback", &id, "--accept-changes"], &ENV)
+        .expect(0);
+    load.stop(&pg, schema);
+    pg.finish(sb, &[("fhirdb", FERRY_LEFT)], vec![]);
 }

@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 
 use super::ddl::{
     Exclusive, exclusive, finish_parent_sql, fks_sql, lock_set, parent_index_sql, rename_index_sql,
-    retry, with_options,
+    with_options,
 };
 use super::{PartitionTable, Phase, State, StepCx, budget, guard, pgerr, quote_ident};
 use crate::report::Level;
@@ -55,9 +55,11 @@ pub async fn prepare(
             h
         }
         None => {
-            // One interval of headroom above the largest key: rows HAPI writes until the
-            // window still satisfy the CHECK.
-            let h = (cat.max_key.unwrap_or(0) / pt.interval + 2) * pt.interval;
+            // One interval of headroom above the largest key, or the key's sequence
+            // position when HAPI's pooled ids are ahead of it: rows HAPI writes until
+            // the window still satisfy the CHECK.
+            let high = super::online::headroom::high(pt, c, &t).await?;
+            let h = (cat.max_key.unwrap_or(0).max(high) / pt.interval + 2) * pt.interval;
             st.hi = Some(h);
             cx.save_checkpoint(st)?;
             h
@@ -72,12 +74,19 @@ pub async fn prepare(
         .map_err(pgerr)?;
     if row.is_none() {
         let add = format!(
-            "SET lock_timeout = {}; ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({} < {hi}) NOT VALID; RESET lock_timeout",
-            pt.lock_timeout.get().as_millis(),
+            "ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({} < {hi}) NOT VALID;\n",
             quote_ident(&name),
             quote_ident(&pt.key)
         );
-        retry(pt, cx, c, &add, "adding the range CHECK").await?;
+        exclusive(
+            pt,
+            cx,
+            c,
+            std::slice::from_ref(&t),
+            &add,
+            "adding the range CHECK",
+        )
+        .await?;
     }
     let heap = budget::heap_bytes(c, &t).await?;
     if !row.is_some_and(|r| r.get::<_, bool>(0)) {
@@ -215,8 +224,10 @@ pub async fn window(
         sql.push_str(&format!(
             "ALTER TABLE {t} ATTACH PARTITION {p0q} FOR VALUES FROM (MINVALUE) TO ({hi});\n"
         ));
+        // `premake` partitions, or more when the writes are already that close to `hi`.
+        let high = super::online::headroom::high(pt, c, &t).await?;
         let mut parts = vec![];
-        for k in 1..=pt.premake {
+        for k in 1..=super::online::headroom::attach_count(pt, hi, high) {
             let name = pt.part_name(k);
             sql.push_str(&format!(
                 "CREATE TABLE {} PARTITION OF {t} FOR VALUES FROM ({}) TO ({}){};\n",

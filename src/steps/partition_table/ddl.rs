@@ -1,7 +1,8 @@
-//! SQL shared by the attach window, the copy swap and rollback: the lock-timeout retry
-//! loop, the statements that give the new parent what the old table had (statistics
-//! targets, owner, grants, guard trigger, FKs `NOT VALID`), and index/constraint DDL built
-//! from the catalog snapshot. Identifiers are quoted; values are literals.
+//! SQL shared by the attach window, the copy swap and rollback: the lock discipline
+//! (`locked`: every lock up front, NOWAIT retries, one bounded wait; the one place a
+//! refused attempt is reported), the statements that give the new parent what the old
+//! table had (statistics targets, owner, grants, guard trigger, FKs `NOT VALID`), and
+//! index/constraint DDL built from the catalog snapshot. Identifiers are quoted; values are literals.
 
 use std::time::{Duration, Instant};
 
@@ -18,71 +19,6 @@ static BLOCKED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new()
 
 pub fn take_blocked() -> Vec<String> {
     std::mem::take(&mut *BLOCKED.lock().unwrap_or_else(|e| e.into_inner()))
-}
-
-/// Runs `sql` (one transaction, or statements under a session lock_timeout), retrying
-/// a lock timeout with back-off. Returns how long the successful attempt took.
-pub async fn retry(
-    pt: &PartitionTable,
-    cx: &StepCx,
-    c: &Client,
-    sql: &str,
-    what: &str,
-) -> anyhow::Result<Duration> {
-    let mut delay = Duration::from_millis(200);
-    for attempt in 0..=pt.lock_retries {
-        let t0 = Instant::now();
-        match c.batch_execute(sql).await {
-            Ok(()) => return Ok(t0.elapsed()),
-            Err(e) => {
-                crate::infra::postgres::rollback(c).await;
-                let _ = c.batch_execute("RESET lock_timeout").await;
-                let lock = e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
-                // Who held it, read while the holder is (most likely) still there.
-                let blockers = if lock {
-                    super::online::blockers::describe(pt, c).await
-                } else {
-                    String::new()
-                };
-                if lock {
-                    BLOCKED
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(format!("{what}, attempt {}: {blockers}", attempt + 1));
-                }
-                if !lock || attempt == pt.lock_retries {
-                    bail!(
-                        "{what} on {}.{}: {}{}",
-                        pt.schema,
-                        pt.table,
-                        pgerr(e),
-                        if lock {
-                            format!(
-                                " ({} attempts of lock_timeout {}; {blockers}: end the sessions that hold locks on it, or raise `lock_timeout`/`lock_retries`)",
-                                pt.lock_retries + 1,
-                                pt.lock_timeout
-                            )
-                        } else {
-                            String::new()
-                        }
-                    );
-                }
-                cx.log(
-                    Level::Warn,
-                    format!(
-                        "{what}: lock not granted within {} (attempt {} of {}; {blockers}), retrying in {} ms",
-                        pt.lock_timeout,
-                        attempt + 1,
-                        pt.lock_retries + 1,
-                        delay.as_millis()
-                    ),
-                );
-                cx.cancel.sleep(delay).await?;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-    unreachable!("the loop returns")
 }
 
 /// Every relation the window/swap transaction locks, in a stable order: `first` (the table,
@@ -162,6 +98,22 @@ pub async fn exclusive(
     body: &str,
     what: &str,
 ) -> anyhow::Result<Exclusive> {
+    locked(pt, cx, c, rels, "ACCESS EXCLUSIVE", body, what).await
+}
+
+/// [`exclusive`] with another lock `mode` (`SHARE ROW EXCLUSIVE` for a CREATE TRIGGER,
+/// which lets HAPI's reads go on). Every transaction of this step that needs a lock on a
+/// table HAPI uses goes through here: the window, the swap, the change capture's install,
+/// the range CHECK, rollback and cleanup.
+pub async fn locked(
+    pt: &PartitionTable,
+    cx: &StepCx,
+    c: &Client,
+    rels: &[String],
+    mode: &str,
+    body: &str,
+    what: &str,
+) -> anyhow::Result<Exclusive> {
     let ms = pt.lock_timeout.get().as_millis();
     let st_orig: String = c
         .query_one("SELECT current_setting('statement_timeout')", &[])
@@ -173,12 +125,12 @@ pub async fn exclusive(
         let last = attempt == pt.lock_retries;
         let lock = if last {
             format!(
-                "BEGIN;\nSET LOCAL lock_timeout = {ms};\nSET LOCAL statement_timeout = {ms};\nLOCK TABLE {list} IN ACCESS EXCLUSIVE MODE;\nSET LOCAL statement_timeout = {};\n",
+                "BEGIN;\nSET LOCAL lock_timeout = {ms};\nSET LOCAL statement_timeout = {ms};\nLOCK TABLE {list} IN {mode} MODE;\nSET LOCAL statement_timeout = {};\n",
                 lit(&st_orig)
             )
         } else {
             format!(
-                "BEGIN;\nSET LOCAL lock_timeout = {ms};\nLOCK TABLE {list} IN ACCESS EXCLUSIVE MODE NOWAIT;\n"
+                "BEGIN;\nSET LOCAL lock_timeout = {ms};\nLOCK TABLE {list} IN {mode} MODE NOWAIT;\n"
             )
         };
         let t0 = Instant::now();
@@ -203,50 +155,69 @@ pub async fn exclusive(
         // In the body a cancel is not the LOCK's statement_timeout: not retried.
         let lock = lock_error(&e)
             && !(in_body && e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED));
-        let blockers = if lock {
-            super::online::blockers::describe(pt, c).await
-        } else {
-            String::new()
-        };
-        if lock {
-            BLOCKED
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(format!("{what}, attempt {}: {blockers}", attempt + 1));
-        }
-        if !lock || last {
-            bail!(
-                "{what} on {}.{}: {}{}",
-                pt.schema,
-                pt.table,
-                pgerr(e),
-                if lock {
-                    format!(
-                        " ({} NOWAIT attempts, then one wait of lock_timeout {} for all {} locks; {blockers}: end the sessions that hold locks on it, or raise `lock_timeout`/`lock_retries`)",
-                        pt.lock_retries,
-                        pt.lock_timeout,
-                        rels.len()
-                    )
-                } else {
-                    String::new()
-                }
-            );
-        }
         let delay = jitter(nowait_backoff(attempt));
-        cx.log(
-            Level::Warn,
-            format!(
-                "{what}: {} locks not free at once (NOWAIT attempt {} of {}, then one wait of up to {}; {blockers}), retrying in {} ms",
-                rels.len(),
-                attempt + 1,
-                pt.lock_retries,
-                pt.lock_timeout,
-                delay.as_millis()
-            ),
-        );
+        refused(pt, cx, c, e, lock, attempt, rels, what, delay).await?;
         cx.cancel.sleep(delay).await?;
     }
     unreachable!("the loop returns")
+}
+
+/// The one place a failed attempt of [`locked`] is reported: for a lock not granted, its
+/// holders are read (while they most likely still hold it) and kept for the journal
+/// ([`take_blocked`]); then either the step fails — any other error, or the last attempt —
+/// with the blockers and what to do in the message, or a warning says when it retries.
+#[allow(clippy::too_many_arguments)]
+async fn refused(
+    pt: &PartitionTable,
+    cx: &StepCx,
+    c: &Client,
+    e: tokio_postgres::Error,
+    lock: bool,
+    attempt: u32,
+    rels: &[String],
+    what: &str,
+    delay: Duration,
+) -> anyhow::Result<()> {
+    let blockers = if lock {
+        let b = super::online::blockers::describe(pt, c, rels).await;
+        BLOCKED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(format!("{what}, attempt {}: {b}", attempt + 1));
+        b
+    } else {
+        String::new()
+    };
+    if !lock || attempt == pt.lock_retries {
+        bail!(
+            "{what} on {}.{}: {}{}",
+            pt.schema,
+            pt.table,
+            pgerr(e),
+            if lock {
+                format!(
+                    " ({} NOWAIT attempts, then one wait of lock_timeout {} for all {} locks; {blockers}: end the sessions that hold locks on it, or raise `lock_timeout`/`lock_retries`)",
+                    pt.lock_retries,
+                    pt.lock_timeout,
+                    rels.len()
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    cx.log(
+        Level::Warn,
+        format!(
+            "{what}: {} locks not free at once (NOWAIT attempt {} of {}, then one wait of up to {}; {blockers}), retrying in {} ms",
+            rels.len(),
+            attempt + 1,
+            pt.lock_retries,
+            pt.lock_timeout,
+            delay.as_millis()
+        ),
+    );
+    Ok(())
 }
 
 /// Statements shared by attach and the copy swap: what the new parent gets around its
@@ -263,12 +234,12 @@ pub fn finish_parent_sql(pt: &PartitionTable, cat: &Catalog, parts: &[String]) -
             ));
         }
     }
+    // Plain statements, no DO block (that cost ~1 ms each inside the lock): an ALTER OWNER
+    // to the owner a relation already has changes nothing and checks no privilege.
     for rel in std::iter::once(t.clone()).chain(parts.iter().map(|p| pt.q(p))) {
         sql.push_str(&format!(
-            "DO $o$ BEGIN IF (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = to_regclass({r})) <> {o} THEN ALTER TABLE {rel} OWNER TO {oi}; END IF; END $o$;\n",
-            r = lit(&rel),
-            o = lit(&cat.owner),
-            oi = quote_ident(&cat.owner)
+            "ALTER TABLE {rel} OWNER TO {};\n",
+            quote_ident(&cat.owner)
         ));
     }
     for (privilege, grantee) in &cat.grants {

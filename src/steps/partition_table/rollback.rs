@@ -6,8 +6,10 @@
 //! saw (deleted, then re-inserted from the new table's current rows), takes its name,
 //! indexes and FKs back; attached → detach the first partition, drop its CHECK, move
 //! every row of the other partitions into it, restore names, the unique constraint and
-//! FKs. Each of those is one transaction; FKs come back `NOT VALID` and are validated
-//! after it. After cleanup dropped `<table>_old`, rollback is refused: nothing to return to.
+//! FKs. Each of those is one transaction that takes every lock it needs up front (the
+//! table, ferry's tables HAPI writes through triggers, every referencing table) under the
+//! lock discipline of `ddl::locked`, so it never queues behind HAPI's transactions one
+//! relation at a time; FKs come back `NOT VALID` and are validated after it. After cleanup dropped `<table>_old`, rollback is refused: nothing to return to.
 
 use anyhow::bail;
 use tokio_postgres::Client;
@@ -15,7 +17,7 @@ use tokio_postgres::Client;
 use super::attach::{p0_index, substitute};
 use super::catalog::{self, Catalog};
 use super::copy::{CHANGES_TRIGGER, old_index};
-use super::ddl::{fks_sql, rename_index_sql, retry};
+use super::ddl::{fks_sql, lock_set, locked, rename_index_sql};
 use super::{PartitionTable, State, StepCx, guard, pgerr, quote_ident};
 use crate::report::Level;
 
@@ -44,6 +46,22 @@ fn drop_changes_sql(pt: &PartitionTable, on: Option<&str>) -> String {
     sql
 }
 
+/// The relations of `names` that exist, schema-qualified, in that order.
+async fn existing(
+    pt: &PartitionTable,
+    c: &Client,
+    names: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let mut v = vec![];
+    for n in names {
+        let q = pt.q(n);
+        if exists(c, &q).await? {
+            v.push(q);
+        }
+    }
+    Ok(v)
+}
+
 pub async fn run(pt: &PartitionTable, cx: &StepCx, c: &Client, st: &State) -> anyhow::Result<()> {
     let Some(cat) = &st.catalog else {
         return Ok(()); // nothing was changed before the snapshot
@@ -51,11 +69,15 @@ pub async fn run(pt: &PartitionTable, cx: &StepCx, c: &Client, st: &State) -> an
     let names = pt.names();
     let t = cat.qualified();
     let kind = catalog::relkind(c, &pt.schema, &pt.table).await?;
-    let lock = format!(
-        "BEGIN;\nSET LOCAL lock_timeout = {};\n",
-        pt.lock_timeout.get().as_millis()
-    );
-    let sql = match kind {
+    // ferry's tables that HAPI's transactions write through its triggers (the guards, the
+    // change capture): locked up front with the table, like everything the statements
+    // touch (`ddl::locked`), so no lock is queued for behind HAPI one at a time.
+    let mut ferry_tables: Vec<String> = guard::guarded(pt, cat)
+        .into_iter()
+        .map(|(_, g)| g)
+        .collect();
+    ferry_tables.push(names.changes.clone());
+    let (sql, rels) = match kind {
         None => bail!(
             "{t} does not exist: rollback cannot tell where its rows are; look for {} or {} and restore by hand",
             names.old,
@@ -70,8 +92,7 @@ pub async fn run(pt: &PartitionTable, cx: &StepCx, c: &Client, st: &State) -> an
             }
             let ch = pt.q(&names.changes);
             let k = quote_ident(&pt.key);
-            let mut sql = format!("{lock}LOCK TABLE {t}, {old} IN ACCESS EXCLUSIVE MODE;\n");
-            sql.push_str(&fks_sql(cat, false));
+            let mut sql = fks_sql(cat, false);
             sql.push_str(&guard::drop_trigger_sql(&t));
             sql.push_str(&format!(
                 "DROP TRIGGER IF EXISTS {CHANGES_TRIGGER} ON {t};\n\
@@ -84,12 +105,13 @@ pub async fn run(pt: &PartitionTable, cx: &StepCx, c: &Client, st: &State) -> an
             for (n, ix) in cat.indexes.iter().enumerate() {
                 sql.push_str(&rename_index_sql(pt, &t, ix, &old_index(n), &ix.name));
             }
-            sql
+            let mut first = vec![t.clone(), old];
+            first.extend(existing(pt, c, &ferry_tables).await?);
+            (sql, lock_set(cat, &first))
         }
         Some('p') => {
             let p0 = pt.q(&pt.part_name(0));
-            let mut sql = format!("{lock}LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE;\n");
-            sql.push_str(&fks_sql(cat, false));
+            let mut sql = fks_sql(cat, false);
             sql.push_str(&guard::drop_trigger_sql(&t));
             sql.push_str(&format!(
                 "ALTER TABLE {t} DETACH PARTITION {p0};\n\
@@ -108,7 +130,10 @@ pub async fn run(pt: &PartitionTable, cx: &StepCx, c: &Client, st: &State) -> an
                     sql.push_str(&rename_index_sql(pt, &t, ix, &p0_index(n), &ix.name));
                 }
             }
-            sql
+            // LOCK on the parent recurses into p0 and the other partitions.
+            let mut first = vec![t.clone()];
+            first.extend(existing(pt, c, &ferry_tables).await?);
+            (sql, lock_set(cat, &first))
         }
         Some(_) => {
             // Not converted (or already rolled back): drop what ferry made, if anything;
@@ -117,7 +142,7 @@ pub async fn run(pt: &PartitionTable, cx: &StepCx, c: &Client, st: &State) -> an
                 return Ok(());
             }
             let twin = pt.q(&names.twin);
-            let mut sql = format!("{lock}DROP TABLE IF EXISTS {twin};\n");
+            let mut sql = format!("DROP TABLE IF EXISTS {twin};\n");
             sql.push_str(&format!(
                 "ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {};\n",
                 quote_ident(&names.check)
@@ -128,8 +153,21 @@ pub async fn run(pt: &PartitionTable, cx: &StepCx, c: &Client, st: &State) -> an
             sql.push_str(&guard::drop_sql(pt, cat, &t));
             sql.push_str(&drop_changes_sql(pt, Some(&t)));
             sql.push_str(&super::online::drop_capture_sql(pt, &t));
-            sql.push_str("COMMIT;\n");
-            retry(pt, cx, c, &sql, "rolling back (before the swap)").await?;
+            // The table, the twin and the capture's log (HAPI writes it through the
+            // trigger); no referencing table is touched before the swap.
+            let mut first = vec![t.clone()];
+            ferry_tables.extend([names.twin.clone(), format!("{}_ferry_log", pt.table)]);
+            first.extend(existing(pt, c, &ferry_tables).await?);
+            locked(
+                pt,
+                cx,
+                c,
+                &first,
+                "ACCESS EXCLUSIVE",
+                &sql,
+                "rolling back (before the swap)",
+            )
+            .await?;
             return Ok(());
         }
     };
@@ -137,13 +175,24 @@ pub async fn run(pt: &PartitionTable, cx: &StepCx, c: &Client, st: &State) -> an
     sql.push_str(&fks_sql(cat, true));
     sql.push_str(&guard::drop_sql(pt, cat, &t));
     sql.push_str(&drop_changes_sql(pt, None));
-    sql.push_str("COMMIT;\n");
-    let took = retry(pt, cx, c, &sql, "rolling back the conversion").await?;
+    let x = locked(
+        pt,
+        cx,
+        c,
+        &rels,
+        "ACCESS EXCLUSIVE",
+        &sql,
+        "rolling back the conversion",
+    )
+    .await?;
     cx.log(
         Level::Info,
         format!(
-            "{t} restored in {} ms; validating its FKs",
-            took.as_millis()
+            "{t} restored in {} ms with its locks held ({} locks taken up front at attempt {}, waited {} ms); validating its FKs",
+            x.held.as_millis(),
+            rels.len(),
+            x.attempt,
+            x.waited.as_millis()
         ),
     );
     validate(c, cat).await
@@ -216,8 +265,7 @@ pub async fn cleanup(pt: &PartitionTable, cx: &StepCx, c: &Client) -> anyhow::Re
         );
     }
     let t = pt.q(&pt.table);
-    let mut sql = String::from("BEGIN;\n");
-    sql.push_str(&drop_changes_sql(pt, Some(&t)));
+    let mut sql = drop_changes_sql(pt, Some(&t));
     sql.push_str(&format!(
         "DROP TABLE IF EXISTS {};\n",
         pt.q(&pt.names().old)
@@ -229,8 +277,21 @@ pub async fn cleanup(pt: &PartitionTable, cx: &StepCx, c: &Client) -> anyhow::Re
             quote_ident(&pt.names().check)
         ));
     }
-    sql.push_str("COMMIT;\n");
-    retry(pt, cx, c, &sql, "the cleanup").await?;
+    // The table (its partitions: DROP TRIGGER recurses), the change capture HAPI writes,
+    // and the old table, all up front.
+    let mut rels = vec![t];
+    rels.extend(existing(pt, c, &[pt.names().changes, pt.names().old]).await?);
+    let x = locked(pt, cx, c, &rels, "ACCESS EXCLUSIVE", &sql, "the cleanup").await?;
+    cx.log(
+        Level::Info,
+        format!(
+            "cleanup: {} ms with its locks held ({} locks taken up front at attempt {}, waited {} ms)",
+            x.held.as_millis(),
+            rels.len(),
+            x.attempt,
+            x.waited.as_millis()
+        ),
+    );
     Ok(())
 }
 

@@ -1,12 +1,12 @@
 //! What kept a lock from being granted: the other sessions holding (granted) locks on the
-//! table, ferry's objects for it and every table whose FK points at it, read from
+//! relations ferry asked for (and their partitions, which LOCK recurses into), read from
 //! `pg_locks` and `pg_stat_activity` right after a `lock_timeout` fired — pid, user,
 //! application, state, lock mode and relation, how long its transaction has been open,
 //! and its query (shortened). Empty when the holder ended in the meantime.
 
 use tokio_postgres::Client;
 
-use super::super::{PartitionTable, pgerr};
+use super::super::pgerr;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Blocker {
@@ -29,16 +29,16 @@ impl std::fmt::Display for Blocker {
     }
 }
 
-/// The sessions holding locks that conflict with the ACCESS EXCLUSIVE lock ferry asks for
-/// (every lock does) on the relations the window or swap touches.
-pub async fn read(pt: &PartitionTable, c: &Client) -> anyhow::Result<Vec<Blocker>> {
-    let like = format!("{}%", pt.table.replace('_', "\\_"));
+/// The sessions holding locks on `rels` (regclass texts) or their partitions: every lock
+/// conflicts with the ACCESS EXCLUSIVE ferry asks for; for a weaker mode, the holder of a
+/// weak lock is listed too (it is not known which one refused).
+pub async fn read(c: &Client, rels: &[String], floor_s: f64) -> anyhow::Result<Vec<Blocker>> {
+    let rels: Vec<&str> = rels.iter().map(String::as_str).collect();
     let rows = c
         .query(
-            "WITH rels AS ( \
-               SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND c.relname::text LIKE $2 \
-               UNION SELECT conrelid FROM pg_constraint WHERE contype = 'f' AND confrelid = to_regclass($3)) \
+            "WITH RECURSIVE rels(oid) AS ( \
+               SELECT to_regclass(r)::oid FROM unnest($1::text[]) r WHERE to_regclass(r) IS NOT NULL \
+               UNION SELECT i.inhrelid FROM pg_inherits i JOIN rels ON i.inhparent = rels.oid) \
              SELECT DISTINCT ON (a.pid) a.pid, coalesce(a.usename::text, '?') || '@' || coalesce(a.client_addr::text, 'local') || ' ' || coalesce(nullif(a.application_name, ''), '-'), \
                     coalesce(a.state, '?'), l.mode, l.relation::regclass::text, \
                     coalesce(extract(epoch FROM clock_timestamp() - a.xact_start), 0)::float8, \
@@ -47,7 +47,7 @@ pub async fn read(pt: &PartitionTable, c: &Client) -> anyhow::Result<Vec<Blocker
               WHERE l.granted AND l.locktype = 'relation' AND l.relation IN (SELECT oid FROM rels) \
                 AND l.pid <> pg_backend_pid() \
               ORDER BY a.pid, a.xact_start",
-            &[&pt.schema, &like, &pt.q(&pt.table)],
+            &[&rels],
         )
         .await
         .map_err(pgerr)?;
@@ -64,18 +64,17 @@ pub async fn read(pt: &PartitionTable, c: &Client) -> anyhow::Result<Vec<Blocker
         })
         .collect();
     v.sort_by(|a, b| b.age_s.total_cmp(&a.age_s));
-    // HAPI's own short transactions hold locks too; a holder whose transaction is younger
-    // than the timeout did not make it fire (unless there is no other).
-    let floor = pt.lock_timeout.get().as_secs_f64();
-    if v.iter().any(|b| b.age_s >= floor) {
-        v.retain(|b| b.age_s >= floor);
+    if v.iter().any(|b| b.age_s >= floor_s) {
+        v.retain(|b| b.age_s >= floor_s);
     }
     Ok(v)
 }
 
-/// One line for the journal and the error: the blockers, oldest transaction first.
-pub async fn describe(pt: &PartitionTable, c: &Client) -> String {
-    match read(pt, c).await {
+/// One line for the journal and the error: the blockers, oldest transaction first; a
+/// holder whose transaction is younger than `lock_timeout` is left out when there is an
+/// older one (HAPI's own short transactions hold locks too).
+pub async fn describe(pt: &super::super::PartitionTable, c: &Client, rels: &[String]) -> String {
+    match read(c, rels, pt.lock_timeout.get().as_secs_f64()).await {
         Ok(v) if v.is_empty() => "no session holds a lock on it any more".into(),
         Ok(v) => format!(
             "blocked by {}",

@@ -1,16 +1,23 @@
 //! `online = true` with `existing = "copy"`: the conversion while HAPI serves reads and
 //! writes. Phases, each ending with a checkpoint and re-entered after kill -9:
 //! - **capture**: a row trigger on the old table (`ferry_capture`) logs the key of every
-//!   inserted, updated or deleted row into `<table>_ferry_log` (installed under
-//!   `lock_timeout`, retried); the copy's upper bound is the largest key read after it
+//!   inserted, updated or deleted row into `<table>_ferry_log` (installed under the lock
+//!   discipline of `ddl::locked`, in SHARE ROW EXCLUSIVE mode); the copy's upper bound is the largest key read after it
 //!   committed, so every row above it, and every row changed at all, is in the log;
 //! - **twin** and **copy**: as offline, up to that bound, throttled (`max_rows_per_s`, the
-//!   fixed `throttle`, and a back-off while a probe lookup on the table is slower than its
-//!   baseline, i.e. while HAPI's own queries slow down);
+//!   fixed `throttle`, and a back-off while HAPI's own queries, sampled from
+//!   `pg_stat_activity` (latency.rs), or a probe lookup on the table are slower than
+//!   their baseline);
 //! - **indexes**: as offline (the replay needs the twin's primary key);
 //! - **replay**: batches of the log (deleted from it, their keys deleted from the twin
 //!   and copied again from the old table, one transaction each) until the backlog is
-//!   small; idempotent, so a killed batch is simply done again;
+//!   small; idempotent, so a killed batch is simply done again; a range twin gets the
+//!   partitions the climbing keys need before each round (headroom.rs);
+//! - **window budget** (`window`): before each copy batch the rest of the copy and the
+//!   replay of what the capture will have logged by its end are estimated from the
+//!   measured rates (budget.rs), then the index builds, the replay and the swap; a phase
+//!   that would not fit stops at its checkpoint (exit 5; the capture stays and keeps
+//!   logging, so `ferry resume` in the next window loses nothing);
 //! - **swap**: the offline swap transaction (under `lock_timeout`, retried with back-off;
 //!   the error and the journal name what blocked it) with, after its locks are granted,
 //!   the last delta replayed and the capture dropped; the swap itself starts the change
@@ -18,14 +25,16 @@
 //!   brought back too. FK `VALIDATE`, verify and rollback are the offline ones.
 
 pub mod blockers;
+pub mod headroom;
+pub mod latency;
 
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
 use super::catalog::Catalog;
-use super::ddl::{lit, retry};
-use super::{PartitionTable, Phase, State, StepCx, pgerr, quote_ident};
+use super::ddl::{lit, locked};
+use super::{PartitionTable, Phase, State, StepCx, budget, pgerr, quote_ident};
 use crate::report::Level;
 
 pub const CAPTURE_TRIGGER: &str = "ferry_capture";
@@ -73,23 +82,22 @@ pub fn drop_capture_sql(pt: &PartitionTable, on: &str) -> String {
     )
 }
 
+/// The capture's statements, run only while it is not installed (no DROP TRIGGER: that
+/// would need ACCESS EXCLUSIVE, and CREATE TRIGGER needs only SHARE ROW EXCLUSIVE, which
+/// lets HAPI's reads go on while it waits).
 fn capture_sql(pt: &PartitionTable, on: &str) -> String {
     let lg = log_table(pt);
     let f = log_fn(pt);
     let k = quote_ident(&pt.key);
     format!(
-        "BEGIN;\nSET LOCAL lock_timeout = {ms};\n\
-         CREATE TABLE IF NOT EXISTS {lg} (seq bigserial PRIMARY KEY, {k} bigint NOT NULL);\n\
+        "CREATE TABLE IF NOT EXISTS {lg} (seq bigserial PRIMARY KEY, {k} bigint NOT NULL);\n\
          COMMENT ON TABLE {lg} IS {c};\n\
          CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $ferry$\n\
          BEGIN\n\
          IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND OLD.{k} IS DISTINCT FROM NEW.{k}) THEN INSERT INTO {lg} ({k}) VALUES (OLD.{k}); END IF;\n\
          IF TG_OP <> 'DELETE' THEN INSERT INTO {lg} ({k}) VALUES (NEW.{k}); END IF;\n\
          RETURN NULL;\nEND $ferry$;\n\
-         DROP TRIGGER IF EXISTS {CAPTURE_TRIGGER} ON {on};\n\
-         CREATE TRIGGER {CAPTURE_TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {on} FOR EACH ROW EXECUTE FUNCTION {f}();\n\
-         COMMIT;\n",
-        ms = pt.lock_timeout.get().as_millis(),
+         CREATE TRIGGER {CAPTURE_TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {on} FOR EACH ROW EXECUTE FUNCTION {f}();\n",
         c = lit(
             "ferry partition_table (online): keys written during the copy, replayed into the twin; dropped by the swap"
         ),
@@ -112,16 +120,19 @@ pub async fn run(
     c: &Client,
     st: &mut State,
 ) -> anyhow::Result<()> {
+    budget::start(cx);
     let cat = st.catalog.clone().expect("snapshot");
     let t = cat.qualified();
     let twin = pt.q(&pt.names().twin);
     let k = quote_ident(&pt.key);
     if st.upto.is_none() && !super::copy::swapped(pt, c).await? {
         if !capture_installed(c, &t).await? {
-            retry(
+            locked(
                 pt,
                 cx,
                 c,
+                std::slice::from_ref(&t),
+                "SHARE ROW EXCLUSIVE",
                 &capture_sql(pt, &t),
                 "installing the change capture",
             )
@@ -151,18 +162,28 @@ pub async fn run(
         cx.save_checkpoint(st)?;
     }
     if st.phase < Phase::Copied {
+        headroom::ensure(pt, cx, c, &cat, &twin).await?;
         copy_rows(pt, cx, c, st, &cat, &twin).await?;
         st.phase = Phase::Copied;
         cx.save_checkpoint(st)?;
     }
     if st.phase < Phase::Indexed {
+        // As offline: half the copy's time per index, two sessions side by side.
+        let n = cat.indexes.len() as f64;
+        let est = st
+            .rate
+            .map(|r| Duration::from_secs_f64(cat.rows as f64 / r * 0.5 * n / 2.0));
+        budget::fits(pt, cx, est, "the index builds")?;
         super::twin::build_indexes(pt, cx, c, &cat, &twin).await?;
         st.phase = Phase::Indexed;
         cx.save_checkpoint(st)?;
     }
     if st.phase < Phase::Swapped {
         if !super::copy::swapped(pt, c).await? {
+            let est = replay_estimate(st, logged(pt, c).await?);
+            budget::fits(pt, cx, est, "the replay")?;
             replay(pt, cx, st, &cat, &twin).await?;
+            budget::fits(pt, cx, Some(budget::exclusive_wait(pt)), "the swap")?;
         }
         let lg = log_table(pt);
         let pre = format!(
@@ -178,11 +199,36 @@ pub async fn run(
             .map_err(pgerr)?
             .get(0);
         let extra = if exists { vec![lg.clone()] } else { vec![] };
+        // The last delta and the writes after the swap have their partitions.
+        if !super::copy::swapped(pt, c).await? {
+            headroom::ensure(pt, cx, c, &cat, &twin).await?;
+        }
         super::copy::swap(pt, cx, c, st, &cat, &pre, &extra).await?;
         st.phase = Phase::Swapped;
         cx.save_checkpoint(st)?;
     }
     Ok(())
+}
+
+/// How many keys the change capture has logged in all (its `seq`'s position; 0 before it
+/// logged any).
+async fn logged(pt: &PartitionTable, c: &Client) -> anyhow::Result<i64> {
+    Ok(c.query_one(
+        "SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence($1, 'seq')::regclass), 0)",
+        &[&log_table(pt)],
+    )
+    .await
+    .map_err(pgerr)?
+    .get(0))
+}
+
+/// The replay of `backlog` logged keys not yet replayed, at half the copy's measured rate
+/// (a replay batch deletes and re-inserts by key lists: index lookups, not a range scan).
+fn replay_estimate(st: &State, logged: i64) -> Option<Duration> {
+    let backlog = (logged - st.replayed).max(0) as f64;
+    st.rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(backlog / (r / 2.0)))
 }
 
 /// The probe: a primary-key lookup on the old table, HAPI's most common query shape.
@@ -216,11 +262,32 @@ async fn copy_rows(
     samples.sort();
     let baseline = samples[samples.len() / 2];
     let slow = baseline * 3 + Duration::from_millis(2);
+    // HAPI's own queries, from the server's side (latency.rs): calibrated for 500 ms
+    // before the first batch.
+    let watch = latency::Watch::start(pt.client(cx).await?).await?;
+    cx.cancel.sleep(Duration::from_millis(500)).await?;
+    let hapi_base = watch.take().slowest_ms;
     let mut backoff = Duration::ZERO;
     let mut backed_off = Duration::ZERO;
+    let mut throttled = Duration::ZERO;
     let t0 = Instant::now();
+    let logged0 = logged(pt, c).await?;
     let mut here = 0i64;
     loop {
+        // The window budget: the rest of the copy at its measured rate, then the replay of
+        // what the capture will have logged by then (at the rate it logs now).
+        if let Some(rate) = st.rate.filter(|r| *r > 0.0) {
+            let left = (cat.rows - st.copied).max(0) as f64 / rate;
+            let now = logged(pt, c).await?;
+            let per_s = (now - logged0).max(0) as f64 / t0.elapsed().as_secs_f64().max(1e-3);
+            let replay = replay_estimate(st, now + (per_s * left) as i64).unwrap_or_default();
+            budget::fits(
+                pt,
+                cx,
+                Some(Duration::from_secs_f64(left) + replay),
+                "the rest of the copy and its replay",
+            )?;
+        }
         let from = st.last_key.unwrap_or(i64::MIN);
         let b0 = Instant::now();
         let row = c
@@ -243,9 +310,10 @@ async fn copy_rows(
         cx.log(
             Level::Info,
             format!(
-                "copied {}/{} rows ({rate:.0} rows/s under load, {} ms backed off), last {} {to}",
+                "copied {}/{} rows ({rate:.0} rows/s under load, {} ms throttled, {} ms backed off for HAPI's latency), last {} {to}",
                 st.copied,
                 cat.rows,
+                throttled.as_millis(),
                 backed_off.as_millis(),
                 pt.key
             ),
@@ -257,24 +325,36 @@ async fn copy_rows(
             pause = pause.max(min.saturating_sub(took));
         }
         let p = probe(c, &probe_sql, to).await?;
-        if p > slow {
+        let hapi = watch.take();
+        let why = if latency::slow(hapi_base, hapi.slowest_ms) {
+            Some(format!(
+                "HAPI's slowest query took {:.0} ms (baseline {hapi_base:.0} ms, {} finished)",
+                hapi.slowest_ms, hapi.finished
+            ))
+        } else if p > slow {
+            Some(format!(
+                "probe lookup took {} ms (baseline {} ms)",
+                p.as_millis(),
+                baseline.as_millis()
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
             backoff = (backoff * 2).clamp(Duration::from_millis(50), Duration::from_secs(2));
             cx.log(
                 Level::Warn,
-                format!(
-                    "probe lookup took {} ms (baseline {} ms): backing off {} ms",
-                    p.as_millis(),
-                    baseline.as_millis(),
-                    backoff.as_millis()
-                ),
+                format!("{why}: backing off {} ms", backoff.as_millis()),
             );
         } else {
             backoff /= 2;
         }
-        pause = pause.max(backoff);
-        if !pause.is_zero() {
-            backed_off += pause;
-            cx.cancel.sleep(pause).await?;
+        let pause_total = pause.max(backoff);
+        if !pause_total.is_zero() {
+            let extra = pause_total.saturating_sub(pause);
+            backed_off += extra;
+            throttled += pause_total - extra;
+            cx.cancel.sleep(pause_total).await?;
         }
     }
     Ok(())
@@ -314,6 +394,7 @@ async fn replay(
             );
             return Ok(());
         }
+        headroom::ensure(pt, cx, &rc, cat, twin).await?;
         let tx = rc.transaction().await.map_err(pgerr)?;
         let mut keys: Vec<i64> = tx
             .query(&take, &[&pt.batch_rows])
