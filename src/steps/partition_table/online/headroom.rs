@@ -53,8 +53,10 @@ pub async fn high(pt: &PartitionTable, c: &Client, t: &str) -> anyhow::Result<i6
     if let Some(seq) = sequence(pt, c, t).await? {
         let next: Option<i64> = c
             .query_one(
-                "SELECT coalesce(s.last_value, s.start_value) + s.increment_by FROM pg_sequences s \
-                  WHERE format('%I.%I', s.schemaname, s.sequencename)::regclass = to_regclass($1)",
+                // pg_sequence by oid, not the pg_sequences view cast to regclass: that
+                // resolves every sequence's name, and a schema without USAGE fails it.
+                "SELECT coalesce(pg_sequence_last_value(s.seqrelid), s.seqstart) + s.seqincrement \
+                   FROM pg_sequence s WHERE s.seqrelid = to_regclass($1)",
                 &[&seq],
             )
             .await
