@@ -6,14 +6,17 @@
 //!
 //! The every-call sweeps replace one replica to keep CI time reasonable: each kill costs a
 //! resume and the compose checks, and a further replica only repeats the calls of the one
-//! before it (the 3-replica sandbox tests cover the order of replicas).
+//! before it (the 3-replica sandbox tests cover the order of replicas). They run on the host
+//! stack (`stack::sweep_stack`); the `…_on_compose` tests sweep, on the compose stack, the
+//! kill points only it has: between a new replica's create and its start, where it is
+//! connected to the service's other networks (compose's hapi is on three).
 
 mod proxy;
 mod stack;
 
 use std::time::Instant;
 
-use stack::Crash;
+use stack::{Crash, sweep_stack};
 
 /// Runs `args` killed before its `n`-th Docker call; whether it had journaled a run by
 /// then (a kill during the first requests may come before that).
@@ -45,8 +48,10 @@ fn exits(out: &crate::harness::Out, code: i32, what: &str) {
 
 /// Kill a rollout to the other image before call n, resume: converged on that image; kill
 /// the next rollout before call n, roll it back: converged on the image it started from.
-fn sweep_rollout(replicas: u32, extra: &[(&str, &str)]) {
-    let Some(c) = Crash::up(replicas) else { return };
+fn sweep_rollout(replicas: u32, extra: &[(&str, &str)], stack: &'static str, pick: Pick) {
+    let Some(c) = Crash::up(replicas, stack) else {
+        return;
+    };
     let other = |img: &str| {
         if img == c.new {
             c.old.clone()
@@ -55,12 +60,13 @@ fn sweep_rollout(replicas: u32, extra: &[(&str, &str)]) {
         }
     };
     let calls = clean(&c, &["run", &c.rollout(&c.new, extra)], "a clean rollout");
+    let swept = picked(&calls, pick, "a clean rollout");
     c.assert_converged(&c.new, &c.env_for(&c.new), replicas, "the clean rollout");
     let mut cur = c.new.clone();
     let t_all = Instant::now();
     let from = sweep_from();
     for (n, call) in calls.iter().enumerate().map(|(i, c)| (i + 1, c)) {
-        if n < from {
+        if n < from || !pick(&calls, n) {
             continue;
         }
         let t0 = Instant::now();
@@ -97,7 +103,9 @@ fn sweep_rollout(replicas: u32, extra: &[(&str, &str)]) {
     );
     // And at the step's journal records: the first checkpoints are the previous image and
     // the `.env` edit, journaled before the file is written (a resume writes it then).
-    for k in 1..=4 {
+    // (A sweep of some calls only leaves them to the full sweep.)
+    let records = if swept == calls.len() { 4 } else { 0 };
+    for k in 1..=records {
         let to = other(&cur);
         let fp = format!("checkpoint:rollout#{k}");
         let what = format!("a rollout to {to} killed at {fp}, resumed");
@@ -109,6 +117,41 @@ fn sweep_rollout(replicas: u32, extra: &[(&str, &str)]) {
         cur = to;
     }
     c.finish();
+}
+
+/// Which kill points (1-based, into a clean run's calls) a sweep kills at.
+type Pick = fn(&[String], usize) -> bool;
+
+fn every(_: &[String], _: usize) -> bool {
+    true
+}
+
+/// How many kill points `pick` takes of a clean run's `calls`; none is a broken sweep.
+fn picked(calls: &[String], pick: Pick, what: &str) -> usize {
+    let k = (1..=calls.len()).filter(|&n| pick(calls, n)).count();
+    assert!(
+        k > 0,
+        "{what}: no kill point picked of\n{}",
+        calls.join("\n")
+    );
+    eprintln!("{what}: {k} of {} kill points", calls.len());
+    k
+}
+
+/// The calls after a container's create up to its start: the connects to its other
+/// networks, and the start.
+fn between_create_and_start(calls: &[String], n: usize) -> bool {
+    let created = calls[..n - 1]
+        .iter()
+        .rposition(|c| c.starts_with("POST /containers/create"));
+    created.is_some_and(|i| {
+        !calls[i + 1..n - 1]
+            .iter()
+            .any(|c| c.starts_with("POST /containers/") && c.ends_with("/start"))
+            && (calls[n - 1].starts_with("POST /networks/")
+                || (calls[n - 1].starts_with("POST /containers/")
+                    && calls[n - 1].ends_with("/start")))
+    })
 }
 
 /// The replicas of the rollout sweeps: 1 in CI, `FERRY_SWEEP_REPLICAS` (1 to 5) from
@@ -135,28 +178,37 @@ fn sweep_from() -> usize {
 
 #[test]
 fn rollout_killed_before_every_docker_call_then_resumed_or_rolled_back() {
-    sweep_rollout(sweep_replicas(), &[]);
+    sweep_rollout(sweep_replicas(), &[], sweep_stack(), every);
 }
 
 #[test]
 fn rollout_without_surge_killed_before_every_docker_call() {
     // The replica is stopped before its successor is created.
-    sweep_rollout(
-        sweep_replicas(),
-        &[("max_surge", "0"), ("max_unavailable", "1")],
-    );
+    sweep_rollout(sweep_replicas(), NO_SURGE, sweep_stack(), every);
 }
+
+const NO_SURGE: &[(&str, &str)] = &[("max_surge", "0"), ("max_unavailable", "1")];
 
 #[test]
 fn rollback_killed_before_every_docker_call_then_run_again_or_resumed() {
-    let Some(c) = Crash::up(1) else { return };
+    sweep_rollback(sweep_stack(), every);
+}
+
+fn sweep_rollback(stack: &'static str, pick: Pick) {
+    let Some(c) = Crash::up(1, stack) else {
+        return;
+    };
     let pb = c.rollout(&c.new, &[]);
     exits(&c.ferry(&["run", &pb], 0), 0, "a rollout");
     let id = c.last_run().0;
     let calls = clean(&c, &["rollback", &id], "a clean rollback");
+    picked(&calls, pick, "a clean rollback");
     c.assert_converged(&c.old, &c.env0, 1, "the clean rollback");
     let t_all = Instant::now();
     for (n, call) in calls.iter().enumerate().map(|(i, c)| (i + 1, c)) {
+        if !pick(&calls, n) {
+            continue;
+        }
         let t0 = Instant::now();
         exits(&c.ferry(&["run", &pb], 0), 0, "a rollout");
         c.assert_converged(&c.new, &c.env_for(&c.new), 1, "a rollout");
@@ -183,18 +235,28 @@ fn rollback_killed_before_every_docker_call_then_run_again_or_resumed() {
 
 #[test]
 fn scale_killed_before_every_docker_call_then_resumed_or_rolled_back() {
-    let Some(c) = Crash::up(1) else { return };
+    sweep_scale(sweep_stack(), every);
+}
+
+fn sweep_scale(stack: &'static str, pick: Pick) {
+    let Some(c) = Crash::up(1, stack) else {
+        return;
+    };
     let pb = crate::harness::Playbook::new("scale")
         .step("scale", "scale")
         .raw("replicas", "2")
         .write(&c.s.sb, "scale.toml");
     let calls = clean(&c, &["run", &pb], "a clean scale from 1 to 2");
+    picked(&calls, pick, "a clean scale from 1 to 2");
     c.assert_converged(&c.old, &c.env0, 2, "the clean scale");
     let id = c.last_run().0;
     exits(&c.ferry(&["rollback", &id], 0), 0, "its rollback");
     c.assert_converged(&c.old, &c.env0, 1, "the clean scale's rollback");
     let t_all = Instant::now();
     for (n, call) in calls.iter().enumerate().map(|(i, c)| (i + 1, c)) {
+        if !pick(&calls, n) {
+            continue;
+        }
         let t0 = Instant::now();
         let what = format!("a scale to 2 killed before Docker call {n} ({call}), resumed");
         let out = if kill(&c, &["run", &pb], n, &what) {
@@ -220,4 +282,28 @@ fn scale_killed_before_every_docker_call_then_resumed_or_rolled_back() {
     }
     eprintln!("{} kills in {:.1?}", calls.len(), t_all.elapsed());
     c.finish();
+}
+
+// On the compose stack, the kill points between a new container's create and its start
+// (its connects to hapi's other networks): resumed, the container must be on every network
+// before it starts, or it cannot reach pgbouncer-fhir and never turns healthy.
+
+#[test]
+fn rollout_killed_between_a_clones_create_and_start_on_compose() {
+    sweep_rollout(1, &[], "compose", between_create_and_start);
+}
+
+#[test]
+fn rollout_without_surge_killed_between_a_clones_create_and_start_on_compose() {
+    sweep_rollout(1, NO_SURGE, "compose", between_create_and_start);
+}
+
+#[test]
+fn rollback_killed_between_a_clones_create_and_start_on_compose() {
+    sweep_rollback("compose", between_create_and_start);
+}
+
+#[test]
+fn scale_killed_between_a_new_replicas_create_and_start_on_compose() {
+    sweep_scale("compose", between_create_and_start);
 }

@@ -329,6 +329,8 @@ async fn act(
         }
         Action::Adopt { start } => {
             if start {
+                let nets = sibling_networks(engine, &tmp).await?;
+                traffic::complete_unaliased(engine, &tmp, g.spec, &nets).await?;
                 engine.start_container(&tmp).await?;
             }
             engine.rename_container(&tmp, base).await?;
@@ -340,6 +342,13 @@ async fn act(
             let old = engine.inspect_container(base).await?;
             let attempt = async {
                 if start {
+                    // The original's networks and a sibling's: a kill inside the
+                    // original's leave can have left it off one.
+                    let mut nets = networks_of(old.as_ref());
+                    nets.extend(sibling_networks(engine, &tmp).await?);
+                    nets.sort();
+                    nets.dedup();
+                    traffic::complete_unaliased(engine, &tmp, g.spec, &nets).await?;
                     engine.start_container(&tmp).await?;
                 }
                 gate(engine, cx, &tmp, g).await
@@ -420,6 +429,8 @@ pub async fn settle_new(
         NewReplica::Remove => engine.remove_container(&r.name).await.map(drop),
         NewReplica::StartAndGate | NewReplica::Gate => {
             if action == NewReplica::StartAndGate {
+                let nets = sibling_networks(engine, &r.name).await?;
+                traffic::complete_unaliased(engine, &r.name, g.spec, &nets).await?;
                 engine.start_container(&r.name).await?;
             }
             let joined = async {

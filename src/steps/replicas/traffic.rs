@@ -40,6 +40,39 @@ pub fn unaliased(nets: &[(String, EndpointSettings)]) -> Vec<(String, EndpointSe
         .collect()
 }
 
+/// Connects a created, not yet started container to each network of its service it is not
+/// on, with no alias (it joins the aliases after its gate): the networks compose gives the
+/// service (`spec`), else `fallback` (a sibling's or the original's). A new container is
+/// created on its first network and connected to the others before its start; a kill in
+/// between leaves it on the first only, and started so it cannot reach what is on the
+/// others (compose's hapi reaches pgBouncer on its second network) and never turns healthy.
+pub async fn complete_unaliased(
+    engine: &Docker,
+    name: &str,
+    spec: Option<&ServiceSpec>,
+    fallback: &[String],
+) -> anyhow::Result<()> {
+    let Some(info) = engine.inspect_container(name).await? else {
+        return Ok(());
+    };
+    let want = match spec.and_then(|s| s.host.networks.as_ref()) {
+        Some(nets) => unaliased(nets),
+        None => fallback
+            .iter()
+            .map(|n| (n.clone(), EndpointSettings::default()))
+            .collect(),
+    };
+    for (net, ep) in want {
+        if !info.networks.contains_key(&net) {
+            engine
+                .connect_network(&net, name, ep)
+                .await
+                .with_context(|| format!("connecting {name} to {net} before its start"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Puts `name` into the rotation: each network is reconnected with its full endpoint
 /// (the service's aliases). Called only after the container's gate passed.
 pub async fn join(
