@@ -170,85 +170,23 @@ fn new_replicas_get_composes_environment_after_the_env_change_and_compose_agrees
     s.finish();
 }
 
-#[test]
-fn a_clone_that_never_turns_healthy_never_answers_a_request_and_is_rolled_back() {
-    let Some(s) = Sbx::up(2) else { return };
-    // Serves the new IG (so an answer from it is recognisable) but is never healthy.
-    let image = variant(
-        &s,
-        "unhealthy",
+/// An image that serves the new IG (so an answer from it is recognisable) but is never
+/// healthy.
+fn unhealthy(s: &Sbx, name: &str) -> String {
+    variant(
+        s,
+        name,
         "COPY ig.tgz /app/packages/bd.gov.dghs.core-0.2.2.tgz\n\
          ENV HAPI_IG_PACKAGE_CLASSPATH=classpath:packages/bd.gov.dghs.core-0.2.2.tgz STANDIN_FAIL=1",
-    );
-    let before = s.replicas();
-    Playbook::new("bad")
-        .step("rollout", "rolling_redeploy")
-        .str("image", &image)
-        .str("health_timeout", "8s")
-        .write(&s.sb, "bad.toml");
-    let load = Load::start(&s.base_url(), "/metadata", 2);
-    let out = s.run(&["run", "bad.toml"]);
-    let seen = load.finish();
-    out.expect(1);
-    assert!(
-        out.stderr.contains("did not pass its gate within 8s"),
-        "{}",
-        out.stderr
-    );
-    let from_clone = seen
-        .iter()
-        .filter(|r| matches!(r, Ok((_, v)) if v == "0.2.2"))
-        .count();
-    let answered = seen
-        .iter()
-        .filter(|r| matches!(r, Ok((200, v)) if v == "0.2.1"))
-        .count();
-    assert_eq!(
-        from_clone,
-        0,
-        "{from_clone} of {} answers came from the unhealthy clone",
-        seen.len()
-    );
-    assert!(answered > 20, "the old replicas answered: {answered}");
-    assert_eq!(s.replicas(), before, "rolled back: the old replicas kept");
-    let _ = std::process::Command::new("docker")
-        .args(["rmi", "-f", &image])
-        .output();
-    s.finish();
+    )
 }
 
-#[test]
-fn a_replica_scale_adds_that_never_turns_healthy_never_answers_a_request() {
-    let Some(s) = Sbx::up(2) else { return };
-    // The image compose now names serves the new IG (recognisable) but is never healthy:
-    // the replica `scale` adds from it must stay out of the service's alias.
-    let image = variant(
-        &s,
-        "scale-unhealthy",
-        "COPY ig.tgz /app/packages/bd.gov.dghs.core-0.2.2.tgz\n\
-         ENV HAPI_IG_PACKAGE_CLASSPATH=classpath:packages/bd.gov.dghs.core-0.2.2.tgz STANDIN_FAIL=1",
-    );
-    let env = s.dir.join("files/.env");
-    let text = std::fs::read_to_string(&env).unwrap();
-    let text: String = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("HAPI_IMAGE=") {
-                format!("HAPI_IMAGE={image}\n")
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
-    std::fs::write(&env, text).unwrap();
+/// Runs `playbook` under load: it fails on its new container's 8 s gate, no answer came
+/// from that container (`who`), the old replicas answered throughout and are what is left.
+fn fails_its_gate_unseen(s: &Sbx, playbook: &str, image: &str, who: &str) {
     let before = s.replicas();
-    Playbook::new("scale")
-        .step("scale", "scale")
-        .raw("replicas", "3")
-        .str("health_timeout", "8s")
-        .write(&s.sb, "scale.toml");
     let load = Load::start(&s.base_url(), "/metadata", 2);
-    let out = s.run(&["run", "scale.toml"]);
+    let out = s.run(&["run", playbook]);
     let seen = load.finish();
     out.expect(1);
     assert!(
@@ -267,14 +205,59 @@ fn a_replica_scale_adds_that_never_turns_healthy_never_answers_a_request() {
     assert_eq!(
         from_new,
         0,
-        "{from_new} of {} answers came from the replica scale added before its gate",
+        "{from_new} of {} answers came from {who}",
         seen.len()
     );
     assert!(answered > 20, "the old replicas answered: {answered}");
-    assert_eq!(s.replicas(), before, "the unhealthy replica removed");
+    assert_eq!(s.replicas(), before, "the old replicas kept, {who} removed");
     let _ = std::process::Command::new("docker")
-        .args(["rmi", "-f", &image])
+        .args(["rmi", "-f", image])
         .output();
+}
+
+#[test]
+fn a_clone_that_never_turns_healthy_never_answers_a_request_and_is_rolled_back() {
+    let Some(s) = Sbx::up(2) else { return };
+    let image = unhealthy(&s, "unhealthy");
+    Playbook::new("bad")
+        .step("rollout", "rolling_redeploy")
+        .str("image", &image)
+        .str("health_timeout", "8s")
+        .write(&s.sb, "bad.toml");
+    fails_its_gate_unseen(&s, "bad.toml", &image, "the unhealthy clone");
+    s.finish();
+}
+
+#[test]
+fn a_replica_scale_adds_that_never_turns_healthy_never_answers_a_request() {
+    let Some(s) = Sbx::up(2) else { return };
+    // The image compose now names is never healthy: the replica `scale` adds from it must
+    // stay out of the service's alias.
+    let image = unhealthy(&s, "scale-unhealthy");
+    let env = s.dir.join("files/.env");
+    let text = std::fs::read_to_string(&env).unwrap();
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("HAPI_IMAGE=") {
+                format!("HAPI_IMAGE={image}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&env, text).unwrap();
+    Playbook::new("scale")
+        .step("scale", "scale")
+        .raw("replicas", "3")
+        .str("health_timeout", "8s")
+        .write(&s.sb, "scale.toml");
+    fails_its_gate_unseen(
+        &s,
+        "scale.toml",
+        &image,
+        "the replica scale added before its gate",
+    );
     s.finish();
 }
 

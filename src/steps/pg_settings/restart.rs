@@ -158,17 +158,27 @@ pub async fn ensure_started(
     if c.state == "running" {
         return Ok(false);
     }
-    docker.start_container(&c.name).await?;
+    start_and_wait(cx, &docker, &c.name, pg, limit).await?;
+    Ok(true)
+}
+
+/// Starts `container` and waits until PostgreSQL `[postgres.pg]` accepts connections.
+async fn start_and_wait(
+    cx: &StepCx,
+    docker: &crate::infra::docker::Docker,
+    container: &str,
+    pg: &str,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    docker.start_container(container).await?;
     tokio::time::timeout(limit, ready(cx, pg))
         .await
         .map_err(|_| {
             anyhow!(
-                "PostgreSQL ([postgres.{pg}]) did not accept connections within {}s of starting {}",
+                "PostgreSQL ([postgres.{pg}]) did not accept connections within {}s of starting {container}",
                 limit.as_secs(),
-                c.name
             )
-        })?;
-    Ok(true)
+        })
 }
 
 /// Before a resumed run or a rollback takes the database lock (which lives in this server):
@@ -190,16 +200,7 @@ pub async fn start_own_stop(
     if running || started_at != s.started_at {
         return Ok(false);
     }
-    docker.start_container(&s.container).await?;
-    tokio::time::timeout(limit, ready(cx, pg))
-        .await
-        .map_err(|_| {
-            anyhow!(
-                "PostgreSQL ([postgres.{pg}]) did not accept connections within {}s of starting {}",
-                limit.as_secs(),
-                s.container
-            )
-        })?;
+    start_and_wait(cx, &docker, &s.container, pg, limit).await?;
     Ok(true)
 }
 
