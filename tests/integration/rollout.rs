@@ -3,7 +3,8 @@
 //! `.env` change; a clone (or a replica `scale` adds) gets no user request before its gate
 //! passed; requests in flight
 //! on an old replica are answered before it stops. Each test starts its own sandbox (the
-//! stand-in behind its round-robin proxy, labelled `ferry.test=1`) and takes it down.
+//! stand-in behind nginx on the compose stack, behind the stand-in's round-robin proxy on the
+//! host stack; labelled `ferry.test=1`) and takes it down.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
