@@ -100,7 +100,8 @@ fn change_compose(s: &Sbx) {
     let hapi = format!(
         "{hapi}\n    links:\n      - side\n      - \"side:sidekick\"\n    external_links:\n      - \"{project}_side_1:ext-side\"\n    volumes_from:\n      - \"side:ro\"\n    pid: \"service:side\"\n    ipc: \"service:side\"\n    isolation: default"
     );
-    let labels = &hapi[hapi.find("    labels:\n").unwrap()..];
+    // A block (host stack) or one line naming the file's anchor (compose: `labels: *labels`).
+    let labels = &hapi[hapi.find("    labels:").unwrap()..];
     let labels: String = labels
         .lines()
         .take_while(|l| l.starts_with("    labels:") || l.starts_with("      "))
