@@ -241,6 +241,29 @@ fn phase2_raises_both_pools_behind_a_pause_then_scales_3_to_5_and_rolls_back_wit
 
 /// kill -9 while pgBouncer is paused by the restart: the clients' requests wait; `ferry
 /// resume` RESUMEs pgBouncer and finishes the playbook, and no request failed.
+/// `ferry resume` of a killed phase2-scale run: it says `said` and that it RESUMEd pgBouncer,
+/// and finishes the playbook (max_connections 40, pool 30, 5 replicas) with no probe request
+/// failed; then the sandbox goes down.
+fn resumes_to_phase2(s: Sbx, probe: Probe, said: &[&str]) {
+    let out = s.sb.run(&["resume"]);
+    out.expect(0);
+    for said in said.iter().chain(&[
+        "RESUMEd after an interrupted restart",
+        "5 × 5 = 25 ≤ 30 (pgBouncer pool), 5 headroom",
+    ]) {
+        assert!(out.stderr.contains(said), "`{said}` in:\n{}", out.stderr);
+    }
+    assert!(!paused(&s));
+    assert_eq!(s.psql("SHOW max_connections"), "40");
+    assert_eq!(default_pool_size(&s), "30");
+    assert_eq!(s.replicas().len(), 5);
+    let (ok, failed, longest) = probe.stop();
+    eprintln!("probe: {ok} requests, longest {longest:?}");
+    assert!(ok > 20, "the probe ran ({ok} requests)");
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    s.finish();
+}
+
 #[test]
 fn phase2_killed_during_the_restart_leaves_pgbouncer_paused_until_resume_resumes_it() {
     let Some(s) = Sbx::up_compose(3) else { return };
@@ -307,23 +330,7 @@ fn phase2_killed_during_the_restart_leaves_pgbouncer_paused_until_resume_resumes
     });
     assert!(paused(&s), "pgBouncer stays paused until ferry comes back");
 
-    let out = s.sb.run(&["resume"]);
-    out.expect(0);
-    for said in [
-        "RESUMEd after an interrupted restart",
-        "5 × 5 = 25 ≤ 30 (pgBouncer pool), 5 headroom",
-    ] {
-        assert!(out.stderr.contains(said), "`{said}` in:\n{}", out.stderr);
-    }
-    assert!(!paused(&s));
-    assert_eq!(s.psql("SHOW max_connections"), "40");
-    assert_eq!(default_pool_size(&s), "30");
-    assert_eq!(s.replicas().len(), 5);
-    let (ok, failed, longest) = probe.stop();
-    eprintln!("probe: {ok} requests, longest {longest:?}");
-    assert!(ok > 20, "the probe ran ({ok} requests)");
-    assert!(failed.is_empty(), "failed requests: {failed:?}");
-    s.finish();
+    resumes_to_phase2(s, probe, &[]);
 }
 
 /// kill -9 between the restart's stop and its start of postgres-fhir (the failpoint on the
@@ -362,22 +369,9 @@ fn phase2_killed_between_the_stop_and_the_start_resume_starts_the_server_itself(
     );
     assert!(paused(&s), "and pgBouncer paused");
 
-    let out = s.sb.run(&["resume"]);
-    out.expect(0);
-    for said in [
-        "was left stopped by the interrupted restart: started it again",
-        "RESUMEd after an interrupted restart",
-        "5 × 5 = 25 ≤ 30 (pgBouncer pool), 5 headroom",
-    ] {
-        assert!(out.stderr.contains(said), "`{said}` in:\n{}", out.stderr);
-    }
-    assert!(!paused(&s));
-    assert_eq!(s.psql("SHOW max_connections"), "40");
-    assert_eq!(default_pool_size(&s), "30");
-    assert_eq!(s.replicas().len(), 5);
-    let (ok, failed, longest) = probe.stop();
-    eprintln!("probe: {ok} requests, longest {longest:?}");
-    assert!(ok > 20, "the probe ran ({ok} requests)");
-    assert!(failed.is_empty(), "failed requests: {failed:?}");
-    s.finish();
+    resumes_to_phase2(
+        s,
+        probe,
+        &["was left stopped by the interrupted restart: started it again"],
+    );
 }
