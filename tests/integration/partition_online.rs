@@ -655,3 +655,120 @@ fn online_copy_window_budget_stops_at_a_checkpoint_then_resumes() {
     load.stop(&pg, schema);
     pg.finish(sb, &[("fhirdb", FERRY_LEFT)], vec![]);
 }
+
+/// A sampler of what ferry holds while it fills the uniqueness guard: every 2 ms, one row
+/// per backend (not its own) running a statement on the guard, with whether that backend
+/// holds a lock on hfj_resource that stops HAPI's writes (SHARE or stronger), and whether
+/// the statement is the install's (the empty guard and its trigger, created in one short
+/// transaction under SHARE ROW EXCLUSIVE: that one may hold it).
+const GUARD_SAMPLER: &str = r#"
+CREATE TABLE guard_samples (blocking boolean NOT NULL, install boolean NOT NULL);
+CREATE TABLE guard_stop (stop boolean);
+CREATE PROCEDURE guard_sample() LANGUAGE plpgsql AS $s$
+BEGIN
+  LOOP
+    EXIT WHEN EXISTS (SELECT 1 FROM guard_stop);
+    INSERT INTO guard_samples
+      SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.granted
+        AND l.relation = 'hfj_resource'::regclass
+        AND l.mode IN ('ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')),
+        a.query LIKE '%WITH NO DATA%'
+      FROM pg_stat_activity a
+      WHERE a.pid <> pg_backend_pid() AND a.state = 'active' AND a.query LIKE '%hfj_resource_ferry_guard%';
+    COMMIT;
+    PERFORM pg_sleep(0.002);
+  END LOOP;
+END $s$;
+"#;
+
+/// The guard is filled beside HAPI's writes: 50,000 more resources (client-assigned ids)
+/// make the fill last, the write load runs through it (inserts with client-assigned ids
+/// go into the guard by its trigger, deletes race the fill's batches), and a sampler
+/// sees ferry's guard statements running while ferry holds no lock on hfj_resource that
+/// stops a write. The guard ends exact; no write failed or was lost. Only the 8.x shape:
+/// the 5.x shape has no fhir_id and nothing needs a guard.
+#[test]
+fn online_guard_fills_beside_the_write_load_without_blocking_it() {
+    let Some((pg, sb)) = setup(SCHEMAS[0]) else {
+        return;
+    };
+    pg.psql(
+        "fhirdb",
+        "INSERT INTO hfj_resource (res_id, res_type, res_ver, has_tags, res_published, res_updated, sp_has_links, sp_coords_present, sp_date_present, sp_number_present, sp_quantity_nrml_present, sp_quantity_present, sp_string_present, sp_token_present, sp_uri_present, sp_index_status, fhir_id) \
+         SELECT g, 'Patient', 1, false, now(), now(), false, false, false, false, false, false, false, false, false, 1, 'more-' || g FROM generate_series(10001, 60000) g; ANALYZE hfj_resource",
+    );
+    pg.psql("fhirdb", GUARD_SAMPLER);
+    let sampler = Command::new("psql")
+        .args([
+            "-h",
+            pg.dir.path().to_str().unwrap(),
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "fhirdb",
+            "-XAtq",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "CALL guard_sample()",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let load = Load::start_at(&pg, 60001);
+    let pb = online("range", "attach")
+        .str("stage", "prepare")
+        .str("throttle", "5ms");
+    let out = run(&sb, &pb, &[]);
+    pg.psql("fhirdb", "INSERT INTO guard_stop VALUES (true)");
+    let s = sampler.wait_with_output().unwrap();
+    assert!(
+        s.status.success(),
+        "sampler: {}",
+        String::from_utf8_lossy(&s.stderr)
+    );
+    out.expect(0);
+    let (n, ms) = load.stop(&pg, "guard fill");
+    let samples = pg.psql(
+        "fhirdb",
+        "SELECT count(*) || ' ' || count(*) FILTER (WHERE blocking) FROM guard_samples WHERE NOT install",
+    );
+    eprintln!("guard fill: {n} writes, longest {ms} ms; samples (all, blocking): {samples}");
+    let (all, blocking) = samples.split_once(' ').unwrap();
+    assert!(
+        all.parse::<i64>().unwrap() >= 5,
+        "the sampler caught ferry's guard statements {all} times"
+    );
+    assert_eq!(
+        blocking, "0",
+        "ferry held a lock that stops writes on hfj_resource while filling the guard ({samples})"
+    );
+    assert_eq!(
+        pg.psql(
+            "fhirdb",
+            "SELECT count(*) FROM hfj_resource r FULL JOIN hfj_resource_ferry_guard g USING (res_id) \
+             WHERE r.res_id IS NULL OR g.res_id IS NULL OR (r.res_type, r.fhir_id) IS DISTINCT FROM (g.res_type, g.fhir_id)"
+        ),
+        "0",
+        "the guard is exact"
+    );
+    assert_eq!(
+        pg.psql(
+            "fhirdb",
+            "SELECT string_agg(x.relname || ' ' || i.indisunique || ' ' || i.indisvalid, ', ' ORDER BY x.relname) \
+             FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid WHERE i.indrelid = 'hfj_resource_ferry_guard'::regclass"
+        ),
+        "hfj_resource_ferry_guard_key true true, idx_res_type_fhir_id_guard true true",
+        "the guard's unique indexes, valid"
+    );
+    pg.psql(
+        "fhirdb",
+        "DROP PROCEDURE guard_sample(); DROP TABLE guard_samples, guard_stop",
+    );
+    let id = sb.run_ids().pop().unwrap();
+    sb.run_env(&["rollback", &id], &ENV).expect(0);
+    pg.finish(sb, &[("fhirdb", FERRY_LEFT)], vec![]);
+}

@@ -257,7 +257,7 @@ impl Step for PartitionTable {
             if self.attach() {
                 attach::prepare(self, cx, &client, &mut st).await?;
             }
-            guard::install(self, &client, st.catalog.as_ref().expect("snapshot")).await?;
+            guard::install(self, cx, &client, st.catalog.as_ref().expect("snapshot")).await?;
             st.phase = Phase::Prepared;
             cx.save_checkpoint(&st)?;
         }
