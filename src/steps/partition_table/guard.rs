@@ -24,7 +24,9 @@
 //!    by `lock_timeout`: past it, the index is built under a SHARE lock on the guard alone
 //!    (new resources wait for the build, nothing else does), and a warning says so;
 //! 5. an exact check (one snapshot: guard ⟗ table on the partition key, key columns equal)
-//!    must find no difference, or the step fails before anything depends on the guard.
+//!    must find no difference, or the step fails before anything depends on the guard (a
+//!    difference is reconciled and checked again twice first: a delete still open at the
+//!    reconcile leaves its stale row until it commits).
 //!
 //! Every part is idempotent, so a killed install is run again from the top. The guard's
 //! unique index is named `<original>_guard`, so a duplicate's error still names the
@@ -148,9 +150,20 @@ pub async fn install(
         index(pt, cx, c, ix, g)
             .await
             .map_err(|e| e.context(format!("indexing {what}")))?;
-        exact(c, &t, &k, ix, &pt.q(g))
-            .await
-            .map_err(|e| e.context(format!("checking {what}")))?;
+        // A delete whose transaction was still open at the reconcile leaves its stale row
+        // until it commits: reconciled and checked again, a few times, before failing.
+        for attempt in 1..=3 {
+            match exact(c, &t, &k, ix, &pt.q(g)).await {
+                Ok(()) => break,
+                Err(e) if attempt == 3 => return Err(e.context(format!("checking {what}"))),
+                Err(_) => {
+                    cx.cancel
+                        .sleep(std::time::Duration::from_millis(200))
+                        .await?;
+                    reconcile(c, &t, &k, &pt.q(g)).await?;
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -195,14 +208,7 @@ async fn fill(
             cx.cancel.sleep(th.get()).await?;
         }
     }
-    let stale = c
-        .execute(
-            format!("DELETE FROM {g} WHERE NOT EXISTS (SELECT 1 FROM {t} WHERE {t}.{k} = {g}.{k})")
-                .as_str(),
-            &[],
-        )
-        .await
-        .map_err(pgerr)?;
+    let stale = reconcile(c, t, k, g).await?;
     cx.log(
         Level::Info,
         format!(
@@ -211,6 +217,17 @@ async fn fill(
         ),
     );
     Ok(())
+}
+
+/// Step 3: removes the guard rows whose table row is gone; returns how many.
+async fn reconcile(c: &Client, t: &str, k: &str, g: &str) -> anyhow::Result<u64> {
+    c.execute(
+        format!("DELETE FROM {g} WHERE NOT EXISTS (SELECT 1 FROM {t} WHERE {t}.{k} = {g}.{k})")
+            .as_str(),
+        &[],
+    )
+    .await
+    .map_err(pgerr)
 }
 
 /// Step 4: the unique index on the key columns, built CONCURRENTLY; an invalid one (a
@@ -250,13 +267,20 @@ async fn index(
     // CONCURRENTLY waits for every older transaction of the database: bounded by
     // lock_timeout, so a long transaction elsewhere cannot stall the step.
     let ms = pt.lock_timeout.get().as_millis();
+    let orig: String = c
+        .query_one("SELECT current_setting('lock_timeout')", &[])
+        .await
+        .map_err(pgerr)?
+        .get(0);
     let concurrent = c
         .batch_execute(&format!(
             "SET lock_timeout = {ms}; {}",
             create.replacen("INDEX", "INDEX CONCURRENTLY", 1)
         ))
         .await;
-    c.batch_execute("RESET lock_timeout").await.map_err(pgerr)?;
+    c.batch_execute(&format!("SET lock_timeout = {}", ddl::lit(&orig)))
+        .await
+        .map_err(pgerr)?;
     let Err(e) = concurrent else {
         return Ok(());
     };
