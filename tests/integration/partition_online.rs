@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::harness::{Pg, Playbook, wait_for};
 use crate::partition::{
-    ENV, FERRY_LEFT, SCHEMAS, SHAPE, blocker, end_sessions, has_fhir_id, setup,
+    ENV, FERRY_LEFT, SCHEMAS, SHAPE, blocker, end_sessions, has_fhir_id, session_err, setup,
 };
 
 /// The load's tables and procedure; `{fhir_col}`/`{fhir_val}` fill fhir_id on the 8.x shape.
@@ -76,26 +76,7 @@ impl Load {
                 .replace("{fhir_col}", if fhir { ", fhir_id" } else { "" })
                 .replace("{fhir_val}", if fhir { ", 'load-' || id" } else { "" }),
         );
-        let child = Command::new("psql")
-            .args([
-                "-h",
-                pg.dir.path().to_str().unwrap(),
-                "-p",
-                &pg.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "fhirdb",
-                "-XAtq",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                "CALL load_run()",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = session_err(pg, "CALL load_run()");
         wait_for("the load to write", Duration::from_secs(20), || {
             pg.psql("fhirdb", "SELECT count(*) > 20 FROM load_lat") == "t"
         });
@@ -698,26 +679,7 @@ fn online_guard_fills_beside_the_write_load_without_blocking_it() {
          SELECT g, 'Patient', 1, false, now(), now(), false, false, false, false, false, false, false, false, false, 1, 'more-' || g FROM generate_series(10001, 60000) g; ANALYZE hfj_resource",
     );
     pg.psql("fhirdb", GUARD_SAMPLER);
-    let sampler = Command::new("psql")
-        .args([
-            "-h",
-            pg.dir.path().to_str().unwrap(),
-            "-p",
-            &pg.port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "fhirdb",
-            "-XAtq",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            "CALL guard_sample()",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let sampler = session_err(&pg, "CALL guard_sample()");
     let load = Load::start_at(&pg, 60001);
     let pb = online("range", "attach")
         .str("stage", "prepare")

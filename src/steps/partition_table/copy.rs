@@ -75,9 +75,6 @@ async fn copy_rows(
     let t = cat.qualified();
     let k = quote_ident(&pt.key);
     caught_up(cx, c, st, &k, twin).await?;
-    let bound = format!(
-        "SELECT max({k}), count(*) FROM (SELECT {k} FROM {t} WHERE {k} > $1 ORDER BY {k} LIMIT $2) s"
-    );
     let insert = format!("INSERT INTO {twin} SELECT * FROM {t} WHERE {k} > $1 AND {k} <= $2");
     let t0 = Instant::now();
     let mut here = 0i64;
@@ -86,12 +83,9 @@ async fn copy_rows(
         let est = st.rate.map(|rate| Duration::from_secs_f64(left / rate));
         budget::fits(pt, cx, est, "the copy")?;
         let from = st.last_key.unwrap_or(i64::MIN);
-        let row = c
-            .query_one(bound.as_str(), &[&from, &pt.batch_rows])
-            .await
-            .map_err(pgerr)?;
-        let (upto, n): (Option<i64>, i64) = (row.get(0), row.get(1));
-        let Some(upto) = upto else { break };
+        let Some((upto, n)) = next_batch(c, &t, &k, from, pt.batch_rows).await? else {
+            break;
+        };
         c.execute(insert.as_str(), &[&from, &upto])
             .await
             .map_err(|e| {
@@ -126,6 +120,29 @@ async fn copy_rows(
         }
     }
     Ok(())
+}
+
+/// The next batch of `t` in `k` order after `from`, at most `rows`: its last key and its
+/// row count; `None` when no row is left.
+pub(super) async fn next_batch(
+    c: &Client,
+    t: &str,
+    k: &str,
+    from: i64,
+    rows: i64,
+) -> anyhow::Result<Option<(i64, i64)>> {
+    let row = c
+        .query_one(
+            format!(
+                "SELECT max({k}), count(*) FROM (SELECT {k} FROM {t} WHERE {k} > $1 ORDER BY {k} LIMIT $2) s"
+            )
+            .as_str(),
+            &[&from, &rows],
+        )
+        .await
+        .map_err(pgerr)?;
+    let (upto, n): (Option<i64>, i64) = (row.get(0), row.get(1));
+    Ok(upto.map(|u| (u, n)))
 }
 
 /// `pre`: statements run once the locks are granted (online: the last delta replayed).

@@ -184,9 +184,6 @@ async fn fill(
     g: &str,
 ) -> anyhow::Result<()> {
     let cols = cols(ix);
-    let bound = format!(
-        "SELECT max({k}), count(*) FROM (SELECT {k} FROM {t} WHERE {k} > $1 ORDER BY {k} LIMIT $2) s"
-    );
     let insert = format!(
         "INSERT INTO {g} ({k}, {cols}) SELECT {k}, {cols} FROM {t} WHERE {k} > $1 AND {k} <= $2 \
          ON CONFLICT ({k}) DO NOTHING"
@@ -194,12 +191,9 @@ async fn fill(
     let t0 = Instant::now();
     let (mut from, mut done) = (i64::MIN, 0i64);
     loop {
-        let row = c
-            .query_one(bound.as_str(), &[&from, &pt.batch_rows])
-            .await
-            .map_err(pgerr)?;
-        let (upto, n): (Option<i64>, i64) = (row.get(0), row.get(1));
-        let Some(upto) = upto else { break };
+        let Some((upto, n)) = super::copy::next_batch(c, t, k, from, pt.batch_rows).await? else {
+            break;
+        };
         c.execute(insert.as_str(), &[&from, &upto])
             .await
             .map_err(pgerr)?;

@@ -249,6 +249,15 @@ fn cleanup_drops_the_old_table_and_rollback_is_then_refused() {
 
 /// A psql session on fhirdb running `sql` until it ends or is terminated.
 pub fn session(pg: &Pg, sql: &str) -> std::process::Child {
+    psql_child(pg, sql, Stdio::null())
+}
+
+/// [`session`] whose errors are kept (stderr piped) for the test to read at its end.
+pub fn session_err(pg: &Pg, sql: &str) -> std::process::Child {
+    psql_child(pg, sql, Stdio::piped())
+}
+
+fn psql_child(pg: &Pg, sql: &str, stderr: Stdio) -> std::process::Child {
     Command::new("psql")
         .args([
             "-h",
@@ -260,16 +269,17 @@ pub fn session(pg: &Pg, sql: &str) -> std::process::Child {
             "-d",
             "fhirdb",
             "-XAtq",
+            "-v",
+            "ON_ERROR_STOP=1",
             "-c",
             sql,
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap()
 }
 
-/// A psql session that holds `lock` until it is terminated.
 pub fn blocker(pg: &Pg, lock: &str) -> std::process::Child {
     let child = session(pg, &format!("BEGIN; {lock}; SELECT pg_sleep(120)"));
     wait_for(
